@@ -1,0 +1,183 @@
+"""Run every notebook on a profile with papermill: ``python -m helpers.batch --profile offline``.
+
+Executed notebooks go to ``runs/<profile>/``, results to ``results/<profile>/``, and a
+Markdown summary across notebooks to ``results/<profile>/SUMMARY.md``. A failing notebook
+does not stop the others; ``--resume`` skips notebooks whose results exist for the same
+parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+from . import paths
+
+# Parameters the runner itself gives each notebook that declares them.
+RUNNER_PARAMETERS = ("profile", "results_path", "figures_dir")
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in paths.PROFILES.glob("*.yaml"))
+
+
+def load_profile(name: str) -> dict:
+    """A profile: ``description``, ``defaults`` (for every notebook that has the parameter)
+    and ``notebooks`` (per notebook stem, its parameters)."""
+    file = paths.PROFILES / f"{name}.yaml"
+    if not file.exists():
+        raise SystemExit(f"Unknown profile {name!r}; valid profiles: {', '.join(profile_names())} "
+                         f"(files in {paths.PROFILES}).")
+    profile = yaml.safe_load(file.read_text()) or {}
+    profile.setdefault("defaults", {})
+    profile.setdefault("notebooks", {})
+    return profile
+
+
+def notebook_parameters(notebook: Path) -> dict:
+    """The names and defaults of a notebook's ``parameters`` cell, as papermill sees them."""
+    import papermill
+
+    found = papermill.inspect_notebook(str(notebook))
+    return {name: info["default"] for name, info in found.items()}
+
+
+def plan(profile_name: str, notebooks: list[Path]) -> list[tuple[Path, dict]]:
+    """Each notebook with the parameters to inject; unknown names are an error that lists
+    the valid ones, raised before anything runs."""
+    profile = load_profile(profile_name)
+    stems = {nb.stem for nb in notebooks}
+    unknown_nb = sorted(set(profile["notebooks"]) - stems)
+    if unknown_nb:
+        raise SystemExit(f"Profile {profile_name!r} names notebooks that do not exist: "
+                         f"{unknown_nb}; notebooks: {sorted(stems)}.")
+    jobs, errors = [], []
+    for nb in notebooks:
+        valid = notebook_parameters(nb)
+        params = {k: v for k, v in profile["defaults"].items() if k in valid}
+        params.update(profile["notebooks"].get(nb.stem) or {})
+        params.setdefault("profile", profile_name)
+        params.setdefault("results_path", str(paths.RESULTS / profile_name / f"{nb.stem}.json"))
+        params.setdefault("figures_dir", str(paths.FIGURES / profile_name))
+        params = {k: v for k, v in params.items() if k in valid or k not in RUNNER_PARAMETERS}
+        wrong = sorted(set(params) - set(valid))
+        if wrong:
+            errors.append(f"{nb.name}: unknown parameter(s) {wrong}; valid: {sorted(valid)}")
+        jobs.append((nb, params))
+    if errors:
+        raise SystemExit("Profile " + repr(profile_name) + " has bad parameters:\n  "
+                         + "\n  ".join(errors))
+    return jobs
+
+
+def is_done(params: dict) -> bool:
+    """True when the notebook's results file exists and records the same parameters."""
+    file = Path(params.get("results_path", ""))
+    if not file.is_file():
+        return False
+    try:
+        recorded = json.loads(file.read_text()).get("parameters", {})
+    except (json.JSONDecodeError, OSError):
+        return False
+    return all(recorded.get(k) == v for k, v in params.items())
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A list of records as a Markdown table (floats to 3 decimals)."""
+    if not rows:
+        return "_(no rows)_"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary(profile_name: str, jobs, failures: dict) -> str:
+    """One section per notebook: its title, what made the numbers, its summary table."""
+    parts = [f"# Summary of the `{profile_name}` profile", ""]
+    for nb, params in jobs:
+        parts.append(f"## {nb.stem}")
+        if nb in failures:
+            parts += [f"**Failed**: {failures[nb]}", ""]
+            continue
+        file = Path(params["results_path"])
+        if not file.exists():
+            parts += ["_(no results file)_", ""]
+            continue
+        results = json.loads(file.read_text())
+        if results.get("note"):
+            parts += [results["note"], ""]
+        for title, rows in (results.get("summary") or {}).items():
+            parts += [f"### {title}", "", markdown_table(rows), ""]
+    return "\n".join(parts)
+
+
+def run(profile_name: str, resume: bool = False, only: list[str] | None = None,
+        kernel: str = "python3") -> int:
+    import papermill
+
+    notebooks = sorted(paths.NOTEBOOKS.glob("[0-9]*.ipynb"))
+    if only:
+        notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
+    jobs = plan(profile_name, notebooks)
+    out_dir = paths.RUNS / profile_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = {}
+    bar = tqdm(jobs, desc=f"profile {profile_name}", unit="notebook")
+    for nb, params in bar:
+        bar.set_postfix_str(nb.stem)
+        if resume and is_done(params):
+            tqdm.write(f"skip {nb.name}: results exist for these parameters")
+            continue
+        executed = out_dir / nb.name
+        start = time.time()
+        try:
+            papermill.execute_notebook(str(nb), str(executed), parameters=params,
+                                       kernel_name=kernel, cwd=str(nb.parent),
+                                       progress_bar=False)
+            tqdm.write(f"ok   {nb.name} in {time.time() - start:.0f} s")
+        except Exception as error:  # noqa: BLE001 - one failure must not stop the batch
+            failures[nb] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1]} " \
+                           f"(executed notebook: {executed})"
+            tqdm.write(f"FAIL {nb.name}: {failures[nb]}")
+    text = summary(profile_name, jobs, failures)
+    summary_file = paths.RESULTS / profile_name / "SUMMARY.md"
+    summary_file.parent.mkdir(parents=True, exist_ok=True)
+    summary_file.write_text(text)
+    print(text)
+    print(f"\nSummary written to {summary_file}")
+    if failures:
+        print(f"{len(failures)} notebook(s) failed:", file=sys.stderr)
+        for nb, why in failures.items():
+            print(f"  {nb.name}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.batch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="offline",
+                        help=f"one of: {', '.join(profile_names())} (default: offline)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip notebooks whose results exist for the same parameters")
+    parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 03")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    args = parser.parse_args(argv)
+    return run(args.profile, args.resume, args.only, args.kernel)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

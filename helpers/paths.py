@@ -1,0 +1,44 @@
+"""Where data, checkpoints, caches, results and figures live.
+
+Everything is relative to the repository (found from this file when installed in
+editable mode, else the working directory) and can be moved with environment
+variables, so that Colab users can point ``TTA_DATA`` at a mounted drive.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _repo_root() -> Path:
+    if "TTA_HOME" in os.environ:
+        return Path(os.environ["TTA_HOME"]).expanduser().resolve()
+    here = Path(__file__).resolve().parents[1]
+    if (here / "pyproject.toml").exists() and (here / "notebooks").is_dir():
+        return here
+    return Path.cwd()
+
+
+def _dir(env: str, default: Path) -> Path:
+    return Path(os.environ.get(env, default)).expanduser()
+
+
+REPO = _repo_root()
+NOTEBOOKS = REPO / "notebooks"
+PROFILES = NOTEBOOKS / "profiles"
+DATA = _dir("TTA_DATA", REPO / "data")
+CHECKPOINTS = _dir("TTA_CHECKPOINTS", REPO / "checkpoints")
+CACHE = _dir("TTA_CACHE", REPO / ".cache")
+RESULTS = _dir("TTA_RESULTS", REPO / "results")
+RUNS = _dir("TTA_RUNS", REPO / "runs")
+FIGURES = _dir("TTA_FIGURES", REPO / "figures")
+# The Debian package ``dataset-fashion-mnist`` installs the original gzip files here.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def resolve(path) -> Path:
+    """A path from a profile or a parameter: relative ones are relative to the repository,
+    so that notebooks run by papermill (in notebooks/) and by hand agree."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO / path

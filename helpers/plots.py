@@ -1,0 +1,66 @@
+"""Figures shared by the notebooks. Each function returns the figure; ``save`` writes PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+
+def save(fig, directory, name: str, dpi: int = 110) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.png"
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def image_grid(images, titles=None, ncols: int = 8, size: float = 1.4, suptitle=None):
+    """A grid of images given as tensors (N x 3 x H x W in [0, 1])."""
+    images = images.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, img) in enumerate(zip(axes.flat, images)):
+        ax.imshow(img)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_per_corruption(results: list[dict], title: str = ""):
+    """Accuracy per corruption (x), one bar per method, one panel per model."""
+    import pandas as pd
+
+    df = pd.DataFrame([{k: r[k] for k in ("model", "data", "method", "accuracy")}
+                       for r in results])
+    grid = sns.catplot(data=df, x="data", y="accuracy", hue="method", col="model", kind="bar",
+                       col_wrap=1, height=3, aspect=3.2, sharex=False)
+    grid.set_xticklabels(rotation=40, ha="right")
+    grid.set_axis_labels("", "accuracy")
+    if title:
+        grid.figure.suptitle(title, y=1.02, fontsize=10)
+    return grid.figure
+
+
+def confidence_histograms(results: list[dict], bins: int = 15, title: str = ""):
+    """Confidence of correct and wrong predictions, per model and method, over all data."""
+    import pandas as pd
+
+    rows = [{"model": r["model"], "method": r["method"], "confidence": c,
+             "outcome": "correct" if p == y else "wrong"}
+            for r in results for p, y, c in zip(r["predictions"], r["labels"],
+                                                r["confidences"])]
+    grid = sns.displot(pd.DataFrame(rows), x="confidence", hue="outcome", col="method",
+                       row="model", bins=bins, binrange=(0, 1), height=2.2, aspect=1.2,
+                       facet_kws={"sharey": False})
+    if title:
+        grid.figure.suptitle(title, y=1.02, fontsize=10)
+    return grid.figure

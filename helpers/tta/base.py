@@ -1,0 +1,110 @@
+"""The interface every method shares: ``logits = adapter(images)``, ``adapter.reset()``."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import nn
+
+from ..views import generator_for
+from .episodic import Snapshot, norm_buffers, select_parameters
+
+
+def make_optimizer(params, name: str = "sgd", lr: float = 1e-3, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """SGD (with momentum) or AdamW, the two optimizers of the papers."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name in ("adamw", "adam"):
+        cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+        return cls(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', not {name!r}")
+
+
+class Adapter:
+    """A test-time method around a classifier (images in [0, 1] -> logits).
+
+    ``counters`` records events the results should show, such as updates skipped for a
+    non-finite loss. ``keys`` name the test images (their dataset indices) so that random
+    views depend on the image, not on the order of the evaluation.
+    """
+
+    name = "adapter"
+
+    def __init__(self, model: nn.Module, seed: int = 0):
+        self.model = model
+        self.seed = seed
+        self.counters: Counter = Counter()
+        self._seen = 0
+
+    def __call__(self, images: torch.Tensor, keys=None) -> torch.Tensor:
+        if keys is None:
+            keys = range(self._seen, self._seen + len(images))
+        self._seen += len(images)
+        return self.forward(images, [int(k) for k in keys])
+
+    def forward(self, images: torch.Tensor, keys: list[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Back to the source model, exactly."""
+        self.counters.clear()
+        self._seen = 0
+
+    def generator(self, key: int) -> torch.Generator:
+        return generator_for(self.seed, key)
+
+    def config(self) -> dict:
+        """The settings that made the results, for the results file."""
+        return {"method": self.name}
+
+
+class Source(Adapter):
+    """No adaptation: the pretrained model as it is."""
+
+    name = "source"
+
+    def forward(self, images, keys):
+        self.model.eval()
+        with torch.inference_mode():
+            return self.model(images)
+
+
+class Episodic(Adapter):
+    """A method that changes some parameters (and perhaps batch-norm buffers) with an
+    optimizer, and can go back to the source state at any time."""
+
+    def __init__(self, model, params: str = "all", optimizer: str = "sgd", lr: float = 1e-3,
+                 momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0):
+        super().__init__(model, seed)
+        self.params_choice, self.optimizer_name, self.lr = params, optimizer, lr
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.params = select_parameters(model, params)
+        if not self.params:
+            raise ValueError(f"The model has no parameters of kind {params!r} to adapt; "
+                             "choose params='all'.")
+        self.optimizer = make_optimizer(self.params, optimizer, lr, momentum, weight_decay)
+        self.snapshot = Snapshot(self.params, norm_buffers(model), self.optimizer)
+
+    def restore(self) -> None:
+        self.snapshot.restore()
+
+    def reset(self) -> None:
+        super().reset()
+        self.restore()
+
+    def update(self, loss: torch.Tensor) -> bool:
+        """One optimizer step; a non-finite loss skips it, counts it, returns False."""
+        if not torch.isfinite(loss):
+            self.counters["skipped_nonfinite"] += 1
+            return False
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return True
+
+    def config(self) -> dict:
+        return {"method": self.name, "params": self.params_choice,
+                "optimizer": self.optimizer_name, "lr": self.lr, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "seed": self.seed}

@@ -1,0 +1,82 @@
+"""Methods that use the test batch's statistics: NormAdapt (Schneider et al., 2020) and
+Tent (Wang et al., ICLR 2021)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Adapter, Episodic
+from .episodic import Snapshot, norm_buffers
+
+
+def _batchnorm_train_mode(model: nn.Module) -> None:
+    """Eval mode everywhere except batch norm, which then normalises with batch statistics."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class NormAdapt(Adapter):
+    """Normalise with the statistics of each test batch instead of the training ones;
+    nothing is learned and the source running statistics are kept."""
+
+    name = "norm"
+
+    def __init__(self, model, seed: int = 0):
+        if not has_batchnorm(model):
+            raise ValueError("NormAdapt needs batch-norm layers; this model has none "
+                             "(CLIP's ViT uses layer norm): use Tent or MEMO.")
+        super().__init__(model, seed)
+        self.snapshot = Snapshot([], norm_buffers(model))
+
+    def forward(self, images, keys):
+        _batchnorm_train_mode(self.model)
+        with torch.inference_mode():
+            logits = self.model(images)
+        self.snapshot.restore()
+        self.model.eval()
+        return logits
+
+    def reset(self):
+        super().reset()
+        self.snapshot.restore()
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy of softmax(logits) per row."""
+    log_probs = logits.float().log_softmax(-1)
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
+class Tent(Episodic):
+    """Tent: minimise the mean prediction entropy of each test batch by updating the affine
+    parameters of the normalisation layers (batch norm in train mode uses batch
+    statistics). ``episodic=True`` resets after every batch; otherwise it adapts online.
+    Defaults as in the paper: Adam, lr 1e-3, one step per batch."""
+
+    name = "tent"
+
+    def __init__(self, model, episodic: bool = False, steps: int = 1, optimizer: str = "adam",
+                 lr: float = 1e-3, params: str = "norm", seed: int = 0):
+        super().__init__(model, params, optimizer, lr, seed=seed)
+        self.episodic, self.steps = episodic, steps
+
+    def forward(self, images, keys):
+        _batchnorm_train_mode(self.model)
+        for _ in range(self.steps):
+            logits = self.model(images)
+            if not self.update(entropy(logits).mean()):
+                break  # counted; the prediction is the unchanged model's
+        self.model.eval()
+        if self.episodic:
+            self.restore()
+        return logits.detach()
+
+    def config(self):
+        return {**super().config(), "episodic": self.episodic, "steps": self.steps}

@@ -1,0 +1,193 @@
+"""Augmented views of one test image, built as one batched tensor on the image's device.
+
+A view generator is any callable ``views(image, generator) -> Tensor[n, 3, H, W]`` taking
+an image in [0, 1] (3 x H x W) and a CPU ``torch.Generator``; all random parameters come
+from that generator, so a test image's views depend only on its seed, never on batch
+order. Random parameters are drawn per view and applied per view with batched kernels
+(affine grids, per-sample thresholds), never with a per-view PIL loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+# AugMix's operations, without those that overlap ImageNet-C's corruptions (as in AugMix
+# and MEMO): no colour, contrast, brightness or sharpness.
+AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "rotate", "solarize",
+              "shear_x", "shear_y", "translate_x", "translate_y")
+
+
+def _uniform(shape, low, high, gen):
+    return low + (high - low) * torch.rand(shape, generator=gen)
+
+
+def _sign(n, gen):
+    return torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+
+
+def _affine(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Warp each image by its own matrix (output -> input, normalised coordinates, 2x3 or
+    3x3); outside pixels are black, as with PIL's affine transforms in AugMix."""
+    grid = F.affine_grid(theta[:, :2].to(images), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+def _identity(n):
+    return torch.eye(3).repeat(n, 1, 1)
+
+
+def _to_uint8(x):
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+COLOUR_OPS = ("autocontrast", "equalize", "posterize", "solarize")
+
+
+def _colour(name: str, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """A colour operation of AugMix on a batch, with a per-image ``level`` in [0, 1]."""
+    if name == "autocontrast":
+        return TF.autocontrast(x)
+    if name == "equalize":
+        return TF.equalize(_to_uint8(x)).float() / 255
+    n = x.shape[0]
+    if name == "posterize":  # keep 4 - int(4 level) bits, as AugMix
+        bits = 4 - (level * 4).long().clamp(max=4)
+        mask = (256 - 2 ** (8 - bits)).to(torch.uint8).to(x.device).view(n, 1, 1, 1)
+        return (_to_uint8(x) & mask).float() / 255
+    threshold = (1 - level).to(x).view(n, 1, 1, 1)  # solarize
+    return torch.where(x >= threshold, 1 - x, x)
+
+
+def _geometry(name: str, level: torch.Tensor, size: int, gen) -> torch.Tensor:
+    """The 3x3 matrices of AugMix's rotate (30 degrees), shear (0.3) and translate (a third
+    of the image, whole pixels) at per-image ``level``, with a random sign each."""
+    n = len(level)
+    theta = _identity(n)
+    sign = _sign(n, gen)
+    if name == "rotate":
+        angle = sign * level * math.radians(30)
+        theta[:, 0, :2] = torch.stack([angle.cos(), -angle.sin()], 1)
+        theta[:, 1, :2] = torch.stack([angle.sin(), angle.cos()], 1)
+    elif name in ("shear_x", "shear_y"):
+        row, col = (0, 1) if name == "shear_x" else (1, 0)
+        theta[:, row, col] = sign * level * 0.3
+    else:
+        pixels = (sign * level * size / 3).round()
+        theta[:, 0 if name == "translate_x" else 1, 2] = pixels * 2 / size
+    return theta
+
+
+def _augmix_chain(base: torch.Tensor, ops: torch.Tensor, levels: torch.Tensor, gen):
+    """Apply per-view operation sequences (``ops[step, view]``, -1 for none). Consecutive
+    geometric operations of a view are composed into one warp, applied only before a colour
+    operation and at the end: one resampling instead of several, and far fewer kernels."""
+    x, n, size = base.clone(), base.shape[0], base.shape[-1]
+    pending, warped = _identity(n), torch.zeros(n, dtype=torch.bool)
+
+    def flush(views):
+        views = views[warped[views]]
+        if len(views):
+            x[views.to(x.device)] = _affine(x[views.to(x.device)], pending[views])
+            pending[views], warped[views] = torch.eye(3), False
+
+    for step_ops, step_levels in zip(ops, levels):
+        for k, name in enumerate(AUGMIX_OPS):
+            views = (step_ops == k).nonzero().flatten()
+            if not len(views):
+                continue
+            if name in COLOUR_OPS:
+                flush(views)
+                x[views.to(x.device)] = _colour(name, x[views.to(x.device)], step_levels[views])
+            else:
+                pending[views] = pending[views] @ _geometry(name, step_levels[views], size, gen)
+                warped[views] = True
+    flush(torch.arange(n))
+    return x
+
+
+def _crop_flip_theta(n: int, height: int, width: int, crop: str | None, flip: bool, gen):
+    """Per-view 3x3 matrices of the pre-augmentation: RandomResizedCrop (scale 0.08-1, ratio
+    3/4-4/3) for large images, a 4-pixel pad-and-crop for small ones, then a flip."""
+    theta = _identity(n)
+    if crop == "resized":
+        area = _uniform(n, 0.08, 1.0, gen)
+        log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), gen)
+        w = (area * log_ratio.exp()).sqrt().clamp(max=1)
+        h = (area / log_ratio.exp()).sqrt().clamp(max=1)
+        theta[:, 0, 0], theta[:, 1, 1] = w, h
+        theta[:, 0, 2] = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)
+        theta[:, 1, 2] = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
+    elif crop == "pad":
+        shift = torch.randint(-4, 5, (n, 2), generator=gen).float()
+        theta[:, 0, 2] = shift[:, 0] * 2 / width
+        theta[:, 1, 2] = shift[:, 1] * 2 / height
+    elif crop is not None:
+        raise ValueError(f"crop must be 'resized', 'pad' or None, not {crop!r}")
+    if flip:
+        theta[:, 0, :] *= _sign(n, gen).view(n, 1)
+    return theta
+
+
+class AugMixViews:
+    """MEMO's views: a random crop and flip, then AugMix (``width`` chains of 1-3 random
+    operations mixed with Dirichlet weights, then mixed with the crop by a Beta(1, 1)
+    weight). ``crop="auto"`` picks RandomResizedCrop for images of 64 px and more (the
+    ImageNet recipe) and pad-and-crop below (the CIFAR recipe)."""
+
+    def __init__(self, n_views: int = 64, severity: int = 3, width: int = 3,
+                 max_depth: int = 3, crop: str | None = "auto", flip: bool = True):
+        if n_views < 1:
+            raise ValueError(f"n_views must be at least 1, got {n_views}")
+        if not 1 <= severity <= 10:
+            raise ValueError(f"severity must be in 1..10 (AugMix's scale), got {severity}")
+        self.n_views, self.severity, self.width = n_views, severity, width
+        self.max_depth, self.crop, self.flip = max_depth, crop, flip
+
+    def __repr__(self):
+        return (f"AugMixViews(n_views={self.n_views}, severity={self.severity}, "
+                f"width={self.width}, crop={self.crop!r}, flip={self.flip})")
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, (_, height, width) = self.n_views, image.shape
+        crop = self.crop if self.crop != "auto" else ("resized" if min(height, width) >= 64
+                                                      else "pad")
+        base = _affine(image.expand(n, -1, -1, -1),
+                       _crop_flip_theta(n, height, width, crop, self.flip, generator))
+        weights = -torch.rand(n, self.width, generator=generator).log()  # Dirichlet(1, ..)
+        weights = (weights / weights.sum(1, keepdim=True)).to(image)
+        mix = torch.zeros_like(base)
+        for chain in range(self.width):
+            depth = torch.randint(1, self.max_depth + 1, (n,), generator=generator)
+            ops = torch.randint(len(AUGMIX_OPS), (self.max_depth, n), generator=generator)
+            ops[torch.arange(self.max_depth).view(-1, 1) >= depth] = -1
+            # AugMix: level ~ U(0.1, severity) on a scale of 10
+            levels = _uniform((self.max_depth, n), 0.1, self.severity, generator) / 10
+            mix += weights[:, chain].view(n, 1, 1, 1) * _augmix_chain(base, ops, levels,
+                                                                       generator)
+        m = torch.rand(n, generator=generator).to(image).view(n, 1, 1, 1)  # Beta(1, 1)
+        return ((1 - m) * base + m * mix).clamp(0, 1)
+
+
+class CropViews:
+    """TPT's views for ImageNet-like sets: random resized crops and flips only."""
+
+    def __init__(self, n_views: int = 63, flip: bool = True):
+        self.n_views, self.flip = n_views, flip
+
+    def __repr__(self):
+        return f"CropViews(n_views={self.n_views}, flip={self.flip})"
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, (_, height, width) = self.n_views, image.shape
+        theta = _crop_flip_theta(n, height, width, "resized", self.flip, generator)
+        return _affine(image.expand(n, -1, -1, -1), theta).clamp(0, 1)
+
+
+def generator_for(seed: int, index: int) -> torch.Generator:
+    """The generator of one test image: same seed and index, same views."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)

@@ -1,0 +1,292 @@
+"""Tests of helpers.data on the data that ships with the machine and its packages (no network)."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from helpers import data, paths
+
+NO_DEBIAN_FASHION = not (paths.DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file()
+WHY = f"{paths.DEBIAN_FASHION_MNIST} absent (apt-get install -y dataset-fashion-mnist)"
+needs_debian_fashion = pytest.mark.skipif(NO_DEBIAN_FASHION, reason=WHY)
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path, monkeypatch):
+    """Never read or write the repository's data/ or .cache/ from tests."""
+    monkeypatch.setattr(paths, "DATA", tmp_path / "data")
+    monkeypatch.setattr(paths, "CACHE", tmp_path / "cache")
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    if NO_DEBIAN_FASHION:
+        pytest.skip(WHY)
+    return data.fashion_mnist(root=paths.DEBIAN_FASHION_MNIST)
+
+
+@pytest.fixture(scope="module")
+def photos64():
+    return data.sample_photos(size=64)
+
+
+# ---------------------------------------------------------------- loaders
+
+@needs_debian_fashion
+def test_fashion_mnist_from_debian_package():
+    ds = data.fashion_mnist()  # paths.DATA is empty here, so this falls back to Debian's files
+    assert len(ds) == 10_000 and ds.name == "fashion-mnist-test"
+    assert "Debian package dataset-fashion-mnist" in ds.description and "10,000" in ds.description
+    image, label = ds[0]
+    assert image.dtype == torch.float32 and image.shape == (3, 28, 28) and isinstance(label, int)
+    assert ds.images.dtype == torch.uint8 and ds.images.shape == (10_000, 3, 28, 28)
+    assert torch.equal(image, ds.images[0].float() / 255)
+    assert torch.bincount(ds.labels).tolist() == [1000] * 10
+    assert ds.class_names == data.FASHION_MNIST_CLASSES and len(ds.class_names) == 10
+    images, labels = ds.batch([0, 5, 9])
+    assert images.shape == (3, 3, 28, 28) and 0 <= images.min() and images.max() <= 1
+    assert images.max() == 1 and labels.tolist() == ds.labels[[0, 5, 9]].tolist()
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_fashion_mnist_reads_idx_files_from_root(tmp_path):
+    images = np.arange(3 * 28 * 28).reshape(3, 28, 28) % 256
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([9, 0, 3]))
+    ds = data.fashion_mnist(root=tmp_path)
+    assert ds.labels.tolist() == [9, 0, 3] and str(tmp_path) in ds.description
+    assert torch.equal(ds.images[:, 1], torch.tensor(images, dtype=torch.uint8))
+    with pytest.raises(data.DatasetNotFoundError, match="train-images"):
+        data.fashion_mnist("train", root=tmp_path)
+
+
+def test_bundled_digit_sets():
+    mnist = data.mnist_digits()
+    assert len(mnist) == 5000 and mnist[0][0].shape == (3, 28, 28)
+    assert torch.bincount(mnist.labels).tolist() == [500] * 10
+    digits = data.sklearn_digits()
+    assert len(digits) == 1797 and digits[0][0].shape == (3, 8, 8)
+    assert digits.images.max() == 255 and digits.class_names[3] == "three"
+
+
+def test_sample_photos_have_defensible_imagenet_labels():
+    photos = data.sample_photos()
+    assert photos.images.shape == (len(photos), 3, 224, 224) and 5 <= len(photos) <= 8
+    assert len(photos.class_names) == 1000 and len(photos.acceptable) == len(photos)
+    for label, acceptable in zip(photos.labels.tolist(), photos.acceptable, strict=True):
+        assert label in acceptable and all(0 <= i < 1000 for i in acceptable)
+    assert photos.class_names[photos.labels[0]] == "Egyptian Mau"  # chelsea the cat
+    assert photos.images.float().std() > 20  # real pictures, not blank
+
+
+def test_missing_datasets_say_where_and_how(tmp_path):
+    cases = [(lambda: data.cifar100(root=tmp_path), tmp_path / "cifar-100-python", "download=True"),
+             (lambda: data.imagenet_a(root=tmp_path), tmp_path / "imagenet-a", "imagenet-a.tar"),
+             (lambda: data.imagenet_v2(root=tmp_path),
+              tmp_path / "imagenetv2-matched-frequency-format-val", "wget"),
+             (lambda: data.load_dataset("fashion-mnist", root=tmp_path), tmp_path,
+              "apt-get install")]
+    for load, path, hint in cases:
+        with pytest.raises(data.DatasetNotFoundError) as error:
+            load()
+        message = str(error.value)
+        assert str(path) in message and hint in message and "TTA_DATA" in message
+    assert issubclass(data.DatasetNotFoundError, FileNotFoundError)
+
+
+def _save(path, seed, fmt):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, fmt)
+
+
+def test_image_folder_skips_and_counts_corrupt_files(tmp_path):
+    root = tmp_path / "imagenet-a"
+    _save(root / "n01498041" / "a.jpg", 0, "JPEG")
+    _save(root / "n01498041" / "b.png", 1, "PNG")
+    _save(root / "n12267677" / "c.jpeg", 2, "JPEG")
+    (root / "n12267677" / "broken.jpg").write_bytes(b"not an image at all")
+    (root / "README.txt").write_text("ignored")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        ds = data.imagenet_a(root=tmp_path, size=32)
+    assert len(ds) == 3 and ds.skipped == 1 and "1 unreadable" in ds.description
+    assert ds.labels.tolist() == [0, 0, 199]
+    assert ds.class_names[0] == "stingray" and ds.class_names[199] == "acorn"
+    assert ds.imagenet_indices[0] == 6 and ds.imagenet_indices[199] == 988
+    image, label = ds[2]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 199
+    images, labels = ds.batch([0, 2])
+    assert images.shape == (2, 3, 32, 32) and labels.tolist() == [0, 199]
+
+
+def test_imagenet_v2_labels_are_folder_numbers_not_sort_order(tmp_path):
+    root = tmp_path / "imagenetv2-matched-frequency-format-val"
+    for folder in ("2", "10", "999"):
+        _save(root / folder / "x.jpeg", int(folder), "JPEG")
+    ds = data.imagenet_v2(root=tmp_path, size=16)
+    assert sorted(ds.labels.tolist()) == [2, 10, 999] and ds.skipped == 0
+    assert ds.imagenet_indices == list(range(1000)) and ds.class_names[0] == "tench"
+
+
+def test_imagenet_resources():
+    names, wnids = data.imagenet_class_names(), data.imagenet_wnids()
+    a_indices = data.imagenet_a_indices()
+    assert len(names) == len(wnids) == 1000 and len(set(wnids)) == 1000
+    assert all(re.fullmatch(r"n\d{8}", w) for w in wnids)
+    assert (wnids[0], names[0]) == ("n01440764", "tench")
+    assert (wnids[967], names[967]) == ("n07920052", "espresso")
+    assert len(a_indices) == 200 == len(set(a_indices)) and a_indices == sorted(a_indices)
+    assert all(0 <= i < 1000 for i in a_indices)
+    # First and last ImageNet-A classes (timm's imagenet_a_synsets.txt / imagenet_a_indices.txt).
+    first, last = a_indices[0], a_indices[-1]
+    assert (first, wnids[first], names[first]) == (6, "n01498041", "stingray")
+    assert (last, wnids[last], names[last]) == (988, "n12267677", "acorn")
+
+
+def test_take_is_deterministic_and_keeps_attributes():
+    digits = data.sklearn_digits()
+    a, b, c = (data.take(digits, 50, seed=seed) for seed in (1, 1, 2))
+    assert len(a) == 50 and torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.labels, c.labels)
+    assert isinstance(a, data.ImageTensorDataset) and a.class_names == digits.class_names
+    assert a.name == digits.name and "subset of 50" in a.description
+    assert data.take(digits, None) is digits and data.take(digits, 10_000) is digits
+    photos = data.take(data.sample_photos(size=32), 3, seed=0)
+    assert [photos.labels[i] in photos.acceptable[i] for i in range(3)] == [True] * 3
+
+
+def test_load_dataset_dispatch():
+    with pytest.raises(ValueError, match="valid names: cifar10, cifar100, imagenet-a") as error:
+        data.load_dataset("svhn")
+    assert all(name in str(error.value) for name in data.DATASETS)
+    assert len(data.load_dataset("digits")) == 1797
+    with pytest.raises(ValueError, match="split"):
+        data.load_dataset("digits", split="train")
+
+
+# ---------------------------------------------------------------- corruptions
+
+def _sharpness_loss(clean, corrupted):
+    """1 - (mean gradient magnitude after / before): how much fine detail a blur removed."""
+    def detail(images):
+        images = images.float()
+        return ((images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+                + (images[..., 1:] - images[..., :-1]).abs().mean())
+    return float(1 - detail(corrupted) / detail(clean))
+
+
+def _one_minus_correlation(clean, corrupted):
+    return float(np.mean([1 - np.corrcoef(a.flatten().float(), b.flatten().float())[0, 1]
+                          for a, b in zip(clean, corrupted, strict=True)]))
+
+
+def _one_minus_ssim(clean, corrupted):
+    def ssim(a, b):
+        return structural_similarity(a.permute(1, 2, 0).numpy(), b.permute(1, 2, 0).numpy(),
+                                     channel_axis=-1, data_range=255)
+    return float(np.mean([1 - ssim(a, b) for a, b in zip(clean, corrupted, strict=True)]))
+
+
+def _mean_abs_change(clean, corrupted):
+    return float((corrupted.float() - clean.float()).abs().mean())
+
+
+# Mean absolute change is the default, but it is not what three kinds of corruption raise:
+# - blurs remove detail; glass blur's severity 3 (3 shuffling passes) moves pixels more than
+#   severity 4 (2 passes, wider), yet severity 4 blurs more, so measure the loss of sharpness;
+# - frost computes 0.65..1 * image + frost: dimming and frosting cancel in a pixel difference,
+#   but the image's share (correlation with the clean one) drops steadily;
+# - fog both lifts dark pixels and dims bright ones, which also cancels; 1 - SSIM does not.
+CHANGE = {"defocus_blur": _sharpness_loss, "glass_blur": _sharpness_loss,
+          "motion_blur": _sharpness_loss, "zoom_blur": _sharpness_loss,
+          "frost": _one_minus_correlation, "fog": _one_minus_ssim}
+# ImageNet-C's snow severities 2 and 3 whiten the image equally (factor 0.7) and trade flake
+# count for flake size, so they change images by about as much (either may be larger).
+TOLERANCE = {"snow": 0.1}
+
+
+@pytest.mark.parametrize("corruption", data.CORRUPTIONS)
+def test_corruption_grows_with_severity(corruption, photos64, fashion):
+    for clean in (photos64.images, fashion.images[:64]):
+        outputs = [data.corrupt_images(clean, corruption, severity) for severity in range(1, 6)]
+        for out in outputs:
+            assert out.dtype == torch.uint8 and out.shape == clean.shape
+        change = [CHANGE.get(corruption, _mean_abs_change)(clean, out) for out in outputs]
+        tolerance = TOLERANCE.get(corruption, 1e-3)
+        assert change[0] > 0 and change[-1] > change[0], change
+        for weaker, stronger in itertools.pairwise(change):
+            assert stronger >= weaker * (1 - tolerance), (corruption, change)
+
+
+def test_corruption_is_seeded_per_image_and_leaves_global_rng_alone(photos64):
+    images = photos64.images[:4]
+    state = np.random.get_state()
+    for corruption in ("gaussian_noise", "impulse_noise", "glass_blur", "frost", "fog"):
+        first = data.corrupt_images(images, corruption, 3, seed=7)
+        assert torch.equal(first, data.corrupt_images(images, corruption, 3, seed=7)), corruption
+        assert torch.equal(first[:2], data.corrupt_images(images[:2], corruption, 3, seed=7))
+        other = data.corrupt_images(images, corruption, 3, seed=8)
+        assert not torch.equal(first, other), corruption
+    twins = data.corrupt_images(images[:1].repeat(2, 1, 1, 1), "gaussian_noise", 3)
+    assert not torch.equal(twins[0], twins[1])  # each image gets its own noise
+    after = np.random.get_state()
+    assert all(np.array_equal(a, b) for a, b in zip(state, after, strict=True))
+
+
+def test_invalid_corruption_arguments(photos64):
+    with pytest.raises(ValueError, match="gaussian_noise, shot_noise"):
+        data.corrupt_images(photos64.images, "rain", 1)
+    for severity in (0, 6):
+        with pytest.raises(ValueError, match="1, 2, 3, 4, 5"):
+            data.corrupt_images(photos64.images, "fog", severity)
+    with pytest.raises(ValueError, match="1, 2, 3, 4, 5"):
+        data.corrupted(photos64, "fog", 9)
+
+
+def test_fixed_corruptions_match_imagecorruptions(monkeypatch):
+    """Our glass_blur / fog / frost reproduce the package's functions (patched to run)."""
+    from skimage.filters import gaussian
+    corruptions = data._imagecorruptions()
+
+    def old_gaussian(image, sigma, multichannel=False, **kw):
+        return gaussian(image, sigma=sigma, channel_axis=-1 if multichannel else None, **kw)
+
+    monkeypatch.setattr(corruptions, "gaussian", old_gaussian)
+    monkeypatch.setattr(np, "float_", np.float64, raising=False)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (36, 44, 3), dtype=np.uint8))
+    for name in ("glass_blur", "fog", "frost"):
+        for severity in (1, 5):
+            np.random.seed(3)
+            expected = getattr(corruptions, name)(image, severity)
+            np.random.seed(3)
+            assert np.array_equal(getattr(data, name)(image, severity), expected), (name, severity)
+
+
+def test_corrupted_dataset_is_cached_atomically(fashion, monkeypatch):
+    small = data.take(fashion, 16, seed=0)
+    out = data.corrupted(small, "gaussian_noise", 5, seed=0)
+    assert out.name == "fashion-mnist-test/gaussian_noise-5"
+    assert "gaussian_noise at severity 5" in out.description
+    assert "padded to 32x32" in out.description
+    assert torch.equal(out.labels, small.labels) and out.class_names == small.class_names
+    assert not torch.equal(out.images, small.images)
+    files = list((paths.CACHE / "corruptions").rglob("*"))
+    assert [f.suffix for f in files if f.is_file()] == [".npz"]  # no temporary file left behind
+
+    def fail(*args, **kwargs):
+        raise AssertionError("should have been read from the cache")
+
+    monkeypatch.setattr(data, "corrupt_images", fail)
+    assert torch.equal(data.corrupted(small, "gaussian_noise", 5, seed=0).images, out.images)

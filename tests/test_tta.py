@@ -1,0 +1,179 @@
+import math
+
+import pytest
+import torch
+
+from helpers.evaluate import evaluate, expected_calibration_error
+from helpers.tta import Memo, NormAdapt, Source, Tent, build_method, entropy, marginal_entropy
+from helpers.views import AugMixViews
+
+
+def direct_marginal_entropy(logits):
+    p = logits.double().softmax(-1).mean(0)
+    return -(p * p.log()).nan_to_num(0).sum()
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(model, reference):
+    now = model.state_dict()
+    assert now.keys() == reference.keys()
+    for k in reference:
+        assert torch.equal(now[k], reference[k]), f"{k} changed"
+
+
+def test_marginal_entropy_matches_formula():
+    logits = torch.randn(8, 10, generator=torch.Generator().manual_seed(0)) * 3
+    assert marginal_entropy(logits).item() == pytest.approx(
+        direct_marginal_entropy(logits).item(), rel=1e-6)
+    # identical uniform views: entropy of the uniform distribution
+    assert marginal_entropy(torch.zeros(4, 7)).item() == pytest.approx(math.log(7), rel=1e-6)
+
+
+def test_marginal_entropy_near_one_hot_and_float16_range():
+    one_hot = torch.zeros(16, 5)
+    one_hot[:, 2] = 1e4
+    value = marginal_entropy(one_hot)
+    assert torch.isfinite(value) and value.item() == pytest.approx(0.0, abs=1e-12)
+    # views that disagree completely: the marginal is uniform over the two winners
+    mixed = one_hot.clone()
+    mixed[8:, 2], mixed[8:, 3] = 0, 1e4
+    assert marginal_entropy(mixed).item() == pytest.approx(math.log(2), rel=1e-6)
+    big = torch.randn(6, 20, generator=torch.Generator().manual_seed(3)) * 3e4
+    big = big.clamp(-6e4, 6e4).half()
+    assert torch.isfinite(big).all() and big.abs().max() > 3e4  # where half overflows
+    value = marginal_entropy(big)
+    assert torch.isfinite(value)
+    assert value.item() == pytest.approx(direct_marginal_entropy(big.double()).item(),
+                                         rel=1e-5, abs=1e-9)
+
+
+def test_entropy_per_row():
+    logits = torch.tensor([[0.0, 0.0], [100.0, 0.0]])
+    assert torch.allclose(entropy(logits), torch.tensor([math.log(2), 0.0]), atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("params", ["all", "norm"])
+def test_memo_restores_every_tensor_bit_for_bit(tiny_cnn, images, optimizer, params):
+    source = state(tiny_cnn)
+    memo = Memo(tiny_cnn, n_views=8, steps=2, optimizer=optimizer, lr=0.5, params=params)
+    for i in range(3):
+        memo(images[2 * i:2 * i + 2])
+        assert_same_state(tiny_cnn, source)
+        assert len(memo.optimizer.state) == 0
+        assert all(p.grad is None for p in memo.params)
+
+
+def test_memo_step_lowers_marginal_entropy_then_forgets(tiny_cnn, images):
+    views = AugMixViews(16)
+    memo = Memo(tiny_cnn, views=views, lr=0.05)
+    with torch.no_grad():
+        v = views(images[0], memo.generator(0))
+        before = marginal_entropy(tiny_cnn(v)).item()
+    memo.adapt(images[0], 0)
+    with torch.no_grad():
+        after = marginal_entropy(tiny_cnn(v)).item()
+    memo.restore()
+    assert after < before
+    with torch.no_grad():
+        assert marginal_entropy(tiny_cnn(v)).item() == before
+
+
+def one_by_one(model, images):
+    """Source predictions one image at a time, as MEMO predicts (batch size changes the
+    float rounding of convolutions)."""
+    return torch.cat([Source(model)(image[None]) for image in images])
+
+
+def test_memo_changes_predictions_only_through_adaptation(tiny_cnn, images):
+    source = one_by_one(tiny_cnn, images)
+    assert torch.equal(Memo(tiny_cnn, lr=0.0, n_views=4)(images), source)
+    adapted = Memo(tiny_cnn, lr=0.5, n_views=4)(images)
+    assert not torch.equal(adapted, source)
+
+
+def test_nonfinite_loss_skips_update_and_predicts_with_source(tiny_cnn, images):
+    def broken_views(image, generator):
+        return torch.full((4, *image.shape), float("nan"))
+
+    memo = Memo(tiny_cnn, views=broken_views, lr=1.0)
+    logits = memo(images)
+    assert memo.counters["skipped_nonfinite"] == len(images)
+    assert torch.equal(logits, one_by_one(tiny_cnn, images))
+
+
+def test_norm_adapt_uses_batch_statistics_and_keeps_running_ones(tiny_cnn, images):
+    source = state(tiny_cnn)
+    logits = NormAdapt(tiny_cnn)(images)
+    assert_same_state(tiny_cnn, source)
+    import copy
+    reference = copy.deepcopy(tiny_cnn).train()
+    with torch.no_grad():
+        assert torch.allclose(logits, reference(images), atol=1e-6)
+    assert not torch.allclose(logits, Source(tiny_cnn)(images), atol=1e-4)
+
+
+def test_norm_adapt_refuses_models_without_batchnorm():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LayerNorm(12), torch.nn.Linear(12, 3))
+    with pytest.raises(ValueError, match="batch-norm"):
+        NormAdapt(model)
+
+
+def test_tent_online_adapts_and_reset_restores(tiny_cnn, images):
+    source = state(tiny_cnn)
+    tent = Tent(tiny_cnn, lr=0.1)
+    tent(images)
+    changed = [k for k, v in tiny_cnn.state_dict().items() if not torch.equal(v, source[k])]
+    assert any(k.endswith("weight") for k in changed)  # BN affine parameters moved
+    tent.reset()
+    assert_same_state(tiny_cnn, source)
+    episodic = Tent(tiny_cnn, lr=0.1, episodic=True)
+    episodic(images)
+    assert_same_state(tiny_cnn, source)
+
+
+def test_build_method_rejects_unknown_names(tiny_cnn):
+    with pytest.raises(ValueError, match="valid"):
+        build_method("memo_pls", tiny_cnn)
+    with pytest.raises(ValueError, match="'all' or 'norm'"):
+        Memo(tiny_cnn, params="head")
+    with pytest.raises(ValueError, match="optimizer"):
+        Memo(tiny_cnn, optimizer="lbfgs")
+
+
+def test_ece_against_hand_computation():
+    conf = [0.95, 0.95, 0.55, 0.55, 0.55]
+    correct = [1, 0, 1, 1, 0]
+    # bin 0.9-1.0: acc 0.5, conf 0.95 -> |0.45| * 2/5; bin 0.5-0.6: acc 2/3, conf .55
+    expected = 0.4 * 0.45 + 0.6 * abs(2 / 3 - 0.55)
+    assert expected_calibration_error(conf, correct) == pytest.approx(expected)
+    assert expected_calibration_error([1.0, 1.0], [1, 1]) == 0.0
+
+
+class _Tiny(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], i % 5
+
+
+def test_evaluate_is_bit_for_bit_reproducible(tiny_cnn, images):
+    data = _Tiny(images)
+    first = evaluate(Memo(tiny_cnn, n_views=4, lr=0.1, seed=3), data, batch_size=4,
+                     progress=False)
+    second = evaluate(Memo(tiny_cnn, n_views=4, lr=0.1, seed=3), data, batch_size=2,
+                      progress=False)
+    assert first["predictions"] == second["predictions"]
+    assert first["confidences"] == second["confidences"]
+    assert first["n"] == 6 and 0 <= first["accuracy"] <= 1
+    assert first["accuracy"] == sum(p == y for p, y in zip(first["predictions"],
+                                                           first["labels"])) / 6
+    other_seed = evaluate(Memo(tiny_cnn, n_views=4, lr=0.1, seed=4), data, progress=False)
+    assert other_seed["confidences"] != first["confidences"]
