@@ -149,8 +149,8 @@ def run(profile_name: str, resume: bool = False, only: list[str] | None = None,
                                        progress_bar=False)
             tqdm.write(f"ok   {nb.name} in {time.time() - start:.0f} s")
         except Exception as error:  # noqa: BLE001 - one failure must not stop the batch
-            failures[nb] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1]} " \
-                           f"(executed notebook: {executed})"
+            last_line = (str(error).strip().splitlines() or [""])[-1]  # may be empty
+            failures[nb] = f"{type(error).__name__}: {last_line} (executed notebook: {executed})"
             tqdm.write(f"FAIL {nb.name}: {failures[nb]}")
     text = summary(profile_name, jobs, failures)
     summary_file = paths.RESULTS / profile_name / "SUMMARY.md"

@@ -579,3 +579,14 @@ def corrupted(dataset, corruption: str, severity: int, seed: int = 0,
                               f"{dataset.name}/{corruption}-{severity}", description,
                               imagenet_indices=dataset.imagenet_indices,
                               acceptable=getattr(dataset, "acceptable", None))
+
+
+def corruption_suite(dataset, corruptions="all", severity: int = 5, n: int | None = None,
+                     seed: int = 0, clean: bool = True) -> dict:
+    """The tasks of a robustness table: the same ``n`` test images clean and under each
+    corruption (``"all"`` for the 15 of ImageNet-C), keyed by corruption name."""
+    base = take(dataset, n, seed)
+    names = CORRUPTIONS if corruptions == "all" else list(corruptions)
+    suite = {"clean": base} if clean else {}
+    suite.update({name: corrupted(base, name, severity, seed) for name in names})
+    return suite

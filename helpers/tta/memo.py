@@ -10,6 +10,8 @@ import torch
 from ..views import AugMixViews
 from .base import Episodic
 
+VIEW_BUDGET = 2**25  # floats of views built at once (128 MB)
+
 
 def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the mean of softmax(logits) over views (dim 0), in log space: the mean of
@@ -37,19 +39,32 @@ class Memo(Episodic):
         self.views = views or AugMixViews(n_views)
         self.steps = steps
 
-    def adapt(self, image: torch.Tensor, key: int) -> None:
-        gen = self.generator(key)
+    def adapt(self, image: torch.Tensor, generator: torch.Generator, views=None) -> None:
+        """``steps`` updates on fresh views of ``image`` (the first ones may be given)."""
         for _ in range(self.steps):
-            loss = marginal_entropy(self.model(self.views(image, gen)))
+            views = views if views is not None else self.views(image, generator)
+            loss = marginal_entropy(self.model(views))
+            views = None
             if not self.update(loss):
                 self.restore()  # predict with the source model
                 return
 
+    def _first_views(self, images, generators):
+        """The first step's views of a whole batch at once when the generator can (one
+        pass of batched kernels), in chunks of at most VIEW_BUDGET floats."""
+        if not hasattr(self.views, "batch"):
+            return [None] * len(images)
+        per_image = self.views.n_views * images[0].numel()
+        chunk = max(1, VIEW_BUDGET // per_image)
+        return [v for i in range(0, len(images), chunk)
+                for v in self.views.batch(images[i:i + chunk], generators[i:i + chunk])]
+
     def forward(self, images, keys):
         self.model.eval()
+        generators = [self.generator(k) for k in keys]
         out = []
-        for image, key in zip(images, keys):
-            self.adapt(image, key)
+        for image, gen, views in zip(images, generators, self._first_views(images, generators)):
+            self.adapt(image, gen, views)
             with torch.inference_mode():
                 out.append(self.model(image[None]))
             self.restore()

@@ -1,0 +1,39 @@
+# The two commands: `make report` (the main job) and `make test`. Both set themselves up.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= offline
+
+.PHONY: setup data report test benchmark lint clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -e .
+	touch $@
+
+# FashionMNIST from Debian's package where we may install it, else downloaded by torchvision.
+data: $(VENV)/.installed
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ ! -d data/fashion-mnist ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    $(PY) -c "from helpers.data import fashion_mnist as f; f('train', download=True); f('test', download=True)"; \
+	  fi; \
+	fi
+
+report: setup
+	$(PY) -m helpers.batch --profile $(PROFILE) --resume
+
+test: setup
+	$(PY) -m pytest
+
+benchmark: setup
+	$(PY) benchmarks/memo_speed.py
+
+lint: setup
+	$(VENV)/bin/ruff check helpers tests benchmarks tools
+
+clean:
+	rm -rf runs results/smoke figures/smoke .pytest_cache

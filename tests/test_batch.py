@@ -1,0 +1,169 @@
+import json
+
+import nbformat
+import papermill
+import pytest
+import yaml
+
+from helpers import batch, paths
+
+GOOD_CODE = """\
+from pathlib import Path
+from helpers.evaluate import write_json
+with open("02_good.count", "a") as counter:  # cwd is the notebooks folder
+    counter.write("run\\n")
+write_json(results_path, {
+    "parameters": {"profile": profile, "results_path": results_path,
+                   "figures_dir": figures_dir, "x": x},
+    "summary": {"table": [{"a": x}]},
+})
+"""
+
+
+def notebook(path, parameters, code):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A repository layout in tmp_path: two notebooks (the first fails on purpose), three
+    profiles; helpers.paths points at it."""
+    layout = {name: tmp_path / name for name in ("notebooks", "results", "runs", "figures")}
+    layout["profiles"] = layout["notebooks"] / "profiles"
+    layout["profiles"].mkdir(parents=True)
+    for attr in ("NOTEBOOKS", "PROFILES", "RESULTS", "RUNS", "FIGURES"):
+        monkeypatch.setattr(paths, attr, layout[attr.lower()])
+    assert batch.paths is paths
+    notebook(layout["notebooks"] / "01_broken.ipynb",
+             'profile = "smoke"\nresults_path = None',
+             'raise ValueError("broken on purpose")')
+    notebook(layout["notebooks"] / "02_good.ipynb",
+             'profile = "smoke"\nresults_path = None\nfigures_dir = None\nx = 1', GOOD_CODE)
+    (layout["notebooks"] / "README.ipynb").write_text("not run: no number prefix")
+    write_profile(layout, "smoke", {"description": "tests", "defaults": {"x": 2}})
+    write_profile(layout, "override", {"defaults": {"x": 2},
+                                       "notebooks": {"02_good": {"x": 7}}})
+    write_profile(layout, "typo", {"notebooks": {"02_good": {"y": 1}}})
+    return layout
+
+
+def write_profile(layout, name, profile):
+    (layout["profiles"] / f"{name}.yaml").write_text(yaml.safe_dump(profile))
+
+
+def notebooks(repo):
+    return sorted(repo["notebooks"].glob("[0-9]*.ipynb"))
+
+
+# ---------------------------------------------------------------- plan
+
+
+def test_plan_injects_profile_and_runner_parameters_each_notebook_declares(repo):
+    jobs = batch.plan("smoke", notebooks(repo))
+    assert [nb.name for nb, _ in jobs] == ["01_broken.ipynb", "02_good.ipynb"]
+    assert jobs[0][1] == {"profile": "smoke",
+                          "results_path": str(repo["results"] / "smoke" / "01_broken.json")}
+    assert jobs[1][1] == {"x": 2, "profile": "smoke",
+                          "results_path": str(repo["results"] / "smoke" / "02_good.json"),
+                          "figures_dir": str(repo["figures"] / "smoke")}
+    assert batch.plan("override", notebooks(repo))[1][1]["x"] == 7  # per notebook wins
+
+
+def test_plan_rejects_unknown_parameter_listing_valid_ones(repo):
+    with pytest.raises(SystemExit) as error:
+        batch.plan("typo", notebooks(repo))
+    message = str(error.value)
+    assert "02_good.ipynb: unknown parameter(s) ['y']" in message
+    assert "valid: ['figures_dir', 'profile', 'results_path', 'x']" in message
+
+
+def test_plan_rejects_profile_naming_a_missing_notebook(repo):
+    write_profile(repo, "ghost", {"notebooks": {"03_ghost": {"x": 1}}})
+    with pytest.raises(SystemExit, match=r"notebooks that do not exist: \['03_ghost'\]"):
+        batch.plan("ghost", notebooks(repo))
+
+
+def test_unknown_profile_lists_valid_profiles(repo):
+    with pytest.raises(SystemExit, match="'nightly'; valid profiles: override, smoke, typo"):
+        batch.plan("nightly", notebooks(repo))
+    assert batch.profile_names() == ["override", "smoke", "typo"]
+
+
+# ---------------------------------------------------------------- resume check
+
+
+def test_is_done_compares_recorded_parameters(tmp_path):
+    file = tmp_path / "r.json"
+    params = {"x": 2, "results_path": str(file)}
+    assert not batch.is_done(params)  # no results yet
+    file.write_text(json.dumps({"parameters": {**params, "extra": 1}}))
+    assert batch.is_done(params)
+    assert not batch.is_done({**params, "x": 3})
+    file.write_text('{"parameters": ')  # interrupted write
+    assert not batch.is_done(params)
+
+
+# ---------------------------------------------------------------- run
+
+
+def counter(repo):
+    file = repo["notebooks"] / "02_good.count"
+    return len(file.read_text().splitlines()) if file.exists() else 0
+
+
+def test_run_executes_all_reports_failures_and_resumes(repo, capsys):
+    assert batch.run("smoke") == 1  # 01_broken fails, 02_good still runs after it
+    runs = repo["runs"] / "smoke"
+    assert sorted(p.name for p in runs.iterdir()) == ["01_broken.ipynb", "02_good.ipynb"]
+    executed = nbformat.read(runs / "02_good.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "x = 2" in injected[0].source
+    results = json.loads((repo["results"] / "smoke" / "02_good.json").read_text())
+    assert results["parameters"]["x"] == 2 and counter(repo) == 1
+
+    summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
+    assert "## 02_good\n### table\n\n| a |\n|---|\n| 2 |" in summary
+    failure = summary.split("## 01_broken\n")[1].split("\n")[0]
+    assert failure.startswith("**Failed**: PapermillExecutionError")
+    assert "broken on purpose" in failure and str(runs / "01_broken.ipynb") in failure
+    assert str(runs / "01_broken.ipynb") in capsys.readouterr().err
+
+    # same parameters: skipped (the notebook's counter does not move)
+    assert batch.run("smoke", resume=True, only=["02"]) == 0
+    assert counter(repo) == 1
+    assert "skip 02_good.ipynb" in capsys.readouterr().out
+    # a changed parameter: run again, and the summary follows
+    write_profile(repo, "smoke", {"defaults": {"x": 3}})
+    assert batch.run("smoke", resume=True, only=["02"]) == 0
+    assert counter(repo) == 2
+    summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
+    assert "| a |\n|---|\n| 3 |" in summary and "01_broken" not in summary
+
+
+def test_run_survives_an_exception_without_message(repo, monkeypatch, capsys):
+    def crash(*args, **kwargs):
+        raise RuntimeError()
+
+    monkeypatch.setattr(papermill, "execute_notebook", crash)
+    assert batch.run("smoke") == 1
+    summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
+    assert summary.count("**Failed**: RuntimeError") == 2
+    assert "(executed notebook: " + str(repo["runs"] / "smoke" / "02_good.ipynb") in summary
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def test_markdown_table_exact():
+    rows = [{"method": "memo", "acc": 0.81234, "n": 3}, {"method": "tent", "note": None}]
+    assert batch.markdown_table(rows) == (
+        "| method | acc | n | note |\n"
+        "|---|---|---|---|\n"
+        "| memo | 0.812 | 3 |  |\n"
+        "| tent |  |  |  |")
+    assert batch.markdown_table([]) == "_(no rows)_"

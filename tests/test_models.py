@@ -1,0 +1,234 @@
+import urllib.error
+import urllib.request
+
+import clip
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from helpers import data, paths
+from helpers.models import (
+    CheckpointNotFoundError,
+    Preprocess,
+    SmallClipConfig,
+    _build_small_clip,
+    build_classifier,
+    clip_classifier,
+    efficientnet_lite0,
+    load_clip,
+    small_clip_classifier,
+    small_cnn_classifier,
+    text_features,
+)
+
+# OpenAI CLIP's normalisation, written out here rather than imported.
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+NAMES = ["cat", "dog", "car"]
+REPO_CACHE = paths.CACHE
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Text features and trained models are cached under paths.CACHE: keep tests out of
+    the repository's cache (the slow tests put it back to reuse the trained models)."""
+    monkeypatch.setattr(paths, "CACHE", tmp_path / "cache")
+
+
+@pytest.fixture(scope="module")
+def random_clip():
+    """The small CLIP architecture with random weights (no training), float32, eval."""
+    torch.manual_seed(0)
+    return _build_small_clip(SmallClipConfig()).float().eval()
+
+
+def rand(*shape, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def tokens(prompts):
+    return clip.tokenize(prompts, context_length=16)
+
+
+# ---------------------------------------------------------------- Preprocess
+
+
+def test_preprocess_resizes_then_normalises_per_channel():
+    pre = Preprocess(16, (0.1, 0.2, 0.3), (0.5, 0.25, 2.0))
+    images = rand(2, 3, 20, 30)
+    resized = TF.resize(images, [16, 16], interpolation=InterpolationMode.BICUBIC,
+                        antialias=True)
+    expected = torch.stack([(resized[:, 0] - 0.1) / 0.5, (resized[:, 1] - 0.2) / 0.25,
+                            (resized[:, 2] - 0.3) / 2.0], 1)
+    out = pre(images)
+    assert out.shape == (2, 3, 16, 16)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_preprocess_without_size_or_at_size_only_normalises():
+    images = torch.full((1, 3, 5, 7), 0.5)
+    out = Preprocess(None, (0.1, 0.2, 0.3), (0.5, 0.25, 2.0))(images)
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([0.8, 1.2, 0.1]), atol=1e-6)
+    images = rand(1, 3, 16, 16)
+    assert torch.equal(Preprocess(16, (0.5,) * 3, (0.5,) * 3)(images), (images - 0.5) / 0.5)
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0
+
+
+def photo(array, size=224):
+    """Shorter side resized to ``size``, center crop, float [0, 1], 1 x 3 x size x size."""
+    image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    image = TF.center_crop(TF.resize(image, size, antialias=True), size)
+    return image[None].float() / 255
+
+
+def test_efficientnet_lite0_recognises_a_cat_and_an_espresso():
+    model = efficientnet_lite0(device="cpu")
+    assert len(model.class_names) == 1000 and model.preprocess.size == 224
+    x = torch.cat([photo(skimage.data.chelsea()), photo(skimage.data.coffee())])
+    with torch.inference_mode():
+        cat, coffee = model(x).argmax(1).tolist()
+        # Fed 0-255 values (a missing /255), the same net answers nonsense for both photos
+        # (pillow and sombrero on this machine). Milder mistakes are NOT caught this way:
+        # no normalisation at all, CLIP's mean/std or [-1, 1] still give a cat and an
+        # espresso, so the exact constants are checked on the buffers below instead.
+        wrong = model(x * 255).argmax(1).tolist()
+    assert cat in range(281, 286), model.class_names[cat]
+    assert coffee in (967, 968), model.class_names[coffee]
+    assert not (wrong[0] in range(281, 286) and wrong[1] in (967, 968))
+    assert torch.allclose(model.preprocess.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    assert torch.allclose(model.preprocess.std.flatten(), torch.tensor([0.229, 0.224, 0.225]))
+
+
+# ---------------------------------------------------------------- load_clip
+
+
+def test_load_clip_unknown_name_lists_available_models():
+    with pytest.raises(CheckpointNotFoundError, match=r"'ViT-B/99'.*'RN50'.*'ViT-B/32'"):
+        load_clip("ViT-B/99", device="cpu")
+    assert issubclass(CheckpointNotFoundError, FileNotFoundError)
+
+
+def test_load_clip_offline_says_where_to_put_the_checkpoint(tmp_path, monkeypatch):
+    # Offline, the real download fails in well under a second here (DNS error), but on a
+    # machine with internet it would fetch 350 MB: the network is replaced by a failure.
+    urls = []
+
+    def offline(url, *args, **kwargs):
+        urls.append(url)
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    url = clip.clip._MODELS["ViT-B/32"]
+    assert url.startswith("https://") and url.endswith("/ViT-B-32.pt")
+    with pytest.raises(CheckpointNotFoundError) as error:
+        load_clip("ViT-B/32", device="cpu", download_root=str(tmp_path))
+    message = str(error.value)
+    assert str(tmp_path / "ViT-B-32.pt") in message and url in message
+    assert "offline (test)" in message
+    assert urls == [url] and list(tmp_path.iterdir()) == []
+
+
+def test_load_clip_round_trips_a_float32_state_dict(random_clip, tmp_path):
+    file = tmp_path / "small.pt"
+    torch.save(random_clip.state_dict(), file)
+    loaded = load_clip(str(file), device="cpu")
+    assert loaded.name == str(file) and not loaded.training
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    images = rand(2, 3, 28, 28)
+    text = tokens(["a photo of a cat.", "a dog"])
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), random_clip.encode_image(images))
+        assert torch.equal(loaded.encode_text(text), random_clip.encode_text(text))
+
+
+def test_build_classifier_unknown_name():
+    with pytest.raises(CheckpointNotFoundError, match="available|ViT-B/32"):
+        build_classifier("no-such-model", NAMES, device="cpu")
+
+
+# ---------------------------------------------------------------- zero-shot head
+
+
+def encode_prompts(model, prompts):
+    with torch.no_grad():
+        return F.normalize(model.encode_text(tokens(prompts)), dim=-1)
+
+
+def test_text_features_are_unit_norm_per_class(random_clip):
+    feats = text_features(random_clip, NAMES, cache=False)
+    assert feats.shape == (3, 64)
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(3), atol=1e-6)
+    expected = encode_prompts(random_clip, [f"a photo of a {n}." for n in NAMES])
+    assert torch.allclose(feats, expected, atol=1e-6)
+
+
+def test_text_features_average_the_normalised_templates(random_clip):
+    templates = ("a photo of a {}.", "art of the {}.")
+    feats = text_features(random_clip, NAMES, templates, cache=False)
+    first = encode_prompts(random_clip, [templates[0].format(n) for n in NAMES])
+    second = encode_prompts(random_clip, [templates[1].format(n) for n in NAMES])
+    assert torch.allclose(feats, F.normalize((first + second) / 2, dim=-1), atol=1e-6)
+    assert not torch.allclose(feats, first, atol=1e-3)
+
+
+def test_clip_classifier_logits_are_scaled_cosine_similarities(random_clip):
+    model = clip_classifier(random_clip, NAMES, cache=False)
+    assert model.class_names == NAMES and model.preprocess.size == 28
+    images = rand(4, 3, 40, 40, seed=1)
+    with torch.no_grad():
+        logits = model(images)
+        pixels = TF.resize(images, [28, 28], interpolation=InterpolationMode.BICUBIC,
+                           antialias=True)
+        image = F.normalize(random_clip.encode_image((pixels - CLIP_MEAN) / CLIP_STD), dim=-1)
+        text = encode_prompts(random_clip, [f"a photo of a {n}." for n in NAMES])
+        expected = random_clip.logit_scale.exp() * image @ text.T
+    assert logits.shape == (4, 3)
+    assert torch.allclose(logits, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_text_features_cached_per_model_name_and_templates(random_clip, monkeypatch):
+    monkeypatch.setattr(random_clip, "name", "random-test-clip", raising=False)
+    first = text_features(random_clip, NAMES)
+    files = list((paths.CACHE / "text_features").glob("*.pt"))
+    assert len(files) == 1
+    torch.save(torch.zeros(3, 64), files[0])  # a cache hit returns the file's contents
+    assert torch.equal(text_features(random_clip, NAMES), torch.zeros(3, 64))
+    assert torch.allclose(text_features(random_clip, NAMES, ("a {}.",)).norm(dim=-1),
+                          torch.ones(3))  # other templates: another file
+    assert len(list((paths.CACHE / "text_features").glob("*.pt"))) == 2
+    assert torch.equal(text_features(random_clip, NAMES, cache=False), first)
+
+
+# ---------------------------------------------------------------- models trained here
+
+
+def accuracy(model, dataset):
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(dataset), 1000):
+            images, labels = dataset.batch(range(start, min(start + 1000, len(dataset))))
+            correct += (model(images).argmax(1) == labels).sum().item()
+    return correct / len(dataset)
+
+
+@pytest.mark.slow
+def test_small_models_trained_here_reach_their_accuracy(monkeypatch):
+    monkeypatch.setattr(paths, "CACHE", REPO_CACHE)  # trained once, reused afterwards
+    try:
+        test_set = data.fashion_mnist("test")
+    except data.DatasetNotFoundError as error:
+        pytest.skip(str(error))
+    assert len(test_set) == 10_000
+    small_clip = small_clip_classifier(device="cpu")
+    assert small_clip.class_names == test_set.class_names
+    assert small_clip.metrics["train_seconds"] > 0
+    assert accuracy(small_clip, test_set) >= 0.80
+    small_cnn = small_cnn_classifier(device="cpu")
+    assert small_cnn.metrics["train_seconds"] > 0
+    assert accuracy(small_cnn, test_set) >= 0.85
