@@ -177,3 +177,32 @@ def test_evaluate_is_bit_for_bit_reproducible(tiny_cnn, images):
                                                            first["labels"])) / 6
     other_seed = evaluate(Memo(tiny_cnn, n_views=4, lr=0.1, seed=4), data, progress=False)
     assert other_seed["confidences"] != first["confidences"]
+
+
+def test_batchnorm_prior_interpolates_between_source_and_batch_statistics(tiny_cnn, images):
+    import copy
+
+    from helpers.tta.norm import BatchNormPrior
+    source = state(tiny_cnn)
+    with torch.no_grad():
+        eval_out = tiny_cnn(images)
+        batch_out = copy.deepcopy(tiny_cnn).train()(images)
+        with BatchNormPrior(tiny_cnn, prior=0):
+            assert torch.allclose(tiny_cnn(images), batch_out, atol=1e-5)
+        with BatchNormPrior(tiny_cnn, prior=1e9):
+            assert torch.allclose(tiny_cnn(images), eval_out, atol=1e-5)
+        with BatchNormPrior(tiny_cnn, prior=16):
+            mixed = tiny_cnn(images)
+    assert not torch.allclose(mixed, eval_out, atol=1e-4)
+    assert_same_state(tiny_cnn, source)
+    with torch.no_grad():  # the layers' own forward is back
+        assert torch.equal(tiny_cnn(images), eval_out)
+
+
+def test_memo_with_bn_prior_restores_and_refuses_models_without_batchnorm(tiny_cnn, images):
+    source = state(tiny_cnn)
+    Memo(tiny_cnn, n_views=4, lr=0.1, bn_prior=16)(images)
+    assert_same_state(tiny_cnn, source)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
+    with pytest.raises(ValueError, match="bn_prior"):
+        Memo(model, bn_prior=16)

@@ -3,12 +3,14 @@ of the model's marginal prediction over augmented views, predict, forget."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
 from ..views import AugMixViews
 from .base import Episodic
+from .norm import BatchNormPrior, has_batchnorm
 
 VIEW_BUDGET = 2**25  # floats of views built at once (128 MB)
 
@@ -26,16 +28,28 @@ def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
 class Memo(Episodic):
     """MEMO. Defaults: the paper's ImageNet setting (64 AugMix views, one SGD step at lr
     0.00025, all parameters); the CLIP notebook uses the course report's (50 views, one
-    SGD step at lr 1e-5). The original image is predicted, never adapted on."""
+    SGD step at lr 1e-5). The original image is predicted, never adapted on.
+
+    ``bn_prior`` (CNNs): normalise with source statistics mixed with the test input's at
+    weight ``bn_prior : 1`` while adapting and predicting, as the paper does for its
+    batch-norm models (N = 16); None keeps the source statistics."""
 
     name = "memo"
 
     def __init__(self, model, views=None, n_views: int = 64, steps: int = 1,
                  optimizer: str = "sgd", lr: float = 0.00025, params: str = "all",
-                 momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0):
-        super().__init__(model, params, optimizer, lr, momentum, weight_decay, seed)
+                 momentum: float = 0.9, weight_decay: float = 0.0, bn_prior: float | None = None,
+                 seed: int = 0):
+        # One SGD step with momentum equals one without: skip the momentum buffer's copy.
+        super().__init__(model, params, optimizer, lr, momentum if steps > 1 else 0.0,
+                         weight_decay, seed)
+        self.momentum = momentum
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        if bn_prior is not None and not has_batchnorm(model):
+            raise ValueError("bn_prior needs batch-norm layers; this model has none: "
+                             "leave bn_prior=None.")
+        self.bn_prior = bn_prior
         self.views = views or AugMixViews(n_views)
         self.steps = steps
 
@@ -62,13 +76,18 @@ class Memo(Episodic):
     def forward(self, images, keys):
         self.model.eval()
         generators = [self.generator(k) for k in keys]
+        prior = (BatchNormPrior(self.model, self.bn_prior) if self.bn_prior is not None
+                 else contextlib.nullcontext())
         out = []
-        for image, gen, views in zip(images, generators, self._first_views(images, generators)):
-            self.adapt(image, gen, views)
-            with torch.inference_mode():
-                out.append(self.model(image[None]))
-            self.restore()
+        with prior:
+            for image, gen, views in zip(images, generators,
+                                         self._first_views(images, generators)):
+                self.adapt(image, gen, views)
+                with torch.inference_mode():
+                    out.append(self.model(image[None]))
+                self.restore()
         return torch.cat(out)
 
     def config(self) -> dict:
-        return {**super().config(), "views": repr(self.views), "steps": self.steps}
+        return {**super().config(), "views": repr(self.views), "steps": self.steps,
+                "bn_prior": self.bn_prior}
