@@ -401,7 +401,7 @@ CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", 
 # imagecorruptions refuses sides below 32 pixels.
 _MIN_SIDE = 32
 # Bump when a corruption's code changes, so cached results are not reused.
-_CORRUPTION_VERSION = 1
+_CORRUPTION_VERSION = 2
 
 
 def _imagecorruptions():
@@ -559,6 +559,15 @@ def _save_atomic(path: Path, images: np.ndarray) -> None:
     os.replace(file.name, path)
 
 
+def _keep_grey(clean: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """Grey-scale sets stay grey (as in MNIST-C): the corruptions draw noise per channel,
+    which would turn FashionMNIST's grey images into colour ones no model has seen."""
+    if torch.equal(clean[:, :1].expand_as(clean), clean):
+        grey = result.float().mean(1, keepdim=True).round().to(torch.uint8)
+        return grey.expand_as(result).contiguous()
+    return result
+
+
 def corrupted(dataset, corruption: str, severity: int, seed: int = 0,
               cache: bool = True) -> ImageTensorDataset:
     """The data set with every image corrupted (ImageNet-C style), cached under paths.CACHE."""
@@ -569,7 +578,7 @@ def corrupted(dataset, corruption: str, severity: int, seed: int = 0,
         with np.load(path) as stored:
             result = torch.from_numpy(stored["images"])
     else:
-        result = corrupt_images(images, corruption, severity, seed)
+        result = _keep_grey(images, corrupt_images(images, corruption, severity, seed))
         if cache:
             _save_atomic(path, result.numpy())
     padded = " (zero-padded to 32x32 for it)" if min(images.shape[2:]) < _MIN_SIDE else ""

@@ -206,10 +206,14 @@ def _evaluate_cell(make, model: _Lazy, model_name, dataset, batch_size, progress
     return evaluate(adapter, dataset, batch_size, progress=progress, desc=desc)
 
 
-def pivot(results: list[dict], value: str = "accuracy", index=("model", "data")) -> list[dict]:
-    """Rows per (model, data), one column per method: the shape of the summary tables."""
+def pivot(results: list[dict], value: str = "accuracy", index=("model", "data"),
+          methods=None) -> list[dict]:
+    """Rows per (model, data), one column per method (in the order of ``methods``, None
+    where a method does not apply): the shape of the summary tables."""
+    methods = list(methods or dict.fromkeys(r["method"] for r in results))
     rows: dict[tuple, dict] = {}
     for r in results:
         key = tuple(r[k] for k in index)
-        rows.setdefault(key, dict(zip(index, key)))[r["method"]] = r[value]
+        rows.setdefault(key, {**dict(zip(index, key)), **dict.fromkeys(methods)})
+        rows[key][r["method"]] = r[value]
     return list(rows.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -41,12 +42,16 @@ def accuracy_per_corruption(results: list[dict], title: str = ""):
 
     df = pd.DataFrame([{k: r[k] for k in ("model", "data", "method", "accuracy")}
                        for r in results])
-    grid = sns.catplot(data=df, x="data", y="accuracy", hue="method", col="model", kind="bar",
-                       col_wrap=1, height=3, aspect=3.2, sharex=False)
-    grid.set_xticklabels(rotation=40, ha="right")
+    grid = sns.catplot(data=df, x="data", y="accuracy", hue="method", row="model", kind="bar",
+                       height=3, aspect=3.6, sharex=False)
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", labelrotation=35)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     grid.set_axis_labels("", "accuracy")
     if title:
-        grid.figure.suptitle(title, y=1.02, fontsize=10)
+        grid.figure.suptitle(textwrap.fill(title, 140), fontsize=9)
+    grid.figure.tight_layout()
     return grid.figure
 
 
@@ -62,5 +67,6 @@ def confidence_histograms(results: list[dict], bins: int = 15, title: str = ""):
                        row="model", bins=bins, binrange=(0, 1), height=2.2, aspect=1.2,
                        facet_kws={"sharey": False})
     if title:
-        grid.figure.suptitle(title, y=1.02, fontsize=10)
+        grid.figure.suptitle(textwrap.fill(title, 140), fontsize=9)
+    grid.figure.tight_layout()
     return grid.figure
