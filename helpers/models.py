@@ -184,7 +184,7 @@ class ZeroShotHead(nn.Module):
         self.visual = clip_model.visual
         self.register_buffer("text_features", text_features(clip_model, class_names, templates,
                                                              cache))
-        self.logit_scale = float(clip_model.logit_scale.exp())
+        self.logit_scale = float(clip_model.logit_scale.detach().exp())
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         image = F.normalize(self.visual(pixels.to(self.visual.conv1.weight.dtype)).float(), dim=-1)
@@ -440,5 +440,8 @@ def build_classifier(model: str, class_names=None, device=None, **kw) -> Classif
         return small_cnn_classifier(device=device)
     if model == "efficientnet-lite0":
         return efficientnet_lite0(device=device, **kw)
+    if not class_names:
+        raise ValueError(f"A CLIP classifier ({model!r}) needs the task's class names: pass "
+                         "class_names=dataset.class_names.")
     clip_model = load_clip(model, device=device)
     return clip_classifier(clip_model, class_names, kw.get("templates", TEMPLATES["simple"]))

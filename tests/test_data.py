@@ -290,3 +290,18 @@ def test_corrupted_dataset_is_cached_atomically(fashion, monkeypatch):
 
     monkeypatch.setattr(data, "corrupt_images", fail)
     assert torch.equal(data.corrupted(small, "gaussian_noise", 5, seed=0).images, out.images)
+
+
+def test_grey_sets_stay_grey_and_colour_sets_keep_colour(fashion, photos64):
+    grey = data.corrupted(data.take(fashion, 8, seed=0), "gaussian_noise", 5, seed=0).images
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 0], grey[:, 2])
+    colour = data.corrupted(photos64, "gaussian_noise", 5, seed=0).images
+    assert not torch.equal(colour[:, 0], colour[:, 1])
+
+
+def test_corruption_suite_uses_the_same_images_everywhere(fashion):
+    suite = data.corruption_suite(fashion, ["contrast", "pixelate"], severity=3, n=12, seed=1)
+    assert list(suite) == ["clean", "contrast", "pixelate"]
+    assert all(torch.equal(task.labels, suite["clean"].labels) for task in suite.values())
+    assert all(len(task) == 12 for task in suite.values())
+    assert len(data.corruption_suite(fashion, "all", 1, n=2, clean=False)) == 15

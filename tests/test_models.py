@@ -232,3 +232,8 @@ def test_small_models_trained_here_reach_their_accuracy(monkeypatch):
     small_cnn = small_cnn_classifier(device="cpu")
     assert small_cnn.metrics["train_seconds"] > 0
     assert accuracy(small_cnn, test_set) >= 0.85
+
+
+def test_build_classifier_clip_needs_class_names():
+    with pytest.raises(ValueError, match="class_names=dataset.class_names"):
+        build_classifier("ViT-B/32", None, device="cpu")

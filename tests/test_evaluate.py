@@ -1,0 +1,73 @@
+import json
+
+import pytest
+import torch
+
+from helpers.evaluate import ResultStore, pivot, run_grid, summary_rows, write_json
+from helpers.tta import Source, method_factories
+
+
+class _Labelled(torch.utils.data.Dataset):
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def _tasks(images):
+    return {"a": _Labelled(images, [0, 1, 2, 3, 4, 0]),
+            "b": _Labelled(images.flip(-1), [4, 3, 2, 1, 0, 4])}
+
+
+def test_run_grid_covers_every_cell_and_skips_inapplicable_methods(tiny_cnn, images, tmp_path):
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 5))
+    models = {"cnn": lambda: tiny_cnn, "linear": lambda: linear}
+    methods = method_factories(["source", "norm"])
+    store = ResultStore(tmp_path / "cells.json", {"x": 1})
+    results = run_grid(models, _tasks(images), methods, store, progress=False)
+    cells = {(r["model"], r["data"], r["method"]) for r in results}
+    assert cells == {("cnn", "a", "source"), ("cnn", "a", "norm"), ("cnn", "b", "source"),
+                     ("cnn", "b", "norm"), ("linear", "a", "source"), ("linear", "b", "source")}
+    table = pivot(results, methods=["source", "norm"])
+    assert [list(row) for row in table][0] == ["model", "data", "source", "norm"]
+    assert next(r for r in table if r["model"] == "linear")["norm"] is None
+    direct = Source(tiny_cnn)(images).argmax(1).tolist()
+    assert next(r for r in results if r["model"] == "cnn" and r["data"] == "a"
+                and r["method"] == "source")["predictions"] == direct
+
+
+def test_result_store_resumes_only_for_the_same_parameters(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"accuracy": 0.5}
+
+    path = tmp_path / "cells.json"
+    ResultStore(path, {"n": 10}).run(("m", "d", "source"), compute)
+    assert ResultStore(path, {"n": 10}).run(("m", "d", "source"), compute) == {"accuracy": 0.5}
+    assert len(calls) == 1  # resumed from the file
+    ResultStore(path, {"n": 20}).run(("m", "d", "source"), compute)
+    assert len(calls) == 2  # other parameters: recomputed
+    assert json.loads(path.read_text())["parameters"] == {"n": 20}
+
+
+def test_write_json_is_atomic_and_leaves_no_temporary_file(tmp_path):
+    path = write_json(tmp_path / "sub" / "r.json", {"a": (1, 2), "p": tmp_path})
+    assert json.loads(path.read_text()) == {"a": [1, 2], "p": str(tmp_path)}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+    with pytest.raises(TypeError, match="not JSON serialisable"):
+        write_json(tmp_path / "bad.json", {"x": object()})
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_summary_rows_drop_per_sample_lists_and_count_skips():
+    result = {"method": "memo", "accuracy": 0.5, "ece": 0.1, "mean_confidence": 0.6,
+              "seconds_per_sample": 0.01, "n": 2, "predictions": [0, 1],
+              "counters": {"skipped_nonfinite": 3}, "model": "m", "data": "d"}
+    (row,) = summary_rows([result])
+    assert "predictions" not in row and row["skipped_nonfinite"] == 3 and row["model"] == "m"
