@@ -31,6 +31,7 @@ Beside MEMO we run the **source** model, **NormAdapt** (batch-norm statistics of
 profile = "smoke"
 dataset = "fashion-mnist"      # fashion-mnist | cifar100 | cifar10 | mnist | imagenet-a | imagenet-v2
 data_root = None               # folder holding the data set (default: data/, or $TTA_DATA)
+download = False               # let torchvision download CIFAR / FashionMNIST when online
 models = ["small-clip", "small-cnn"]  # small-clip | small-cnn | ViT-B/32 | ViT-B/16 | RN50 | a CLIP checkpoint file
 corruptions = ["gaussian_noise", "motion_blur", "contrast"]  # "all": the 15 of ImageNet-C; []: clean only
 severity = 5
@@ -61,6 +62,7 @@ torch.manual_seed(seed)
 device = default_device()
 results_path = paths.resolve(results_path or f"results/{profile}/01_memo_cifar100.json")
 figures_dir = paths.resolve(figures_dir or f"figures/{profile}")
+# What determines the results (``download`` does not): a rerun with the same values resumes.
 parameters = dict(profile=profile, dataset=dataset, data_root=data_root, models=models,
                   corruptions=corruptions, severity=severity, n_images=n_images,
                   include_clean=include_clean, methods=methods, memo=memo,
@@ -71,7 +73,7 @@ print(f"device: {info['device']}, torch {info['torch']}, clip {info['clip']}")""
     md("""## The data
 
 The test images are drawn once (seeded) and corrupted ImageNet-C style (`imagecorruptions`, severity 1-5): the same images under every corruption, so the columns of the tables compare like with like."""),
-    code("""test_set = data.load_dataset(dataset, root=data_root)
+    code("""test_set = data.load_dataset(dataset, root=data_root, download=download)
 tasks = data.corruption_suite(test_set, corruptions, severity, n_images, seed, include_clean)
 photo_tasks = (data.corruption_suite(data.sample_photos(), corruptions, severity, None, seed,
                                      include_clean) if photo_models else {})
