@@ -145,6 +145,8 @@ write_json(results_path, {"notebook": "01_memo_cifar100", "parameters": paramete
 print(f"results: {results_path}\\nfigures: {figures_dir}")"""),
 ]
 
+for number, cell in enumerate(cells):  # stable ids: rebuilding changes only what changed
+    cell.id = f"cell-{number:02d}"
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
     "language_info": {"name": "python"},
