@@ -146,23 +146,30 @@ def summary_rows(results: list[dict], keys=("model", "data")) -> list[dict]:
 
 class ResultStore:
     """Finished cells of an experiment grid, rewritten atomically after each one, so that
-    an interrupted notebook resumes where it stopped. Kept only for the same parameters."""
+    an interrupted notebook resumes where it stopped. The store is kept for the same
+    ``parameters`` (data, seed); a cell is kept for the same ``settings`` (its method's
+    options for its model), so changing one method's options recomputes only its cells."""
 
     def __init__(self, path, parameters: dict):
-        self.path, self.parameters = Path(path), json.loads(json.dumps(parameters,
-                                                                       default=_jsonable))
+        self.path, self.parameters = Path(path), _plain(parameters)
         self.cells: dict[str, dict] = {}
         if self.path.is_file():
             saved = json.loads(self.path.read_text())
             if saved.get("parameters") == self.parameters:
                 self.cells = saved.get("cells", {})
 
-    def run(self, key: tuple, compute) -> dict:
-        name = " / ".join(map(str, key))
-        if name not in self.cells:
-            self.cells[name] = compute()
+    def run(self, key: tuple, compute, settings=None) -> dict:
+        name, settings = " / ".join(map(str, key)), _plain(settings)
+        cell = self.cells.get(name)
+        if cell is None or cell.get("settings") != settings:
+            self.cells[name] = {**compute(), "settings": settings}
             write_json(self.path, {"parameters": self.parameters, "cells": self.cells})
         return self.cells[name]
+
+
+def _plain(value):
+    """As it reads back from JSON, so that saved and new settings compare equal."""
+    return json.loads(json.dumps(value, default=_jsonable))
 
 
 def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
@@ -177,9 +184,10 @@ def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
         for task_name, dataset in tasks.items():
             for method_name, make in methods.items():
                 key = (model_name, task_name, method_name)
+                settings = make.settings(model_name) if hasattr(make, "settings") else None
                 result = store.run(key, lambda m=model, make=make, data=dataset, key=key:
                                    _evaluate_cell(make, m, key[0], data, batch_size,
-                                                  progress, " ".join(key)))
+                                                  progress, " ".join(key)), settings)
                 if not result.get("not_applicable"):
                     results.append({**result, "model": model_name, "data": task_name,
                                     "method": method_name})

@@ -48,11 +48,14 @@ def test_result_store_resumes_only_for_the_same_parameters(tmp_path):
         return {"accuracy": 0.5}
 
     path = tmp_path / "cells.json"
-    ResultStore(path, {"n": 10}).run(("m", "d", "source"), compute)
-    assert ResultStore(path, {"n": 10}).run(("m", "d", "source"), compute) == {"accuracy": 0.5}
+    ResultStore(path, {"n": 10}).run(("m", "d", "memo"), compute, {"lr": 0.1})
+    again = ResultStore(path, {"n": 10}).run(("m", "d", "memo"), compute, {"lr": 0.1})
+    assert again == {"accuracy": 0.5, "settings": {"lr": 0.1}}
     assert len(calls) == 1  # resumed from the file
-    ResultStore(path, {"n": 20}).run(("m", "d", "source"), compute)
-    assert len(calls) == 2  # other parameters: recomputed
+    ResultStore(path, {"n": 10}).run(("m", "d", "memo"), compute, {"lr": 0.2})
+    assert len(calls) == 2  # other settings for this cell: recomputed
+    ResultStore(path, {"n": 20}).run(("m", "d", "memo"), compute, {"lr": 0.2})
+    assert len(calls) == 3  # other parameters: everything recomputed
     assert json.loads(path.read_text())["parameters"] == {"n": 20}
 
 

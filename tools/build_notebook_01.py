@@ -41,7 +41,7 @@ methods = ["source", "norm", "tent", "memo"]
 memo = {"n_views": 16, "steps": 1, "optimizer": "sgd", "lr": 1e-5, "params": "all"}
 # Per-model overrides; batch-norm models use MEMO's single-point BN adaptation (prior N=16).
 memo_per_model = {"small-clip": {"lr": 0.001}, "small-cnn": {"lr": 0.001, "bn_prior": 16},
-                  "efficientnet-lite0": {"lr": 0.00025, "bn_prior": 16}}
+                  "efficientnet-lite0": {"lr": 0.00025, "bn_prior": 16, "n_views": 8}}
 tent = {"lr": 0.001, "episodic": False}
 batch_size = 64
 photo_models = []              # e.g. ["efficientnet-lite0"]: also run on the corrupted sample photos
@@ -62,12 +62,16 @@ torch.manual_seed(seed)
 device = default_device()
 results_path = paths.resolve(results_path or f"results/{profile}/01_memo_cifar100.json")
 figures_dir = paths.resolve(figures_dir or f"figures/{profile}")
-# What determines the results (``download`` does not): a rerun with the same values resumes.
 parameters = dict(profile=profile, dataset=dataset, data_root=data_root, models=models,
                   corruptions=corruptions, severity=severity, n_images=n_images,
                   include_clean=include_clean, methods=methods, memo=memo,
                   memo_per_model=memo_per_model, tent=tent, batch_size=batch_size,
                   photo_models=photo_models, seed=seed)
+# What the finished cells depend on besides their own method settings (``download`` and the
+# methods' options are not in it): a rerun with the same values resumes.
+data_parameters = {k: v for k, v in parameters.items()
+                   if k not in ("memo", "memo_per_model", "tent", "methods", "models",
+                                "photo_models")}
 info = run_info(seed)
 print(f"device: {info['device']}, torch {info['torch']}, clip {info['clip']}")"""),
     md("""## The data
@@ -99,7 +103,7 @@ Every (model, data, method) cell is evaluated by the same loop (`helpers.evaluat
                   for name in models}
 methods_by_name = method_factories(methods, {"memo": memo, "tent": tent},
                                    {"memo": memo_per_model})
-store = ResultStore(results_path.with_suffix(".cells.json"), parameters)
+store = ResultStore(results_path.with_suffix(".cells.json"), data_parameters)
 results = run_grid(model_builders, tasks, methods_by_name, store, batch_size)
 if photo_models:
     photo_builders = {name: (lambda name=name: build_classifier(name, device=device))

@@ -28,12 +28,14 @@ def method_factories(names, options: dict | None = None, per_model: dict | None 
     options, per_model = options or {}, per_model or {}
 
     def factory(name):
+        def settings(model_name):
+            return {**options.get(name, {}), **(per_model.get(name, {}).get(model_name) or {})}
+
         def make(model, model_name):
             if name == "norm" and not has_batchnorm(model):
                 return None
-            settings = {**options.get(name, {}),
-                        **(per_model.get(name, {}).get(model_name) or {})}
-            return build_method(name, model, **settings)
+            return build_method(name, model, **settings(model_name))
+        make.settings = settings  # what a results store compares to reuse a finished cell
         return make
 
     return {name: factory(name) for name in names}
