@@ -36,14 +36,17 @@ def image_grid(images, titles=None, ncols: int = 8, size: float = 1.4, suptitle=
     return fig
 
 
-def accuracy_per_corruption(results: list[dict], title: str = ""):
-    """Accuracy per corruption (x), one bar per method, one panel per model."""
+def accuracy_per_corruption(results: list[dict], title: str = "", methods=None):
+    """Accuracy per corruption (x), one bar per method (in the order of ``methods``), one
+    panel per model."""
     import pandas as pd
 
     df = pd.DataFrame([{k: r[k] for k in ("model", "data", "method", "accuracy")}
                        for r in results])
+    order = [m for m in (methods or df["method"].unique()) if m in set(df["method"])]
     grid = sns.catplot(data=df, x="data", y="accuracy", hue="method", row="model", kind="bar",
-                       height=3, aspect=3.6, sharex=False)
+                       hue_order=order, height=3, aspect=3.6, sharex=False)
+    sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.95))
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", labelrotation=35)
         for label in ax.get_xticklabels():
@@ -55,7 +58,7 @@ def accuracy_per_corruption(results: list[dict], title: str = ""):
     return grid.figure
 
 
-def confidence_histograms(results: list[dict], bins: int = 15, title: str = ""):
+def confidence_histograms(results: list[dict], bins: int = 15, title: str = "", methods=None):
     """Confidence of correct and wrong predictions, per model and method, over all data."""
     import pandas as pd
 
@@ -63,9 +66,11 @@ def confidence_histograms(results: list[dict], bins: int = 15, title: str = ""):
              "outcome": "correct" if p == y else "wrong"}
             for r in results for p, y, c in zip(r["predictions"], r["labels"],
                                                 r["confidences"])]
-    grid = sns.displot(pd.DataFrame(rows), x="confidence", hue="outcome", col="method",
-                       row="model", bins=bins, binrange=(0, 1), height=2.2, aspect=1.2,
-                       facet_kws={"sharey": False})
+    df = pd.DataFrame(rows)
+    order = [m for m in (methods or df["method"].unique()) if m in set(df["method"])]
+    grid = sns.displot(df, x="confidence", hue="outcome", col="method", row="model", bins=bins,
+                       binrange=(0, 1), height=2.2, aspect=1.2, col_order=order,
+                       hue_order=["correct", "wrong"], facet_kws={"sharey": False})
     if title:
         grid.figure.suptitle(textwrap.fill(title, 140), fontsize=9)
     grid.figure.tight_layout()

@@ -124,9 +124,10 @@ display(means.style.format({"accuracy": "{:.3f}", "ece": "{:.3f}", "mean_confide
                             "seconds_per_sample": "{:.4f}"}))"""),
     code("""note = " ".join(f"`{name}`: {text}." for name, text in descriptions.items())
 title = f"{note} Data: {test_set.description}."
-fig = plots.accuracy_per_corruption(results, title=title[:180])
+fig = plots.accuracy_per_corruption(results, title=title, methods=methods)
 plots.save(fig, figures_dir, "01_memo_accuracy_per_corruption")
-fig = plots.confidence_histograms(results, title="Confidence of correct and wrong predictions")
+fig = plots.confidence_histograms(results, methods=methods,
+                                  title="Confidence of correct and wrong predictions")
 plots.save(fig, figures_dir, "01_memo_confidence")"""),
     md("""## Reading the results
 
