@@ -148,3 +148,15 @@ def test_members_must_agree_on_classes(cnn_pair):
         Ensemble([Source(cnn_pair[0]), Source(cnn_pair[1])])
     with pytest.raises(ValueError, match="rule must be one of"):
         Ensemble([Source(cnn_pair[0])], rule="median")
+
+
+def test_held_out_split_is_disjoint_random_and_complete(dataset):
+    from helpers.data import split
+
+    held, rest = split(dataset, 4, seed=0)
+    assert len(held) == 4 and len(rest) == 6
+    rows = {tuple(x.flatten().tolist()) for x in torch.cat([held.images, rest.images])}
+    assert rows == {tuple(x.flatten().tolist()) for x in dataset.images}
+    assert not torch.equal(held.images, dataset.images[:4])  # random, not the first items
+    with pytest.raises(ValueError, match="cannot hold out 10 of 10"):
+        split(dataset, 10)
