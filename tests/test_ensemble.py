@@ -160,3 +160,10 @@ def test_held_out_split_is_disjoint_random_and_complete(dataset):
     assert not torch.equal(held.images, dataset.images[:4])  # random, not the first items
     with pytest.raises(ValueError, match="cannot hold out 10 of 10"):
         split(dataset, 10)
+
+
+def test_temperature_of_a_chance_level_member_is_bounded():
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.randint(5, (50,), generator=gen)
+    wrong = F.one_hot((labels + 1) % 5, 5).float() * 5  # always sure, always wrong
+    assert fit_temperature(wrong, labels) == pytest.approx(100.0)

@@ -1,7 +1,15 @@
 """Test-time adaptation methods behind one interface (see ``base.Adapter``)."""
 
 from .base import Adapter, Episodic, Source, make_optimizer
-from .ensemble import RULES, Ensemble, combine, disagreement, ensemble_results, fit_temperature
+from .ensemble import (
+    RULES,
+    Ensemble,
+    combine,
+    disagreement,
+    ensemble_grid,
+    ensemble_results,
+    fit_temperature,
+)
 from .episodic import Snapshot, select_parameters
 from .memo import Memo, marginal_entropy
 from .norm import NormAdapt, Tent, entropy, has_batchnorm
@@ -45,7 +53,7 @@ __all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "Tpt", 
            "PromptLearner", "METHODS", "build_method", "entropy", "marginal_entropy",
            "make_optimizer", "select_parameters", "has_batchnorm", "method_factories",
            "confident_views", "prompt_classifier", "tpt", "prompt", "Ensemble", "RULES",
-           "combine", "disagreement", "ensemble_results", "fit_temperature"]
+           "combine", "disagreement", "ensemble_grid", "ensemble_results", "fit_temperature"]
 
 
 def method_factories(names, options: dict | None = None, per_model: dict | None = None):

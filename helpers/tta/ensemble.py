@@ -53,7 +53,9 @@ def combine(logits: torch.Tensor, rule: str = "mean", temperatures=None) -> torc
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) on held-out labels
-    (Guo et al., 2017), optimised over log T so that T stays positive."""
+    (Guo et al., 2017), optimised over log T so that T stays positive. T is kept within
+    [1/100, 100]: a member no better than chance on the held-out part would otherwise get an
+    unbounded T (its prediction flattened to uniform, which 100 already nearly is)."""
     logits, labels = logits.detach().float(), torch.as_tensor(labels).to(logits.device)
     log_t = torch.zeros((), requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
@@ -65,7 +67,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    return float(log_t.detach().clamp(-math.log(100), math.log(100)).exp())
 
 
 class _Recorder(Adapter):
@@ -191,3 +193,33 @@ def disagreement(results: list[dict], members) -> dict:
         oracle = (member_preds[:, mask] == labels[mask]).any(0)
         row[f"any member right | {part}"] = float(oracle.float().mean()) if mask.any() else None
     return row
+
+
+def ensemble_grid(models: dict, tasks: dict, members: dict, store, rules=RULES,
+                  batch_size: int = 64, progress: bool = True):
+    """``evaluate.run_grid`` for ensembles: for every (model, task) build the members
+    (``members`` maps a name to ``f(model, model_name) -> Adapter``, None where it does not
+    apply), fit their temperatures on the task's held-out part, and evaluate members and
+    rules on its test part. ``tasks`` map a name to ``(held_out, test)``; an empty held-out
+    part means no temperature rule. Returns the results and the fitted temperatures."""
+    from ..evaluate import _Lazy
+
+    results, temperatures = [], []
+    for model_name, build in models.items():
+        model = _Lazy(build)
+        for task_name, (held_out, test) in tasks.items():
+            def compute(model=model, model_name=model_name, task_name=task_name,
+                        held_out=held_out, test=test):
+                built = {m: make(model(), model_name) for m, make in members.items()}
+                ensemble = Ensemble({m: a for m, a in built.items() if a is not None})
+                fit = held_out is not None and len(held_out) > 0
+                return {"temperatures": ensemble.fit_temperatures(held_out, batch_size)
+                        if fit else None, "members": list(ensemble.members),
+                        "results": ensemble_results(ensemble, test, rules, batch_size,
+                                                    progress, f"{model_name} {task_name}")}
+            cell = store.run((model_name, task_name, "ensemble"), compute)
+            results += [{**r, "model": model_name, "data": task_name} for r in cell["results"]]
+            if cell["temperatures"]:
+                temperatures.append({"model": model_name, "data": task_name,
+                                     **dict(zip(cell["members"], cell["temperatures"]))})
+    return results, temperatures
