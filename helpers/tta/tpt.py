@@ -5,8 +5,9 @@ confident of its augmented views agree, predict the image with the tuned prompt,
 Two exact speed-ups over the original loop, each switchable for the tests that prove them:
 the image encoder is frozen, so the views' features are computed once per image (the
 original's among them) instead of again for the step and the prediction (``cache_features``);
-the text encoder is causal and pools at the end-of-text token, so the tokens after the
-longest prompt's end cannot change any feature and are not computed (``trim``).
+the text encoder is causal and pools at the end-of-text token, so the tokens after a
+prompt's end cannot change its feature and are not computed: prompts run in groups of similar
+length, each cut to its longest prompt, never longer than the task's longest (``trim``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .memo import marginal_entropy
 from .norm import entropy
 
 CTX_INIT = "a photo of a"
+TRIM_GROUPS = 4  # prompt-length groups of the trimmed text encoder
 
 
 def _tokenize(clip_model, texts: list[str], what: str) -> torch.Tensor:
@@ -111,19 +113,30 @@ class PromptLearner(nn.Module):
         torch.save(self.ctx.detach().cpu(), file)
         return file
 
+    def _encode(self, x: torch.Tensor, rows, length: int) -> torch.Tensor:
+        """CLIP's text transformer on prompts ``rows`` cut to ``length`` tokens, read at
+        each prompt's end token."""
+        clip_model = self.clip
+        x = (x[rows, :length] + clip_model.positional_embedding[:length]).to(clip_model.dtype)
+        x = clip_model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+        return clip_model.ln_final(x)[torch.arange(len(x)), self.eot[rows]] @ \
+            clip_model.text_projection
+
     def forward(self, trim: bool = True) -> torch.Tensor:
-        """Unit-norm text features per class (classes x embed_dim); ``trim`` drops the
-        padding after the longest prompt (same result: the attention is causal and the
-        features are read at each prompt's end token)."""
+        """Unit-norm text features per class (classes x embed_dim). ``trim`` drops the
+        padding after each prompt's end, same result since the attention is causal and the
+        features are read at the end token: the prompts, sorted by length, run in
+        ``TRIM_GROUPS`` groups, each cut to its longest prompt (so none is longer than the
+        longest prompt of the task)."""
         n = len(self.class_names)
         ctx = self.ctx if self.class_specific else self.ctx.expand(n, -1, -1)
         x = torch.cat([self.prefix, ctx.to(self.prefix.dtype), self.suffix], 1)
-        length = self.length if trim else x.shape[1]
-        clip_model = self.clip
-        x = (x[:, :length] + clip_model.positional_embedding[:length]).to(clip_model.dtype)
-        x = clip_model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
-        x = clip_model.ln_final(x)[torch.arange(n), self.eot] @ clip_model.text_projection
-        return F.normalize(x.float(), dim=-1)
+        if not trim:
+            return F.normalize(self._encode(x, slice(None), x.shape[1]).float(), dim=-1)
+        order = self.eot.argsort()
+        parts = [self._encode(x, rows, int(self.eot[rows].max()) + 1)
+                 for rows in order.chunk(min(TRIM_GROUPS, n))]
+        return F.normalize(torch.cat(parts)[order.argsort()].float(), dim=-1)
 
 
 class PromptHead(nn.Module):
