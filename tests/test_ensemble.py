@@ -167,3 +167,30 @@ def test_temperature_of_a_chance_level_member_is_bounded():
     labels = torch.randint(5, (50,), generator=gen)
     wrong = F.one_hot((labels + 1) % 5, 5).float() * 5  # always sure, always wrong
     assert fit_temperature(wrong, labels) == pytest.approx(100.0)
+
+
+def test_ensemble_grid_fits_on_held_out_evaluates_on_test_and_resumes(cnn_pair, dataset,
+                                                                      tmp_path):
+    from helpers.data import split
+    from helpers.evaluate import ResultStore
+    from helpers.tta import method_factories
+
+    built = []
+    models = {"cnn": lambda: built.append(1) or cnn_pair[0]}
+    tasks = {"toy": split(dataset, 4), "toy-no-held-out": split(dataset, 0)}
+    members = method_factories(["source", "memo", "tpt"], {"memo": {"n_views": 4}})
+    store = ResultStore(tmp_path / "cells.json", {"p": 1})
+    from helpers.tta import ensemble_grid
+
+    results, temps = ensemble_grid(models, tasks, members, store, batch_size=4, progress=False)
+    methods = [(r["data"], r["method"]) for r in results]
+    assert methods[:6] == [("toy", m) for m in ["source", "memo", "ensemble (mean)",
+                                                "ensemble (temperature)", "ensemble (entropy)",
+                                                "ensemble (vote)"]]
+    assert ("toy-no-held-out", "ensemble (temperature)") not in methods  # nothing to fit on
+    assert all(r["n"] == 6 for r in results if r["data"] == "toy")
+    assert [t["data"] for t in temps] == ["toy"] and set(temps[0]) == {"model", "data",
+                                                                      "source", "memo"}
+    again = ResultStore(tmp_path / "cells.json", {"p": 1})
+    assert ensemble_grid(models, tasks, members, again, batch_size=4)[0] == results
+    assert len(built) == 1  # every cell was stored: no model built the second time
