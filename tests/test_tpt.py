@@ -189,3 +189,16 @@ def test_tpt_by_name_on_a_clip_classifier_only(clip77, tiny_cnn, images):
         assert (prompt(images) - zero_shot(images)).abs().max() < 1e-3
     assert entropy(prompt(images)).shape == (3,)
     assert math.isfinite(tpt.config()["lr"])
+
+
+def test_tpt_on_a_resnet_clip(images):
+    """CLIP's ResNet image encoder (RN50's architecture, tiny): batch norm in eval mode,
+    attention pooling; TPT runs on it unchanged and its speed-ups stay exact."""
+    from clip.model import CLIP
+
+    torch.manual_seed(0)
+    rn = CLIP(32, 32, (1, 1, 1, 1), 8, None, 77, 49408, 64, 1, 1).float().eval()
+    rn.name = ""
+    fast = Tpt(rn, NAMES, n_views=15)(images, keys=[0, 1, 2])
+    plain = Tpt(rn, NAMES, n_views=15, cache_features=False, trim=False)(images, keys=[0, 1, 2])
+    assert fast.shape == (3, len(NAMES)) and (fast - plain).abs().max() < 1e-4
