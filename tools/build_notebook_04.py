@@ -122,9 +122,9 @@ for (model_name, task_name), group in pd.DataFrame(results).groupby(["model", "d
     rows.append({"model": model_name, "data": task_name,
                  **disagreement(group.to_dict("records"), members)})
 disagree = pd.DataFrame(rows)
-cols = ["model", "data", "n", "disagree"] + [c for c in disagree.columns if c.endswith("| disagree")]
+cols = ["model", "data", "n", "disagree"] + [c for c in disagree.columns if c.endswith("(disagree)")]
 display(disagree[cols].style.format(precision=3, na_rep="—"))
-long = [{"model": r["model"], "method": c.split(" | ")[0], "accuracy": r[c]}
+long = [{"model": r["model"], "method": c.rsplit(" (", 1)[0], "accuracy": r[c]}
         for r in rows for c in cols[4:] if r[c] is not None]
 if long:
     fig = plots.method_bars(long, hue="model", title="Accuracy on the images where the members disagree")

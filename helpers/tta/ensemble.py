@@ -188,10 +188,10 @@ def disagreement(results: list[dict], members) -> dict:
     row = {"n": len(labels), "disagree": float((~agree).float().mean())}
     for part, mask in (("agree", agree), ("disagree", ~agree)):
         for name, p in preds.items():
-            row[f"{name} | {part}"] = (float((p[mask] == labels[mask]).float().mean())
+            row[f"{name} ({part})"] = (float((p[mask] == labels[mask]).float().mean())
                                        if mask.any() else None)
         oracle = (member_preds[:, mask] == labels[mask]).any(0)
-        row[f"any member right | {part}"] = float(oracle.float().mean()) if mask.any() else None
+        row[f"any member right ({part})"] = float(oracle.float().mean()) if mask.any() else None
     return row
 
 
