@@ -128,10 +128,10 @@ def run(profile_name: str, resume: bool = False, only: list[str] | None = None,
         kernel: str = "python3") -> int:
     import papermill
 
-    notebooks = sorted(paths.NOTEBOOKS.glob("[0-9]*.ipynb"))
+    # The whole profile is checked (it may name notebooks --only leaves out), then filtered.
+    jobs = plan(profile_name, sorted(paths.NOTEBOOKS.glob("[0-9]*.ipynb")))
     if only:
-        notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
-    jobs = plan(profile_name, notebooks)
+        jobs = [(nb, p) for nb, p in jobs if any(nb.stem.startswith(o) for o in only)]
     out_dir = paths.RUNS / profile_name
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = {}

@@ -599,3 +599,15 @@ def corruption_suite(dataset, corruptions="all", severity: int = 5, n: int | Non
     suite = {"clean": base} if clean else {}
     suite.update({name: corrupted(base, name, severity, seed) for name in names})
     return suite
+
+
+def split(dataset, n: int, seed: int = 0):
+    """A held-out part of ``n`` random items and the rest, disjoint (for fitting what the
+    test part must not see, such as an ensemble's temperatures). Random, because folder
+    sets are sorted by class."""
+    if not 0 <= n < len(dataset):
+        raise ValueError(f"cannot hold out {n} of {len(dataset)} items: choose 0 <= n < "
+                         f"{len(dataset)}")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 1))
+    return (dataset.subset(order[:n], f"held-out part of {n:,} (seed {seed})"),
+            dataset.subset(order[n:], f"test part of {len(dataset) - n:,} (seed {seed})"))

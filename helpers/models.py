@@ -198,8 +198,12 @@ def clip_classifier(clip_model, class_names, templates=TEMPLATES["simple"],
     size = clip_model.visual.input_resolution
     name = getattr(clip_model, "name", "CLIP")
     text = description or f"CLIP {name} zero-shot ({len(templates)} prompt templates)"
-    return Classifier(head, Preprocess(size, CLIP_MEAN, CLIP_STD), class_names, text).to(
+    classifier = Classifier(head, Preprocess(size, CLIP_MEAN, CLIP_STD), class_names, text).to(
         clip_model.logit_scale.device)
+    # The whole CLIP, for methods that need its text side (TPT); kept out of the module tree
+    # so that the classifier's parameters stay those of the image side.
+    classifier.__dict__["clip_model"] = clip_model
+    return classifier
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite0

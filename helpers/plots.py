@@ -75,3 +75,56 @@ def confidence_histograms(results: list[dict], bins: int = 15, title: str = "", 
         grid.figure.suptitle(textwrap.fill(title, 140), fontsize=9)
     grid.figure.tight_layout()
     return grid.figure
+
+
+def selected_views(batch, entropies, kept, show: int = 8, title: str = ""):
+    """TPT's confidence selection: the views it keeps (lowest entropy) on the top row, the
+    most uncertain ones it rejects below, each with its prediction entropy; the original
+    image is marked wherever it falls."""
+    order = entropies.argsort().tolist()
+    kept = set(kept.tolist())
+    top = [i for i in order if i in kept][:show]
+    bottom = [i for i in order if i not in kept][-show:]
+    fig, axes = plt.subplots(2, show, figsize=(show * 1.4, 3.3), squeeze=False)
+    for row, (indices, label, colour) in enumerate([(top, "kept", "tab:green"),
+                                                    (bottom, "rejected", "tab:red")]):
+        for ax in axes[row]:
+            ax.axis("off")
+        for ax, i in zip(axes[row], indices):
+            ax.imshow(batch[i].detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy())
+            name = "original" if i == 0 else f"view {i}"
+            ax.set_title(f"{label}: {name}\nH = {float(entropies[i]):.2f}", fontsize=7,
+                         color=colour)
+    if title:
+        fig.suptitle(textwrap.fill(title, 120), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def sweep(rows: list[dict], x: str, y: str = "accuracy", hue: str | None = None,
+          title: str = "", ax=None):
+    """A metric against a setting (views, selection ratio), one line per ``hue``."""
+    import pandas as pd
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 3))
+    sns.lineplot(data=pd.DataFrame(rows), x=x, y=y, hue=hue, marker="o", ax=ax)
+    ax.set_title(title, fontsize=9)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def method_bars(rows: list[dict], x: str = "method", y: str = "accuracy", hue: str | None = None,
+                title: str = ""):
+    """One bar per method (members and ensemble rules side by side), optionally per ``hue``."""
+    import pandas as pd
+
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len({r[x] for r in rows})), 3.2))
+    sns.barplot(data=pd.DataFrame(rows), x=x, y=y, hue=hue, ax=ax, errorbar=None)
+    ax.tick_params(axis="x", labelrotation=30)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    ax.set_xlabel("")
+    ax.set_title(textwrap.fill(title, 100), fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -143,6 +143,10 @@ def test_run_executes_all_reports_failures_and_resumes(repo, capsys):
     assert counter(repo) == 2
     summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
     assert "| a |\n|---|\n| 3 |" in summary and "01_broken" not in summary
+    # --only with a profile that names a notebook left out: that notebook is not an error
+    write_profile(repo, "smoke", {"defaults": {"x": 4}, "notebooks": {"01_broken": {}}})
+    assert batch.run("smoke", resume=True, only=["02"]) == 0
+    assert counter(repo) == 3
 
 
 def test_run_survives_an_exception_without_message(repo, monkeypatch, capsys):

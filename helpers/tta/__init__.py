@@ -1,30 +1,67 @@
 """Test-time adaptation methods behind one interface (see ``base.Adapter``)."""
 
 from .base import Adapter, Episodic, Source, make_optimizer
+from .ensemble import (
+    RULES,
+    Ensemble,
+    combine,
+    disagreement,
+    ensemble_grid,
+    ensemble_results,
+    fit_temperature,
+)
 from .episodic import Snapshot, select_parameters
 from .memo import Memo, marginal_entropy
 from .norm import NormAdapt, Tent, entropy, has_batchnorm
+from .tpt import PromptLearner, Tpt, confident_views, prompt_classifier
 
-METHODS = {"source": Source, "norm": NormAdapt, "tent": Tent, "memo": Memo}
+
+def _clip_of(model):
+    clip_model = getattr(model, "clip_model", None)
+    if clip_model is None:
+        raise ValueError("TPT and fixed prompts need a CLIP classifier (from clip_classifier "
+                         "or build_classifier with a CLIP name); this model has no text side.")
+    return clip_model
+
+
+def tpt(model, **options) -> Tpt:
+    """TPT on a CLIP classifier's model and classes."""
+    return Tpt(_clip_of(model), model.class_names, **options)
+
+
+def prompt(model, **options) -> Source:
+    """A CLIP classifier with a fixed prompt context: TPT's starting point ("a photo of a")
+    or a learned CoOp context (``ctx_file``), without test-time adaptation."""
+    adapter = Source(prompt_classifier(_clip_of(model), model.class_names, **options))
+    adapter.name = "prompt"
+    return adapter
+
+
+METHODS = {"source": Source, "norm": NormAdapt, "tent": Tent, "memo": Memo, "tpt": tpt,
+           "prompt": prompt}
+CLIP_ONLY = ("tpt", "prompt")
 
 
 def build_method(name: str, model, **options) -> Adapter:
-    """A method by name (``source``, ``norm``, ``tent``, ``memo``) with its options."""
+    """A method by name (``source``, ``norm``, ``tent``, ``memo``, ``tpt``, ``prompt``)."""
     if name not in METHODS:
         raise ValueError(f"Unknown method {name!r}; valid: {sorted(METHODS)}")
     return METHODS[name](model, **options)
 
 
-__all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "Snapshot",
-           "METHODS", "build_method", "entropy", "marginal_entropy", "make_optimizer",
-           "select_parameters", "has_batchnorm", "method_factories"]
+__all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "Tpt", "Snapshot",
+           "PromptLearner", "METHODS", "build_method", "entropy", "marginal_entropy",
+           "make_optimizer", "select_parameters", "has_batchnorm", "method_factories",
+           "confident_views", "prompt_classifier", "tpt", "prompt", "Ensemble", "RULES",
+           "combine", "disagreement", "ensemble_grid", "ensemble_results", "fit_temperature"]
 
 
 def method_factories(names, options: dict | None = None, per_model: dict | None = None):
     """For ``evaluate.run_grid``: each method name mapped to ``f(model, model_name)``.
     ``options[method]`` are the method's settings; ``per_model[method][model_name]`` overrides
     some of them for one model (MEMO's learning rate differs between a CLIP and a CNN).
-    NormAdapt is reported as not applicable to models without batch norm."""
+    NormAdapt is reported as not applicable to models without batch norm, TPT and fixed
+    prompts to models without a text side."""
     options, per_model = options or {}, per_model or {}
 
     def factory(name):
@@ -33,6 +70,8 @@ def method_factories(names, options: dict | None = None, per_model: dict | None 
 
         def make(model, model_name):
             if name == "norm" and not has_batchnorm(model):
+                return None
+            if name in CLIP_ONLY and getattr(model, "clip_model", None) is None:
                 return None
             return build_method(name, model, **settings(model_name))
         make.settings = settings  # what a results store compares to reuse a finished cell

@@ -73,14 +73,17 @@ class Source(Adapter):
 
 class Episodic(Adapter):
     """A method that changes some parameters (and perhaps batch-norm buffers) with an
-    optimizer, and can go back to the source state at any time."""
+    optimizer, and can go back to the source state at any time. ``params`` names a kind of
+    parameters of the model (``all``, ``norm``) or lists the tensors to adapt (TPT's
+    prompt context, which is not a weight of the classifier's image side)."""
 
     def __init__(self, model, params: str = "all", optimizer: str = "sgd", lr: float = 1e-3,
                  momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0):
         super().__init__(model, seed)
         self.params_choice, self.optimizer_name, self.lr = params, optimizer, lr
         self.momentum, self.weight_decay = momentum, weight_decay
-        self.params = select_parameters(model, params)
+        self.params = (select_parameters(model, params) if isinstance(params, str)
+                       else list(params))
         if not self.params:
             raise ValueError(f"The model has no parameters of kind {params!r} to adapt; "
                              "choose params='all'.")

@@ -8,11 +8,9 @@ import math
 
 import torch
 
-from ..views import AugMixViews
+from ..views import AugMixViews, views_per_image
 from .base import Episodic
 from .norm import BatchNormPrior, has_batchnorm
-
-VIEW_BUDGET = 2**25  # floats of views built at once (128 MB)
 
 
 def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -63,16 +61,6 @@ class Memo(Episodic):
                 self.restore()  # predict with the source model
                 return
 
-    def _first_views(self, images, generators):
-        """The first step's views of a whole batch at once when the generator can (one
-        pass of batched kernels), in chunks of at most VIEW_BUDGET floats."""
-        if not hasattr(self.views, "batch"):
-            return [None] * len(images)
-        per_image = self.views.n_views * images[0].numel()
-        chunk = max(1, VIEW_BUDGET // per_image)
-        return [v for i in range(0, len(images), chunk)
-                for v in self.views.batch(images[i:i + chunk], generators[i:i + chunk])]
-
     def forward(self, images, keys):
         self.model.eval()
         generators = [self.generator(k) for k in keys]
@@ -81,7 +69,7 @@ class Memo(Episodic):
         out = []
         with prior:
             for image, gen, views in zip(images, generators,
-                                         self._first_views(images, generators)):
+                                         views_per_image(self.views, images, generators)):
                 self.adapt(image, gen, views)
                 with torch.inference_mode():
                     out.append(self.model(image[None]))

@@ -1,0 +1,225 @@
+"""Ensembles of test-time adapted models: each member adapts on its own views and resets on
+its own; the ensemble combines their predictions by one of four rules.
+
+Rules (``combine``), over members m = 1..M with logits z_m and probabilities p_m:
+
+- ``mean``: p = (1/M) sum_m p_m.
+- ``temperature``: p = (1/M) sum_m softmax(z_m / T_m), with T_m fitted per member on a
+  held-out split by minimising the negative log-likelihood (``fit_temperature``).
+- ``entropy``: p = sum_m w_m p_m with w_m = exp(-H(p_m)) / sum_k exp(-H(p_k)) per image:
+  the more confident a member on this image, the more it weighs.
+- ``vote``: each member votes for its arg-max; the class with most votes wins, ties go to
+  the tied class with the highest mean probability. The reported distribution is
+  (votes + mean probabilities) / (M + 1): its arg-max is exactly that rule (a vote
+  outweighs any probability) and its confidence is close to the vote share.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..evaluate import evaluate
+from .base import Adapter
+from .norm import entropy
+
+RULES = ("mean", "temperature", "entropy", "vote")
+
+
+def combine(logits: torch.Tensor, rule: str = "mean", temperatures=None) -> torch.Tensor:
+    """Members' logits (M x N x C) to the ensemble's log-probabilities (N x C)."""
+    logits = logits.float()
+    m = logits.shape[0]
+    if rule == "temperature":
+        temps = torch.as_tensor(temperatures if temperatures is not None else [1.0] * m,
+                                dtype=logits.dtype, device=logits.device)
+        if temps.shape != (m,):
+            raise ValueError(f"{m} members but {len(temps)} temperatures: fit them with "
+                             "Ensemble.fit_temperatures(held_out) or pass one per member.")
+        logits = logits / temps.view(m, 1, 1)
+    log_probs = logits.log_softmax(-1)
+    if rule in ("mean", "temperature"):
+        return torch.logsumexp(log_probs, 0) - math.log(m)
+    if rule == "entropy":
+        log_weights = (-entropy(logits)).log_softmax(0)  # M x N
+        return torch.logsumexp(log_probs + log_weights[..., None], 0)
+    if rule == "vote":
+        votes = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).sum(0)
+        score = votes + log_probs.exp().mean(0)
+        return (score / (m + 1)).log()
+    raise ValueError(f"rule must be one of {RULES}, not {rule!r}")
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T) on held-out labels
+    (Guo et al., 2017), optimised over log T so that T stays positive. T is kept within
+    [1/100, 100]: a member no better than chance on the held-out part would otherwise get an
+    unbounded T (its prediction flattened to uniform, which 100 already nearly is)."""
+    logits, labels = logits.detach().float(), torch.as_tensor(labels).to(logits.device)
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().clamp(-math.log(100), math.log(100)).exp())
+
+
+class _Recorder(Adapter):
+    """A member as it is, keeping its logits per test image for the ensemble rules."""
+
+    def __init__(self, member: Adapter):
+        super().__init__(member.model, member.seed)
+        self.member, self.name, self.logits = member, member.name, {}
+        self.counters = member.counters
+
+    def forward(self, images, keys):
+        out = self.member(images, keys)
+        self.logits.update(zip(keys, out.detach().cpu()))
+        return out
+
+    def reset(self):
+        super().reset()
+        self.member.reset()
+
+    def config(self):
+        return self.member.config()
+
+
+class Ensemble(Adapter):
+    """Members (a dict name -> adapter, or a list) with the common interface; ``rule`` as in
+    the module. The members must predict the same classes (same ``class_names``)."""
+
+    name = "ensemble"
+
+    def __init__(self, members, rule: str = "mean", temperatures=None, seed: int = 0):
+        members = dict(members) if isinstance(members, dict) else {
+            f"{m.name}{i}": m for i, m in enumerate(members)}
+        if len(members) < 1:
+            raise ValueError("An ensemble needs at least one member.")
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, not {rule!r}")
+        classes = {tuple(getattr(m.model, "class_names", ()) or ()) for m in members.values()}
+        if len({c for c in classes if c}) > 1:
+            raise ValueError("The members predict different classes: build every member "
+                             "over the task's class names (in the same order).")
+        super().__init__(next(iter(members.values())).model, seed)
+        self.members, self.rule = members, rule
+        self.temperatures = list(temperatures) if temperatures is not None else None
+
+    def forward(self, images, keys):
+        logits = torch.stack([m(images, keys).float() for m in self.members.values()])
+        return combine(logits, self.rule, self.temperatures)
+
+    def reset(self):
+        super().reset()
+        for member in self.members.values():
+            member.reset()
+
+    def fit_temperatures(self, held_out, batch_size: int = 64, progress: bool = False):
+        """One temperature per member, fitted on ``held_out`` (images not in the test set)."""
+        self.temperatures = []
+        for name, member in self.members.items():
+            recorder = _Recorder(member)
+            result = evaluate(recorder, held_out, batch_size, progress=progress,
+                              desc=f"calibrate {name}")
+            logits = torch.stack([recorder.logits[k] for k in range(result["n"])])
+            self.temperatures.append(fit_temperature(logits, torch.tensor(result["labels"])))
+        return self.temperatures
+
+    def config(self):
+        return {"method": self.name, "rule": self.rule, "temperatures": self.temperatures,
+                "members": {name: m.config() for name, m in self.members.items()}}
+
+
+class _Replay(Adapter):
+    """The ensemble of recorded member logits under one rule."""
+
+    def __init__(self, ensemble: Ensemble, recorders, rule):
+        super().__init__(ensemble.model, ensemble.seed)
+        self.ensemble, self.recorders, self.rule = ensemble, recorders, rule
+        self.name = f"ensemble ({rule})"
+
+    def forward(self, images, keys):
+        logits = torch.stack([torch.stack([r.logits[k] for k in keys]) for r in self.recorders])
+        return combine(logits, self.rule, self.ensemble.temperatures).to(images.device)
+
+    def config(self):
+        return {**self.ensemble.config(), "rule": self.rule, "method": self.name}
+
+
+def ensemble_results(ensemble: Ensemble, dataset, rules=RULES, batch_size: int = 64,
+                     progress: bool = True, desc: str = "") -> list[dict]:
+    """Every member's results and the ensemble's under each rule, from one run of each
+    member (the rules only combine the members' logits, which depend on the image alone).
+    The ensemble's seconds per sample are its members' summed. ``temperature`` needs
+    fitted temperatures (``Ensemble.fit_temperatures``) and is skipped without them."""
+    recorders, results = [], []
+    for name, member in ensemble.members.items():
+        recorder = _Recorder(member)
+        results.append({**evaluate(recorder, dataset, batch_size, progress=progress,
+                                   desc=f"{desc} {name}".strip()), "method": name})
+        recorders.append(recorder)
+    member_seconds = sum(r["seconds_per_sample"] for r in results)
+    for rule in rules:
+        if rule == "temperature" and ensemble.temperatures is None:
+            continue
+        result = evaluate(_Replay(ensemble, recorders, rule), dataset, batch_size,
+                          progress=False)
+        result["seconds_per_sample"] += member_seconds
+        results.append(result)
+    return results
+
+
+def disagreement(results: list[dict], members) -> dict:
+    """Where the members disagree: how often, and the accuracy of each member, of the best
+    member per image (an oracle) and of every ensemble rule on the images where they agree
+    and where they do not. ``results`` as from ``ensemble_results`` for one data set."""
+    by_method = {r["method"]: r for r in results}
+    labels = torch.tensor(results[0]["labels"])
+    preds = {name: torch.tensor(r["predictions"]) for name, r in by_method.items()}
+    member_preds = torch.stack([preds[m] for m in members])
+    agree = (member_preds == member_preds[0]).all(0)
+    row = {"n": len(labels), "disagree": float((~agree).float().mean())}
+    for part, mask in (("agree", agree), ("disagree", ~agree)):
+        for name, p in preds.items():
+            row[f"{name} ({part})"] = (float((p[mask] == labels[mask]).float().mean())
+                                       if mask.any() else None)
+        oracle = (member_preds[:, mask] == labels[mask]).any(0)
+        row[f"any member right ({part})"] = float(oracle.float().mean()) if mask.any() else None
+    return row
+
+
+def ensemble_grid(models: dict, tasks: dict, members: dict, store, rules=RULES,
+                  batch_size: int = 64, progress: bool = True):
+    """``evaluate.run_grid`` for ensembles: for every (model, task) build the members
+    (``members`` maps a name to ``f(model, model_name) -> Adapter``, None where it does not
+    apply), fit their temperatures on the task's held-out part, and evaluate members and
+    rules on its test part. ``tasks`` map a name to ``(held_out, test)``; an empty held-out
+    part means no temperature rule. Returns the results and the fitted temperatures."""
+    from ..evaluate import _Lazy
+
+    results, temperatures = [], []
+    for model_name, build in models.items():
+        model = _Lazy(build)
+        for task_name, (held_out, test) in tasks.items():
+            def compute(model=model, model_name=model_name, task_name=task_name,
+                        held_out=held_out, test=test):
+                built = {m: make(model(), model_name) for m, make in members.items()}
+                ensemble = Ensemble({m: a for m, a in built.items() if a is not None})
+                fit = held_out is not None and len(held_out) > 0
+                return {"temperatures": ensemble.fit_temperatures(held_out, batch_size)
+                        if fit else None, "members": list(ensemble.members),
+                        "results": ensemble_results(ensemble, test, rules, batch_size,
+                                                    progress, f"{model_name} {task_name}")}
+            cell = store.run((model_name, task_name, "ensemble"), compute)
+            results += [{**r, "model": model_name, "data": task_name} for r in cell["results"]]
+            if cell["temperatures"]:
+                temperatures.append({"model": model_name, "data": task_name,
+                                     **dict(zip(cell["members"], cell["temperatures"]))})
+    return results, temperatures

@@ -1,0 +1,289 @@
+"""TPT (Shu et al., *Test-Time Prompt Tuning for Zero-Shot Generalization in Vision-Language
+Models*, NeurIPS 2022): for each test image, tune CLIP's prompt context so that the most
+confident of its augmented views agree, predict the image with the tuned prompt, forget.
+
+Two exact speed-ups over the original loop, each switchable for the tests that prove them:
+the image encoder is frozen, so the views' features are computed once per image (the
+original's among them) instead of again for the step and the prediction (``cache_features``);
+the text encoder is causal and pools at the end-of-text token, so the tokens after a
+prompt's end cannot change its feature and are not computed: prompts run in groups of similar
+length, each cut to its longest prompt, never longer than the task's longest (``trim``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import CLIP_MEAN, CLIP_STD, Classifier, Preprocess
+from ..views import AugMixViews, CropViews, views_per_image
+from .base import Episodic
+from .memo import marginal_entropy
+from .norm import entropy
+
+CTX_INIT = "a photo of a"
+TRIM_GROUPS = 4  # prompt-length groups of the trimmed text encoder
+
+
+def _tokenize(clip_model, texts: list[str], what: str) -> torch.Tensor:
+    """Tokens of ``texts``; text beyond the model's context length is an error that names it."""
+    import clip
+
+    context = clip_model.context_length
+    lengths = [len(clip.clip._tokenizer.encode(t)) + 2 for t in texts]  # + start and end
+    too_long = [t for t, n in zip(texts, lengths) if n > context]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} {what} tokenize beyond the context length of {context} tokens "
+            f"(e.g. {too_long[0]!r}, {max(lengths)} tokens): shorten those class names or "
+            f"use fewer context tokens (n_ctx).")
+    return clip.tokenize(texts, context_length=context)
+
+
+class PromptLearner(nn.Module):
+    """CoOp-style prompts: ``[start] ctx_1 .. ctx_n class-name tokens . [end]`` with learnable
+    context vectors in token-embedding space, encoded by CLIP's frozen text transformer.
+
+    ``ctx_init`` sets the context from the embedding of a phrase (its token count is the
+    context length); None draws it from N(0, 0.02) as CoOp does. ``class_specific`` gives
+    each class its own context. ``ctx_file`` loads a learned context (a tensor, or CoOp's
+    checkpoint dict with a ``ctx`` entry)."""
+
+    def __init__(self, clip_model, class_names, n_ctx: int = 4, ctx_init: str | None = CTX_INIT,
+                 class_specific: bool = False, ctx_file=None, seed: int = 0):
+        super().__init__()
+        class_names = list(class_names or [])
+        if not class_names:
+            raise ValueError("The class list is empty: pass the task's class names "
+                             "(e.g. class_names=dataset.class_names).")
+        if ctx_init is not None:
+            n_init = len(_tokenize(clip_model, [ctx_init], "context phrase")[0].nonzero()) - 2
+            if n_init != n_ctx:
+                raise ValueError(f"ctx_init {ctx_init!r} is {n_init} tokens but n_ctx={n_ctx}: "
+                                 f"set n_ctx={n_init} or choose another phrase.")
+        prefix = ctx_init if ctx_init is not None else " ".join(["X"] * n_ctx)
+        tokens = _tokenize(clip_model, [f"{prefix} {name}." for name in class_names],
+                           "class prompts").to(clip_model.token_embedding.weight.device)
+        with torch.no_grad():
+            embedding = clip_model.token_embedding(tokens).float()
+        if ctx_init is not None:
+            ctx = embedding[0, 1:1 + n_ctx].clone()
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            ctx = torch.randn(n_ctx, embedding.shape[-1], generator=gen).mul_(0.02).to(embedding)
+        if class_specific:
+            ctx = ctx.expand(len(class_names), -1, -1).clone()
+        self.clip = clip_model  # the text side is used, never changed
+        self.class_names, self.n_ctx, self.class_specific = class_names, n_ctx, class_specific
+        self.ctx_init = ctx_init
+        self.ctx = nn.Parameter(ctx)
+        self.register_buffer("prefix", embedding[:, :1], persistent=False)
+        self.register_buffer("suffix", embedding[:, 1 + n_ctx:], persistent=False)
+        self.register_buffer("eot", tokens.argmax(-1), persistent=False)
+        self.length = int(self.eot.max()) + 1  # the longest real prompt, end token included
+        if ctx_file is not None:
+            self.load_context(ctx_file)
+
+    def load_context(self, file) -> None:
+        """A learned context from ``file``; its shape must be this learner's."""
+        saved = torch.load(Path(file), map_location="cpu", weights_only=True)
+        if isinstance(saved, dict):
+            saved = saved.get("state_dict", saved)
+            if "ctx" not in saved:
+                raise ValueError(f"{file} holds no 'ctx' entry (keys: {sorted(saved)[:5]}); "
+                                 "save the context tensor itself, or CoOp's checkpoint.")
+            saved = saved["ctx"]
+        if tuple(saved.shape) != tuple(self.ctx.shape):
+            raise ValueError(
+                f"The learned context in {file} has shape {tuple(saved.shape)}, this prompt "
+                f"learner needs {tuple(self.ctx.shape)} (n_ctx={self.n_ctx}, class_specific="
+                f"{self.class_specific}, {len(self.class_names)} classes, width "
+                f"{self.ctx.shape[-1]}): build the learner with the settings the context was "
+                "learned with, or learn it for this model and task.")
+        with torch.no_grad():
+            self.ctx.copy_(saved.to(self.ctx))
+
+    def save_context(self, file) -> Path:
+        file = Path(file)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.ctx.detach().cpu(), file)
+        return file
+
+    def _encode(self, x: torch.Tensor, rows, length: int) -> torch.Tensor:
+        """CLIP's text transformer on prompts ``rows`` cut to ``length`` tokens, read at
+        each prompt's end token."""
+        clip_model = self.clip
+        x = (x[rows, :length] + clip_model.positional_embedding[:length]).to(clip_model.dtype)
+        x = clip_model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+        return clip_model.ln_final(x)[torch.arange(len(x)), self.eot[rows]] @ \
+            clip_model.text_projection
+
+    def forward(self, trim: bool = True) -> torch.Tensor:
+        """Unit-norm text features per class (classes x embed_dim). ``trim`` drops the
+        padding after each prompt's end, same result since the attention is causal and the
+        features are read at the end token: the prompts, sorted by length, run in
+        ``TRIM_GROUPS`` groups, each cut to its longest prompt (so none is longer than the
+        longest prompt of the task)."""
+        n = len(self.class_names)
+        ctx = self.ctx if self.class_specific else self.ctx.expand(n, -1, -1)
+        x = torch.cat([self.prefix, ctx.to(self.prefix.dtype), self.suffix], 1)
+        if not trim:
+            return F.normalize(self._encode(x, slice(None), x.shape[1]).float(), dim=-1)
+        order = self.eot.argsort()
+        parts = [self._encode(x, rows, int(self.eot[rows].max()) + 1)
+                 for rows in order.chunk(min(TRIM_GROUPS, n))]
+        return F.normalize(torch.cat(parts)[order.argsort()].float(), dim=-1)
+
+
+class PromptHead(nn.Module):
+    """CLIP's image encoder against the prompt learner's text features, at CLIP's scale."""
+
+    def __init__(self, prompt: PromptLearner, trim: bool = True):
+        super().__init__()
+        self.prompt, self.trim = prompt, trim
+        self.visual = prompt.clip.visual
+        self.logit_scale = float(prompt.clip.logit_scale.detach().exp())
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual(pixels.to(self.visual.conv1.weight.dtype)).float(), dim=-1)
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * image_features @ self.prompt(self.trim).t()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.image_features(pixels))
+
+
+def prompt_classifier(clip_model, class_names, trim: bool = True, **prompt_options) -> Classifier:
+    """A classifier (images in [0, 1] -> logits, as ``clip_classifier``) whose text side is a
+    prompt learner: zero-shot with "a photo of a", CoOp with a learned ``ctx_file``."""
+    prompt = PromptLearner(clip_model, class_names, **prompt_options)
+    name = getattr(clip_model, "name", "") or "CLIP"
+    text = (f"CLIP {name}, prompt context from {prompt_options['ctx_file']}"
+            if prompt_options.get("ctx_file") else f"CLIP {name}, prompt '{prompt.ctx_init}'")
+    return Classifier(PromptHead(prompt, trim), Preprocess(clip_model.visual.input_resolution,
+                                                           CLIP_MEAN, CLIP_STD),
+                      class_names, text).to(clip_model.logit_scale.device)
+
+
+def confident_views(logits: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices of the ``keep`` views with the lowest prediction entropy (TPT's confidence
+    selection), most confident first."""
+    return entropy(logits).argsort()[:keep]
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Within ``with``: no gradient for ``module``'s parameters (CLIP's encoders while TPT
+    tunes the prompt), restored afterwards, since another method may adapt the same model."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def tpt_views(kind, n_views: int, image_size: int):
+    """TPT's views: random resized crops and flips for ImageNet-like sets, AugMix-style views
+    for the others (the paper's fine-grained sets); ``auto`` decides by image size (64 px)."""
+    if kind == "auto":
+        kind = "crop" if image_size >= 64 else "augmix"
+    if kind == "crop":
+        return CropViews(n_views)
+    if kind == "augmix":
+        return AugMixViews(n_views)
+    if callable(kind):
+        return kind
+    raise ValueError(f"views must be 'auto', 'crop', 'augmix' or a view generator, not {kind!r}")
+
+
+class Tpt(Episodic):
+    """TPT with the paper's defaults: 63 views plus the original, keep the 10% (``int``, as
+    the original code: 6 of 64) with the lowest entropy, minimise the entropy of their
+    averaged prediction with one AdamW step at lr 5e-3 (torch's default weight decay 0.01,
+    as the original), predict the original image, restore the context and the optimizer.
+
+    ``keep`` (a count) overrides ``selection`` (a ratio). ``cache_features`` and ``trim``
+    switch the exact speed-ups (see the module); off, this is the original loop."""
+
+    name = "tpt"
+
+    def __init__(self, clip_model, class_names, views="auto", n_views: int = 63,
+                 selection: float = 0.1, keep: int | None = None, steps: int = 1,
+                 lr: float = 5e-3, optimizer: str = "adamw", weight_decay: float = 0.01,
+                 n_ctx: int = 4, ctx_init: str | None = CTX_INIT, class_specific: bool = False,
+                 ctx_file=None, cache_features: bool = True, trim: bool = True, seed: int = 0):
+        model = prompt_classifier(clip_model, class_names, trim, n_ctx=n_ctx, ctx_init=ctx_init,
+                                  class_specific=class_specific, ctx_file=ctx_file, seed=seed)
+        self.head: PromptHead = model.backbone
+        super().__init__(model, [self.head.prompt.ctx], optimizer, lr, 0.0, weight_decay, seed)
+        total = (getattr(views, "n_views", n_views) if callable(views) else n_views) + 1
+        self.keep = keep if keep is not None else int(total * selection)
+        if not 1 <= self.keep <= total:
+            raise ValueError(
+                f"The selection keeps {self.keep} of {total} views (the original and "
+                f"{total - 1} augmented): raise n_views, or set selection/keep so that at "
+                "least one and at most all views are kept.")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        self.views_kind, self.n_views, self.steps = views, total - 1, steps
+        self.selection, self.cache_features = selection, cache_features
+        self.views = None if views == "auto" else tpt_views(views, self.n_views, 0)
+
+    def _views_for(self, images):
+        return self.views or tpt_views("auto", self.n_views, min(images.shape[-2:]))
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """Entropy of the averaged prediction of the most confident views."""
+        return marginal_entropy(logits[confident_views(logits.detach(), self.keep)])
+
+    def adapt_and_predict(self, image: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        batch = torch.cat([image[None], views])  # the original first, as in TPT
+        if self.cache_features:
+            with torch.no_grad():
+                features = self.head.image_features(self.model.preprocess(batch))
+            logits_of, predict = self.head.logits, lambda: self.head.logits(features[:1])
+        else:  # the original loop: image features again for the step and the prediction
+            features, logits_of = batch, self.model
+            predict = lambda: self.model(image[None])  # noqa: E731
+        for _ in range(self.steps):
+            if not self.update(self.loss(logits_of(features))):
+                self.restore()  # predict with the initial prompt
+                break
+        with torch.inference_mode():
+            return predict()
+
+    def forward(self, images, keys):
+        self.model.eval()
+        generators = [self.generator(k) for k in keys]
+        out = []
+        with frozen(self.head.prompt.clip):
+            for image, views in zip(images, views_per_image(self._views_for(images), images,
+                                                            generators)):
+                out.append(self.adapt_and_predict(image, views))
+                self.restore()
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def selection_of(self, image: torch.Tensor, key: int = 0):
+        """For figures: the original and its views, their entropies under the initial
+        prompt, and the indices TPT keeps."""
+        views = self._views_for(image[None])(image, self.generator(key))
+        batch = torch.cat([image[None], views])
+        logits = self.model(batch)
+        return batch, entropy(logits), confident_views(logits, self.keep)
+
+    def config(self) -> dict:
+        prompt = self.head.prompt
+        return {**super().config(), "params": "prompt context", "views": repr(self.views)
+                if self.views else f"auto ({self.n_views})", "n_views": self.n_views,
+                "keep": self.keep, "steps": self.steps, "n_ctx": prompt.n_ctx,
+                "ctx_init": prompt.ctx_init, "class_specific": prompt.class_specific,
+                "cache_features": self.cache_features, "trim": self.head.trim}
