@@ -4,9 +4,7 @@ source can be reviewed as plain Python. Run from the repository root:
     python tools/build_notebook_01.py --execute   # also stores the outputs nbval checks
 """
 
-import nbformat as nbf
-
-md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+from nbbuild import build, code, md
 
 cells = [
     md("""# 01 · MEMO: test-time adaptation by marginal entropy over augmentations
@@ -150,30 +148,5 @@ write_json(results_path, {"notebook": "01_memo_cifar100", "parameters": paramete
 print(f"results: {results_path}\\nfigures: {figures_dir}")"""),
 ]
 
-for number, cell in enumerate(cells):  # stable ids: rebuilding changes only what changed
-    cell.id = f"cell-{number:02d}"
-nb = nbf.v4.new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-})
-
-def keep_checked_outputs(notebook):
-    """Execute at the smoke defaults and keep only the outputs nbval compares (cells marked
-    NBVAL_CHECK_OUTPUT): the committed notebook stays small and its checks have a reference."""
-    from nbclient import NotebookClient
-
-    NotebookClient(notebook, timeout=1800, kernel_name="python3",
-                   resources={"metadata": {"path": "notebooks"}}).execute()
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            if "NBVAL_CHECK_OUTPUT" not in cell.source:  # nbval needs the count of the rest
-                cell.outputs, cell.execution_count = [], None
-    return notebook
-
-
 if __name__ == "__main__":
-    import sys
-
-    if "--execute" in sys.argv:
-        nb = keep_checked_outputs(nb)
-    nbf.write(nb, "notebooks/01_memo_cifar100.ipynb")
+    build(cells, "notebooks/01_memo_cifar100.ipynb")

@@ -4,10 +4,7 @@ be reviewed as plain Python. Run from the repository root:
     python tools/build_notebook_04.py --execute   # also stores the outputs nbval checks
 """
 
-import nbformat as nbf
-from build_notebook_01 import keep_checked_outputs
-
-md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+from nbbuild import build, code, md
 
 cells = [
     md("""# 04 · Ensembles of test-time adapted models
@@ -149,14 +146,5 @@ write_json(results_path, {"notebook": "04_ensemble", "parameters": parameters, "
 print(f"results: {results_path}\\nfigures: {figures_dir}")"""),
 ]
 
-nb = nbf.v4.new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-})
-
 if __name__ == "__main__":
-    import sys
-
-    if "--execute" in sys.argv:
-        nb = keep_checked_outputs(nb)
-    nbf.write(nb, "notebooks/04_ensemble.ipynb")
+    build(cells, "notebooks/04_ensemble.ipynb")
