@@ -29,10 +29,23 @@ def _sign(n, gen):
     return torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
 
 
+def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, align_corners=False)`` as two broadcast multiply-adds: the
+    same sampling grid, about 10x faster on CPU, where affine_grid runs a batched matmul
+    with an inner size of 3."""
+    xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, dtype=theta.dtype,
+                        device=theta.device).view(1, 1, width)
+    ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, dtype=theta.dtype,
+                        device=theta.device).view(1, height, 1)
+    t = theta[:, :2, :, None, None]
+    return torch.stack([t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2],
+                        t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]], dim=-1)
+
+
 def _affine(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Warp each image by its own matrix (output -> input, normalised coordinates, 2x3 or
     3x3); outside pixels are black, as with PIL's affine transforms in AugMix."""
-    grid = F.affine_grid(theta[:, :2].to(images), list(images.shape), align_corners=False)
+    grid = affine_grid(theta.to(images), *images.shape[-2:])
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False)
 

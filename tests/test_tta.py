@@ -82,6 +82,28 @@ def test_memo_step_lowers_marginal_entropy_then_forgets(tiny_cnn, images):
         assert marginal_entropy(tiny_cnn(v)).item() == before
 
 
+@pytest.mark.parametrize("params", ["all", "norm"])
+def test_memo_one_sgd_step_fast_path_equals_torch_optim_step(tiny_cnn, images, params):
+    """The fast path never writes the weights; its predictions must equal those of a copy of
+    the model adapted by torch.optim.SGD (momentum and weight decay on), bit for bit."""
+    import copy
+
+    source = state(tiny_cnn)
+    memo = Memo(tiny_cnn, n_views=8, lr=0.5, weight_decay=0.01, params=params)
+    assert memo.one_sgd_step
+    fast = memo(images[:3])
+    assert_same_state(tiny_cnn, source)
+    for i, image in enumerate(images[:3]):
+        reference = copy.deepcopy(tiny_cnn)
+        chosen = Memo(reference, params=params).params
+        optimizer = torch.optim.SGD(chosen, lr=0.5, momentum=0.9, weight_decay=0.01)
+        views = memo.views(image, memo.generator(i))
+        marginal_entropy(reference(views)).backward()
+        optimizer.step()
+        with torch.no_grad():
+            assert torch.equal(fast[i:i + 1], reference(image[None]))
+
+
 def one_by_one(model, images):
     """Source predictions one image at a time, as MEMO predicts (batch size changes the
     float rounding of convolutions)."""

@@ -12,6 +12,7 @@ from helpers.views import (
     _colour,
     _crop_flip_theta,
     _geometry,
+    affine_grid,
     generator_for,
 )
 
@@ -204,3 +205,11 @@ def test_invalid_arguments_raise_helpful_errors():
         AugMixViews(crop="center")
     with pytest.raises(ValueError, match="crop must be"):
         _crop_flip_theta(2, 8, 8, "center", True, torch.Generator())
+
+
+def test_affine_grid_equals_torch_affine_grid():
+    theta = torch.randn(5, 2, 3)
+    for height, width in [(7, 7), (224, 224), (10, 31)]:
+        expected = torch.nn.functional.affine_grid(theta, [5, 3, height, width],
+                                                   align_corners=False)
+        assert torch.allclose(affine_grid(theta, height, width), expected, atol=1e-5)
