@@ -7,6 +7,7 @@ treat CLIP, EfficientNet-Lite0 and the small models trained here alike.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -272,14 +273,36 @@ def _config_key(config) -> str:
     return hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def _exclusive(file: Path):
+    """Hold a lock beside ``file`` (where the OS offers ``fcntl``): notebooks run side by
+    side by the batch runner then train a shared model once, the others wait for it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; at worst two processes train the same model
+        yield
+        return
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with open(file.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _cached_training(kind: str, config, train_fn, verbose: bool) -> Path:
     """Train once per config and keep the weights and their metrics on disk."""
     file = paths.CACHE / "models" / f"{kind}-{_config_key(config)}.pt"
-    if not file.exists():
-        if verbose:
-            print(f"Training {kind} ({config}); cached afterwards at {file}")
-        state, metrics = train_fn(config)
-        _atomic_save({"state_dict": state, "config": asdict(config), "metrics": metrics}, file)
+    if file.exists():
+        return file
+    with _exclusive(file):
+        if not file.exists():  # another process may have trained it while we waited
+            if verbose:
+                print(f"Training {kind} ({config}); cached afterwards at {file}")
+            state, metrics = train_fn(config)
+            _atomic_save({"state_dict": state, "config": asdict(config), "metrics": metrics},
+                         file)
     return file
 
 

@@ -8,6 +8,7 @@ import yaml
 from helpers import batch, paths
 
 GOOD_CODE = """\
+import os
 from pathlib import Path
 from helpers.evaluate import write_json
 with open("02_good.count", "a") as counter:  # cwd is the notebooks folder
@@ -16,6 +17,7 @@ write_json(results_path, {
     "parameters": {"profile": profile, "results_path": results_path,
                    "figures_dir": figures_dir, "x": x},
     "summary": {"table": [{"a": x}]},
+    "threads": os.environ.get("OMP_NUM_THREADS"),
 })
 """
 
@@ -127,7 +129,7 @@ def test_run_executes_all_reports_failures_and_resumes(repo, capsys):
     assert results["parameters"]["x"] == 2 and counter(repo) == 1
 
     summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
-    assert "## 02_good\n### table\n\n| a |\n|---|\n| 2 |" in summary
+    assert "\n### table\n\n| a |\n|---|\n| 2 |" in summary.split("## 02_good\n_Ran in ")[1]
     failure = summary.split("## 01_broken\n")[1].split("\n")[0]
     assert failure.startswith("**Failed**: PapermillExecutionError")
     assert "broken on purpose" in failure and str(runs / "01_broken.ipynb") in failure
@@ -158,6 +160,20 @@ def test_run_survives_an_exception_without_message(repo, monkeypatch, capsys):
     summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
     assert summary.count("**Failed**: RuntimeError") == 2
     assert "(executed notebook: " + str(repo["runs"] / "smoke" / "02_good.ipynb") in summary
+
+
+def test_run_in_parallel_shares_the_cores_and_reports_times(repo, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "unset by the test")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 4)
+    write_profile(repo, "smoke", {"defaults": {"x": 5}, "jobs": 2})
+    assert batch.run("smoke") == 1  # the profile's jobs: both notebooks at once
+    results = json.loads((repo["results"] / "smoke" / "02_good.json").read_text())
+    assert results["threads"] == "2"  # 4 cores shared by 2 kernels
+    summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
+    ran = summary.split("## 02_good\n")[1].split("\n")[0]
+    assert ran.startswith("_Ran in ") and ran.endswith(" s._")
+    assert "**Failed**: PapermillExecutionError" in summary
 
 
 # ---------------------------------------------------------------- markdown

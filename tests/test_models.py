@@ -1,5 +1,9 @@
+import multiprocessing
+import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from functools import partial
 
 import clip
 import numpy as np
@@ -10,7 +14,7 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from helpers import data, paths
+from helpers import data, models, paths
 from helpers.models import (
     CheckpointNotFoundError,
     Preprocess,
@@ -237,3 +241,35 @@ def test_small_models_trained_here_reach_their_accuracy(monkeypatch):
 def test_build_classifier_clip_needs_class_names():
     with pytest.raises(ValueError, match="class_names=dataset.class_names"):
         build_classifier("ViT-B/32", None, device="cpu")
+
+
+@dataclass
+class _CountedConfig:
+    name: str = "counted"
+
+
+def _train_counted(config, counter):
+    with open(counter, "a") as out:
+        out.write("trained\n")
+    time.sleep(0.5)  # long enough for the other process to find no cache file yet
+    return {"w": torch.zeros(1)}, {}
+
+
+def _cache_in(tmp_path, counter):
+    models.paths.CACHE = tmp_path
+    return models._cached_training("counted", _CountedConfig(), partial(
+        _train_counted, counter=counter), verbose=False)
+
+
+def test_cached_training_trains_once_when_processes_race(tmp_path):
+    """Notebooks run side by side (batch --jobs 2) both ask for the same small model."""
+    counter = tmp_path / "count.txt"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_cache_in, args=(tmp_path, counter)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert counter.read_text() == "trained\n"
+    assert len(list((tmp_path / "models").glob("counted-*.pt"))) == 1
