@@ -38,7 +38,7 @@ def train_one(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
     (pass ``optimizer`` to continue a training, e.g. epoch by epoch)."""
     optimizer = optimizer or torch.optim.Adam(module.parameters(), lr=lr)
     module.train()
-    for positions in schedule:
+    for positions in schedule.to(indices.device):
         rows = indices[positions]
         loss = F.cross_entropy(module(inputs[rows]), labels[rows])
         optimizer.zero_grad(set_to_none=True)
@@ -122,6 +122,7 @@ def train_together(modules: list[nn.Module], inputs: torch.Tensor, labels: torch
     """
     stack = Stack(modules)
     optimizer = torch.optim.Adam(stack.params.values(), lr=lr)
+    schedules = schedules.to(indices.device)
     for step in range(schedules.shape[1]):
         rows = indices.gather(1, schedules[:, step])           # R x B
         logits = stack(inputs[rows])                           # R x B x classes
@@ -147,5 +148,5 @@ def accuracy_together(stack: Stack, inputs: torch.Tensor, labels: torch.Tensor,
         else:
             rows = indices[:, start:start + chunk]
             logits, y = stack(inputs[rows]), labels[rows]
-        hits += (logits.argmax(-1) == y).float().sum(1)
+        hits += (logits.argmax(-1) == y).float().sum(1).cpu()
     return hits / total

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .. import data
 from ..evaluate import RunLog
-from ..models import _cached_training
+from ..models import _cached_training, default_device
 from .batched import accuracy_together, batch_schedule, train_one, train_together
 from .network import CnnConfig, build_cnn, check_after, check_cut, kept_layers, new_layers
 
@@ -159,12 +159,13 @@ class PretrainConfig:
 def _pretrain(config: PretrainConfig):
     """Adam epoch by epoch; keep (checkpoint) the weights of the best validation accuracy and
     stop after ``patience`` epochs without improvement."""
-    x, y = task_data(config.dataset, config.classes, "train", config.cnn, config.n_train,
-                     config.seed)
+    device = default_device()
+    x, y = (t.to(device) for t in task_data(config.dataset, config.classes, "train", config.cnn,
+                                             config.n_train, config.seed))
     n_val = max(1, round(config.val_share * len(y)))
-    val, train = torch.arange(n_val), torch.arange(n_val, len(y))
+    val, train = torch.arange(n_val, device=device), torch.arange(n_val, len(y), device=device)
     torch.manual_seed(config.seed)
-    net = build_cnn(config.cnn)
+    net = build_cnn(config.cnn).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     best, history, start = None, [], time.time()
@@ -176,7 +177,8 @@ def _pretrain(config: PretrainConfig):
             accuracy = float((net(x[val]).argmax(1) == y[val]).float().mean())
         history.append(round(accuracy, 4))
         if best is None or accuracy > best[1]:
-            best = ({k: v.clone() for k, v in net.state_dict().items()}, accuracy, epoch + 1)
+            best = ({k: v.cpu().clone() for k, v in net.state_dict().items()}, accuracy,
+                    epoch + 1)
         elif epoch + 1 - best[2] >= config.patience:
             break
     metrics = {"val_accuracy": history, "best_epoch": best[2], "epochs_run": len(history),
@@ -290,15 +292,30 @@ def _modules(config: SeriesConfig, net, variant: str, cut: int, repeats: int):
     return modules
 
 
-def run_series(config: SeriesConfig, path, verbose: bool = True) -> list[dict]:
+def _subsets_and_schedules(config: SeriesConfig, labels, fraction: float, repeats: int):
+    """Per repeat, its training subset (R x n) and batch order (R x steps x B), drawn from
+    (seed, fraction, repeat) only: the baseline and every variant see the same ones."""
+    subsets = torch.stack([stratified_subset(labels, fraction, torch.Generator().manual_seed(
+        seed_of(config.seed, fraction, r))) for r in range(repeats)])
+    steps = config.steps(subsets.shape[1])
+    schedules = torch.stack([batch_schedule(subsets.shape[1], config.batch_size, steps,
+                                            torch.Generator().manual_seed(
+                                                seed_of(config.seed, "order", fraction, r)))
+                             for r in range(repeats)])
+    return subsets, schedules, steps
+
+
+def run_series(config: SeriesConfig, path, verbose: bool = True, device=None) -> list[dict]:
     """Every run of a series, resuming from ``path``; returns all of its run records."""
+    device = torch.device(device or default_device())
     net, metrics = pretrained(config.pretrain, verbose)
+    net = net.to(device)
     log = RunLog(path, {"series": asdict(config), "pretraining": metrics}, RUN_KEY)
     cnn = config.network()
-    train_x, train_y = task_data(config.dataset, config.classes, "train", cnn, config.n_train,
-                                 config.seed)
-    test_x, test_y = task_data(config.dataset, config.classes, "test", cnn, config.n_test,
-                               config.seed)
+    train_x, train_y = (t.to(device) for t in task_data(
+        config.dataset, config.classes, "train", cnn, config.n_train, config.seed))
+    test_x, test_y = (t.to(device) for t in task_data(
+        config.dataset, config.classes, "test", cnn, config.n_test, config.seed))
     inputs = _Inputs(net, train_x, test_x)
     settings = [("baseline", 0)] if config.baselines else []
     settings += [(v, c) for v in config.variants for c in config.cut_points()]
@@ -306,14 +323,9 @@ def run_series(config: SeriesConfig, path, verbose: bool = True) -> list[dict]:
     for lr in config.learning_rates:
         for fraction in config.fractions:
             repeats = repeats_for(fraction, config.min_repeats, config.max_repeats)
-            subsets = torch.stack([stratified_subset(
-                train_y, fraction, torch.Generator().manual_seed(seed_of(config.seed, fraction, r)))
-                for r in range(repeats)])
-            steps = config.steps(subsets.shape[1])
-            schedules = torch.stack([batch_schedule(
-                subsets.shape[1], config.batch_size, steps,
-                torch.Generator().manual_seed(seed_of(config.seed, "order", fraction, r)))
-                for r in range(repeats)])
+            subsets, schedules, steps = _subsets_and_schedules(config, train_y.cpu(), fraction,
+                                                               repeats)
+            subsets = subsets.to(device)
             for variant, cut in settings:
                 todo = [r for r in range(repeats)
                         if not log.has(lr=lr, fraction=fraction, variant=variant, cut=cut,
@@ -323,8 +335,8 @@ def run_series(config: SeriesConfig, path, verbose: bool = True) -> list[dict]:
                 frozen = variant != "baseline" and parse_variant(variant)[1]
                 x_train, x_test = inputs(cut, frozen)
                 start = time.time()
-                stack = train_together(_modules(config, net, variant, cut, repeats), x_train,
-                                       train_y, subsets, schedules, lr)
+                modules = [m.to(device) for m in _modules(config, net, variant, cut, repeats)]
+                stack = train_together(modules, x_train, train_y, subsets, schedules, lr)
                 train_acc = accuracy_together(stack, x_train, train_y, subsets)
                 test_acc = accuracy_together(stack, x_test, test_y)
                 seconds = (time.time() - start) / repeats
