@@ -225,3 +225,32 @@ def pivot(results: list[dict], value: str = "accuracy", index=("model", "data"),
         rows.setdefault(key, {**dict(zip(index, key)), **dict.fromkeys(methods)})
         rows[key][r["method"]] = r[value]
     return list(rows.values())
+
+
+class RunLog:
+    """The results file of one experiment series: a JSON list whose first record is
+    ``{"parameters": ...}`` and then one record per finished run, rewritten atomically as runs
+    are added, so an interrupted series resumes where it stopped. Runs recorded under other
+    parameters are dropped; a run is identified by the values of its ``key`` fields."""
+
+    def __init__(self, path, parameters: dict, key: tuple):
+        self.path, self.parameters, self.key = Path(path), _plain(parameters), tuple(key)
+        self.runs: list[dict] = []
+        if self.path.is_file():
+            saved = json.loads(self.path.read_text())
+            if saved and saved[0].get("parameters") == self.parameters:
+                self.runs = saved[1:]
+        self._done = {self._key(r) for r in self.runs}
+
+    def _key(self, record: dict) -> tuple:
+        return tuple(json.dumps(record.get(k), default=_jsonable) for k in self.key)
+
+    def has(self, **fields) -> bool:
+        return self._key(fields) in self._done
+
+    def add(self, records: list[dict]) -> None:
+        """Append finished runs and rewrite the file (atomically)."""
+        records = _plain(records)
+        self.runs += records
+        self._done |= {self._key(r) for r in records}
+        write_json(self.path, [{"parameters": self.parameters}, *self.runs])

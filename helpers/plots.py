@@ -128,3 +128,91 @@ def method_bars(rows: list[dict], x: str = "method", y: str = "accuracy", hue: s
     ax.set_title(textwrap.fill(title, 100), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def cut_diagram(layer_names, shapes, title: str = ""):
+    """The network as a row of layers with every cut point between them: a cut at k keeps
+    layers 1..k (pretrained) and renews or removes the rest."""
+    names = ["input", *layer_names]
+    fig, ax = plt.subplots(figsize=(1.45 * len(names), 2.3))
+    for i, (name, shape) in enumerate(zip(names, shapes)):
+        colour = "#dddddd" if i == 0 else ("#f4b183" if name == "output" else "#9dc3e6")
+        ax.add_patch(plt.Rectangle((i * 1.4, 0), 1.0, 1.0, color=colour, ec="black"))
+        ax.text(i * 1.4 + 0.5, 0.62, name, ha="center", fontsize=8)
+        ax.text(i * 1.4 + 0.5, 0.32, "x".join(map(str, shape)), ha="center", fontsize=6.5)
+        if i:
+            ax.annotate("", (i * 1.4, 0.5), (i * 1.4 - 0.4, 0.5),
+                        arrowprops={"arrowstyle": "->"})
+    for k in range(1, len(layer_names)):
+        x = k * 1.4 + 1.2
+        ax.plot([x, x], [-0.25, 1.25], ls="--", color="tab:red", lw=1)
+        ax.text(x, -0.45, f"cut {k}", ha="center", fontsize=7, color="tab:red")
+    ax.set_xlim(-0.2, len(names) * 1.4)
+    ax.set_ylim(-0.6, 1.5)
+    ax.axis("off")
+    if title:
+        ax.set_title(textwrap.fill(title, 110), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _per_series_and_variant(grid, ylabel: str, title: str):
+    """Short panel titles (series · variant), axis labels and the figure's title."""
+    grid.set_titles("{row_name} · {col_name}", size=9)
+    grid.set_axis_labels("fraction of the fine-tuning data", ylabel)
+    if title:
+        grid.figure.suptitle(textwrap.fill(title, 140), fontsize=9)
+    grid.figure.tight_layout()
+    return grid.figure
+
+
+def transfer_boxes(runs, title: str = ""):
+    """Test accuracy per fraction of the fine-tuning data (x), one box per cut point, the
+    baseline from scratch beside them; one panel per series (rows) and variant (columns)."""
+    import pandas as pd
+
+    df = pd.DataFrame(runs)
+    base = df[df["variant"] == "baseline"]
+    variants = [v for v in df["variant"].unique() if v != "baseline"]
+    parts = [pd.concat([df[df["variant"] == v], base.assign(variant=v)]) for v in variants]
+    df = pd.concat(parts, ignore_index=True).assign(setting=lambda d: d["cut"].map(
+        lambda c: "baseline" if c == 0 else f"cut {c}"))
+    order = ["baseline"] + [f"cut {c}" for c in sorted(set(df["cut"]) - {0})]
+    grid = sns.catplot(data=df, x="fraction", y="test_accuracy", hue="setting", hue_order=order,
+                       col="variant", row="series", kind="box", height=2.8, aspect=1.5,
+                       fliersize=1.5, linewidth=0.7, palette="viridis", sharey=False)
+    return _per_series_and_variant(grid, "test accuracy", title)
+
+
+def transfer_gain(gains, title: str = ""):
+    """Mean test accuracy minus the baseline's, against the fraction (log scale), per cut."""
+    import pandas as pd
+
+    grid = sns.relplot(data=pd.DataFrame(gains), x="fraction", y="gain", hue="cut",
+                       col="variant", row="series", kind="line", marker="o", height=2.6,
+                       aspect=1.4, palette="viridis", facet_kws={"sharey": False})
+    for ax in grid.axes.flat:
+        ax.set_xscale("log")
+        ax.axhline(0, color="black", lw=0.8)
+    return _per_series_and_variant(grid, "gain over baseline", title)
+
+
+def ari_per_layer(rows, title: str = ""):
+    """ARI of K-means on each layer's activations, pretraining vs fine-tuning data, per
+    pretrained network; whole layers solid, single channels dashed."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    order = list(dict.fromkeys(df.sort_values("depth")["layer"]))
+    grid = sns.relplot(data=df, x="depth", y="ari", hue="data", style="unit", col="network",
+                       kind="line", marker="o", height=3, aspect=1.3, errorbar="sd",
+                       style_order=["layer", "channel best", "channel mean"])
+    for ax in grid.axes.flat:
+        ax.set_xticks(range(len(order)), order, rotation=30)
+    grid.set_titles("{col_name}")
+    sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.95))
+    grid.set_axis_labels("activations after", "adjusted Rand index")
+    if title:
+        grid.figure.suptitle(textwrap.fill(title, 140), fontsize=9)
+    grid.figure.tight_layout()
+    return grid.figure

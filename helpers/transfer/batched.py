@@ -1,0 +1,152 @@
+"""Train many small networks of one architecture together, as one stacked model.
+
+The repeats of a fine-tuning run (and the baselines of one fraction) are independent trainings
+of the same architecture on data of the same size. Stacking their parameters (``torch.func``)
+runs them as one network with R times wider operations (grouped convolutions, batched matrix
+products): on a CPU, small networks are bound by per-operation overhead and by small
+convolutions, so this is several times faster than a loop over the repeats.
+
+Exactness: the loss is the sum over models of each model's mean loss, so the gradient of a
+model's parameters is that of its own loss; Adam is element-wise, so one Adam over the stacked
+tensors equals one Adam per model. ``train_one`` is the plain loop the results must equal.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import stack_module_state
+
+
+def batch_schedule(n: int, batch_size: int, steps: int, generator: torch.Generator):
+    """Positions (steps x B) into a training set of ``n`` items: consecutive random
+    permutations cut into batches of ``B = min(batch_size, n)``, so every batch is full and
+    every item is seen once per epoch."""
+    size = min(batch_size, n)
+    epochs = -(-steps * size // n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(epochs)])
+    return order[:steps * size].view(steps, size)
+
+
+def train_one(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+              indices: torch.Tensor, schedule: torch.Tensor, lr: float,
+              optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+    """The reference: Adam on one module over ``inputs[indices[schedule[t]]]``, step by step
+    (pass ``optimizer`` to continue a training, e.g. epoch by epoch)."""
+    optimizer = optimizer or torch.optim.Adam(module.parameters(), lr=lr)
+    module.train()
+    for positions in schedule.to(indices.device):
+        rows = indices[positions]
+        loss = F.cross_entropy(module(inputs[rows]), labels[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return module.eval()
+
+
+class Stack:
+    """R modules of one architecture as stacked tensors, run as one wider network.
+
+    Convolutions become one grouped convolution over the models' channels side by side
+    (layout B x R*C x H x W, in which activations and pooling run unchanged), dense layers one
+    batched matrix product (layout R x B x F). Plain ``vmap`` of the forward pass gives the
+    same numbers but copies tensors around every pooling layer (3x slower on a CPU).
+    Supports sequential networks of Conv2d, Linear, Flatten and parameter-free layers.
+    """
+
+    def __init__(self, modules: list[nn.Module]):
+        self.size = len(modules)
+        self.params, self.buffers = stack_module_state(modules)
+        self.base = modules[0]
+        self.leaves = [(name, m) for name, m in self.base.named_modules()
+                       if not list(m.children())]
+        for name, m in self.leaves:
+            has_params = any(True for _ in m.parameters(recurse=False))
+            if has_params and not isinstance(m, (nn.Conv2d, nn.Linear)):
+                raise NotImplementedError(f"cannot stack layer {name} ({type(m).__name__})")
+
+    def _weights(self, name):
+        prefix = f"{name}." if name else ""
+        return self.params[prefix + "weight"], self.params.get(prefix + "bias")
+
+    def _conv(self, name, conv: nn.Conv2d, x):
+        weight, bias = self._weights(name)
+        return F.conv2d(x, weight.flatten(0, 1), None if bias is None else bias.flatten(),
+                        conv.stride, conv.padding, conv.dilation, conv.groups * self.size)
+
+    def _linear(self, name, x):
+        weight, bias = self._weights(name)
+        out = torch.bmm(x, weight.transpose(1, 2))
+        return out if bias is None else out + bias.unsqueeze(1)
+
+    def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        """Logits R x N x classes, from per-model inputs (R x N x ...) or, with ``shared``,
+        the same inputs (N x ...) for every model."""
+        if shared:
+            x = x.unsqueeze(0).expand(self.size, *x.shape)
+        spatial = x.dim() == 5
+        if spatial:  # R x N x C x H x W -> N x R*C x H x W
+            x = x.transpose(0, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
+        for name, layer in self.leaves:
+            if isinstance(layer, nn.Conv2d):
+                x = self._conv(name, layer, x)
+            elif isinstance(layer, nn.Flatten) and spatial:
+                x = x.reshape(x.shape[0], self.size, -1).transpose(0, 1)
+                spatial = False
+            elif isinstance(layer, nn.Flatten):
+                x = x.flatten(2)
+            elif isinstance(layer, nn.Linear):
+                x = self._linear(name, x)
+            else:
+                x = layer(x)
+        return x
+
+    def module(self, index: int, like: nn.Module | None = None) -> nn.Module:
+        """Model ``index`` as an ordinary module (a copy of ``like`` with its weights)."""
+        out = copy.deepcopy(like or self.base)
+        out.load_state_dict({k: v[index].detach() for k, v in {**self.params,
+                                                                **self.buffers}.items()})
+        return out
+
+
+def train_together(modules: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor,
+                   indices: torch.Tensor, schedules: torch.Tensor, lr: float) -> Stack:
+    """Train ``modules[r]`` on ``inputs[indices[r][schedules[r][t]]]`` for every step t, all
+    at once; equal to ``train_one`` per module up to float rounding.
+
+    ``indices``: R x n (each model's training set, rows of ``inputs``); ``schedules``:
+    R x steps x B positions into it (``batch_schedule``).
+    """
+    stack = Stack(modules)
+    optimizer = torch.optim.Adam(stack.params.values(), lr=lr)
+    schedules = schedules.to(indices.device)
+    for step in range(schedules.shape[1]):
+        rows = indices.gather(1, schedules[:, step])           # R x B
+        logits = stack(inputs[rows])                           # R x B x classes
+        losses = F.cross_entropy(logits.flatten(0, 1), labels[rows].flatten(), reduction="none")
+        loss = losses.view(rows.shape).mean(1).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return stack
+
+
+@torch.no_grad()
+def accuracy_together(stack: Stack, inputs: torch.Tensor, labels: torch.Tensor,
+                      indices: torch.Tensor | None = None, chunk: int = 512) -> torch.Tensor:
+    """Accuracy of each stacked model (R values): on its own rows ``indices[r]`` of
+    ``inputs``, or on all of them (a shared test set) when ``indices`` is None."""
+    hits = torch.zeros(stack.size)
+    total = len(inputs) if indices is None else indices.shape[1]
+    for start in range(0, total, chunk):
+        if indices is None:
+            logits = stack(inputs[start:start + chunk], shared=True)
+            y = labels[start:start + chunk].expand(stack.size, -1)
+        else:
+            rows = indices[:, start:start + chunk]
+            logits, y = stack(inputs[rows]), labels[rows]
+        hits += (logits.argmax(-1) == y).float().sum(1).cpu()
+    return hits / total

@@ -1,0 +1,382 @@
+"""The transfer-learning study: pretrain on some classes, fine-tune on others, cut at a layer.
+
+A **series** pretrains the CNN on ``pretrain.classes`` of one data set (cached by config) and
+fine-tunes it on ``classes`` of the same or another data set, for every learning rate,
+fraction of the fine-tuning data, variant (after the cut: ``reinit`` or ``truncate``; before
+it: ``frozen`` or ``trainable``), cut point and repeat; **baselines** train the same network
+from scratch on the same subsets, with the same batch order. The repeats of one setting train
+together (:mod:`.batched`). Every run is appended to the series' results file
+(``RunLog``), so an interrupted series resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .. import data
+from ..evaluate import RunLog
+from ..models import _cached_training, default_device
+from .batched import accuracy_together, batch_schedule, train_one, train_together
+from .network import CnnConfig, build_cnn, check_after, check_cut, kept_layers, new_layers
+
+FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+VARIANTS = ("reinit/frozen", "reinit/trainable", "truncate/frozen", "truncate/trainable")
+# Data sets without a test split of their own: this share of them is held out for testing.
+TEST_SHARE = 0.2
+RUN_KEY = ("lr", "fraction", "variant", "cut", "repeat")
+
+
+def seed_of(*parts) -> int:
+    """A reproducible 63-bit seed from any values (Python's hash() is salted per process)."""
+    return int(hashlib.sha1(repr(parts).encode()).hexdigest()[:15], 16)
+
+
+# ---------------------------------------------------------------- data
+
+def check_classes(classes, what: str) -> tuple:
+    classes = tuple(int(c) for c in classes)
+    if not classes:
+        raise ValueError(f"{what} classes are empty: give at least two class indices, "
+                         "e.g. [0, 1, 2, 3, 4]")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{what} classes repeat a class: {list(classes)}")
+    return classes
+
+
+def check_fractions(fractions) -> tuple:
+    fractions = tuple(float(f) for f in fractions)
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad or not fractions:
+        raise ValueError(f"fractions of the fine-tuning data must lie in (0, 1]; got {bad or '[]'}"
+                         " (1 is all of it, 0.01 one percent)")
+    return fractions
+
+
+def check_overlap(pretrain_dataset, pretrain_classes, dataset, classes, allow: bool) -> None:
+    """Fine-tuning on classes the network was pretrained on (same data set) measures
+    re-learning, not transfer: warn, unless the caller says it is intended."""
+    shared = sorted(set(pretrain_classes) & set(classes))
+    if shared and pretrain_dataset == dataset and not allow:
+        warnings.warn(f"pretraining and fine-tuning share classes {shared} of {dataset}: the "
+                      "fine-tuned network has seen them; pass allow_overlap=True if intended",
+                      stacklevel=3)
+
+
+@lru_cache(maxsize=4)
+def _splits(name: str, root=None):
+    """(train, test) of a data set; sets without a split hold out TEST_SHARE at random."""
+    if name in ("fashion-mnist", "cifar10"):
+        return (data.load_dataset(name, "train", root=root),
+                data.load_dataset(name, "test", root=root))
+    whole = data.load_dataset(name, root=root)
+    test, train = data.split(whole, round(TEST_SHARE * len(whole)), seed=0)
+    return train, test
+
+
+def _fit(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Float images at ``size``: larger ones resized, smaller ones (8x8 digits) resized to 20/28
+    of the side and zero-padded, as MNIST centres its 20x20 digits in 28x28."""
+    side = images.shape[-1]
+    if side == size:
+        return images
+    inner = size if side > size else round(size * 20 / 28)
+    images = F.interpolate(images, size=(inner, inner), mode="bilinear", antialias=side > inner,
+                           align_corners=False)
+    pad = size - inner
+    return F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+
+
+def task_data(name: str, classes, split: str, config: CnnConfig, n: int | None = None,
+              seed: int = 0, root=None):
+    """Inputs (normalised to [-1, 1], the network's channels and size) and labels 0..K-1 of
+    ``classes`` (in that order) from a data set's split; ``n`` random items at most."""
+    classes = check_classes(classes, "the")
+    dataset = _splits(name, root)[split == "test"]
+    missing = sorted(set(classes) - set(range(len(dataset.class_names))))
+    if missing:
+        raise ValueError(f"{name} has classes 0..{len(dataset.class_names) - 1}; no {missing}")
+    keep = torch.isin(dataset.labels, torch.tensor(classes)).nonzero().flatten()
+    dataset = data.take(dataset.subset(keep, f"classes {list(classes)}"), n, seed)
+    images = dataset.images.float() / 255
+    images = images[:, :1] if config.in_channels == 1 else images[:, :config.in_channels]
+    remap = torch.full((len(dataset.class_names),), -1, dtype=torch.int64)
+    remap[torch.tensor(classes)] = torch.arange(len(classes))
+    return (_fit(images, config.image_size) - 0.5) / 0.5, remap[dataset.labels]
+
+
+def stratified_subset(labels: torch.Tensor, fraction: float, generator) -> torch.Tensor:
+    """Indices of ``fraction`` of every class (at least one item each), shuffled: the same
+    size for every seed, so the repeats of a fraction stack."""
+    parts = []
+    for c in labels.unique():
+        members = (labels == c).nonzero().flatten()
+        count = max(1, round(fraction * len(members)))
+        parts.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    subset = torch.cat(parts)
+    return subset[torch.randperm(len(subset), generator=generator)]
+
+
+def repeats_for(fraction: float, min_repeats: int, max_repeats: int) -> int:
+    """More repeats for small fractions: ``min_repeats`` from 10% of the data up, then growing as
+    1/sqrt(fraction) (runs on little data vary more), capped at ``max_repeats``."""
+    grown = math.ceil(min_repeats * math.sqrt(0.1 / fraction) - 1e-9)
+    return max(min_repeats, min(max_repeats, grown))
+
+
+# ---------------------------------------------------------------- pretraining
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining on a class subset, early stopping on a validation split; cached by config."""
+
+    dataset: str = "fashion-mnist"
+    classes: tuple = (0, 1, 2, 3, 4)
+    cnn: CnnConfig = field(default_factory=CnnConfig)
+    n_train: int | None = 10000          # random training images (None: all of the classes')
+    val_share: float = 0.1
+    max_epochs: int = 6
+    patience: int = 1                    # epochs without a better validation accuracy
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "classes", check_classes(self.classes, "pretraining"))
+        if isinstance(self.cnn, dict):
+            object.__setattr__(self, "cnn", CnnConfig(**self.cnn))
+        if self.cnn.num_classes != len(self.classes):
+            object.__setattr__(self, "cnn", self.cnn.with_classes(len(self.classes)))
+
+
+def _pretrain(config: PretrainConfig):
+    """Adam epoch by epoch; keep (checkpoint) the weights of the best validation accuracy and
+    stop after ``patience`` epochs without improvement."""
+    device = default_device()
+    x, y = (t.to(device) for t in task_data(config.dataset, config.classes, "train", config.cnn,
+                                             config.n_train, config.seed))
+    n_val = max(1, round(config.val_share * len(y)))
+    val, train = torch.arange(n_val, device=device), torch.arange(n_val, len(y), device=device)
+    torch.manual_seed(config.seed)
+    net = build_cnn(config.cnn).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    best, history, start = None, [], time.time()
+    steps = len(train) // min(config.batch_size, len(train))
+    for epoch in range(config.max_epochs):
+        schedule = batch_schedule(len(train), config.batch_size, steps, generator)
+        train_one(net, x, y, train, schedule, config.lr, optimizer)
+        with torch.no_grad():
+            accuracy = float((net(x[val]).argmax(1) == y[val]).float().mean())
+        history.append(round(accuracy, 4))
+        if best is None or accuracy > best[1]:
+            best = ({k: v.cpu().clone() for k, v in net.state_dict().items()}, accuracy,
+                    epoch + 1)
+        elif epoch + 1 - best[2] >= config.patience:
+            break
+    metrics = {"val_accuracy": history, "best_epoch": best[2], "epochs_run": len(history),
+               "train_images": len(train), "train_seconds": round(time.time() - start, 1)}
+    return best[0], metrics
+
+
+def pretrained(config: PretrainConfig, verbose: bool = True):
+    """The pretrained network (eval mode) and its training metrics, trained once per config."""
+    file = _cached_training("transfer-cnn", config, _pretrain, verbose)
+    saved = torch.load(file, map_location="cpu", weights_only=True)
+    net = build_cnn(config.cnn)
+    net.load_state_dict(saved["state_dict"])
+    return net.eval(), saved["metrics"]
+
+
+# ---------------------------------------------------------------- fine-tuning series
+
+def parse_variant(variant: str) -> tuple[str, bool]:
+    """``"reinit/frozen"`` -> ("reinit", True)."""
+    after, _, before = variant.partition("/")
+    if before not in ("frozen", "trainable"):
+        raise ValueError(f"variant {variant!r}: write '<after>/<before>' with <after> in "
+                         f"reinit | truncate and <before> in frozen | trainable; e.g. {VARIANTS}")
+    return check_after(after), before == "frozen"
+
+
+@dataclass(frozen=True)
+class SeriesConfig:
+    """One experiment series: a pretrained network fine-tuned on ``classes`` of ``dataset``."""
+
+    name: str
+    pretrain: PretrainConfig
+    dataset: str = "fashion-mnist"
+    classes: tuple = (5, 6, 7, 8, 9)
+    n_train: int | None = 3000           # the fine-tuning pool; fractions are of it
+    n_test: int | None = 1000
+    fractions: tuple = FRACTIONS
+    cuts: tuple | str = "all"
+    variants: tuple = VARIANTS
+    learning_rates: tuple = (1e-3,)
+    min_repeats: int = 5
+    max_repeats: int = 10
+    epochs: int = 5                      # over the subset, within [min_steps, max_steps]
+    min_steps: int = 40
+    max_steps: int = 200
+    batch_size: int = 64
+    baselines: bool = True
+    allow_overlap: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        check_classes(self.classes, "fine-tuning")
+        if len(self.classes) < 2:
+            raise ValueError("fine-tuning needs at least two classes")
+        object.__setattr__(self, "fractions", check_fractions(self.fractions))
+        for variant in self.variants:
+            parse_variant(variant)
+        cuts = self.cut_points()
+        for cut in cuts:
+            check_cut(self.network(), cut)
+        if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
+            raise ValueError(f"need 1 <= min_repeats <= max_repeats, got {self.min_repeats}, "
+                             f"{self.max_repeats}")
+        check_overlap(self.pretrain.dataset, self.pretrain.classes, self.dataset, self.classes,
+                      self.allow_overlap)
+
+    def network(self) -> CnnConfig:
+        return self.pretrain.cnn.with_classes(len(self.classes))
+
+    def cut_points(self) -> tuple:
+        if self.cuts == "all":
+            return tuple(range(1, self.network().n_layers))
+        return tuple(self.cuts)
+
+    def steps(self, n: int) -> int:
+        batch = min(self.batch_size, n)
+        return min(self.max_steps, max(self.min_steps, math.ceil(self.epochs * n / batch)))
+
+
+class _Inputs:
+    """The fine-tuning pool and test set, raw and through each frozen prefix (computed once
+    per cut: a frozen prefix without batch norm is a fixed function)."""
+
+    def __init__(self, net, train, test):
+        self.net, self.raw, self.cache = net, (train, test), {}
+
+    def __call__(self, cut: int, frozen: bool):
+        if not frozen:
+            return self.raw
+        if cut not in self.cache:
+            with torch.no_grad():
+                prefix = self.net[:cut]
+                self.cache[cut] = tuple(torch.cat([prefix(x[i:i + 1024])
+                                                   for i in range(0, len(x), 1024)])
+                                        for x in self.raw)
+        return self.cache[cut]
+
+
+def _modules(config: SeriesConfig, net, variant: str, cut: int, repeats: int):
+    """Fresh trainable modules, one per repeat (the new layers drawn from the repeat's seed)."""
+    modules = []
+    for repeat in range(repeats):
+        torch.manual_seed(seed_of(config.seed, "init", repeat))
+        if variant == "baseline":
+            modules.append(build_cnn(config.network()))
+            continue
+        after, frozen = parse_variant(variant)
+        fresh = new_layers(config.network(), cut, after)
+        modules.append(fresh if frozen else torch.nn.Sequential(*kept_layers(net, cut), *fresh))
+    return modules
+
+
+def _subsets_and_schedules(config: SeriesConfig, labels, fraction: float, repeats: int):
+    """Per repeat, its training subset (R x n) and batch order (R x steps x B), drawn from
+    (seed, fraction, repeat) only: the baseline and every variant see the same ones."""
+    subsets = torch.stack([stratified_subset(labels, fraction, torch.Generator().manual_seed(
+        seed_of(config.seed, fraction, r))) for r in range(repeats)])
+    steps = config.steps(subsets.shape[1])
+    schedules = torch.stack([batch_schedule(subsets.shape[1], config.batch_size, steps,
+                                            torch.Generator().manual_seed(
+                                                seed_of(config.seed, "order", fraction, r)))
+                             for r in range(repeats)])
+    return subsets, schedules, steps
+
+
+def run_series(config: SeriesConfig, path, verbose: bool = True, device=None) -> list[dict]:
+    """Every run of a series, resuming from ``path``; returns all of its run records."""
+    device = torch.device(device or default_device())
+    net, metrics = pretrained(config.pretrain, verbose)
+    net = net.to(device)
+    log = RunLog(path, {"series": asdict(config), "pretraining": metrics}, RUN_KEY)
+    cnn = config.network()
+    train_x, train_y = (t.to(device) for t in task_data(
+        config.dataset, config.classes, "train", cnn, config.n_train, config.seed))
+    test_x, test_y = (t.to(device) for t in task_data(
+        config.dataset, config.classes, "test", cnn, config.n_test, config.seed))
+    inputs = _Inputs(net, train_x, test_x)
+    settings = [("baseline", 0)] if config.baselines else []
+    settings += [(v, c) for v in config.variants for c in config.cut_points()]
+    names = cnn.layer_names()
+    for lr in config.learning_rates:
+        for fraction in config.fractions:
+            repeats = repeats_for(fraction, config.min_repeats, config.max_repeats)
+            subsets, schedules, steps = _subsets_and_schedules(config, train_y.cpu(), fraction,
+                                                               repeats)
+            subsets = subsets.to(device)
+            for variant, cut in settings:
+                todo = [r for r in range(repeats)
+                        if not log.has(lr=lr, fraction=fraction, variant=variant, cut=cut,
+                                       repeat=r)]
+                if not todo:
+                    continue
+                frozen = variant != "baseline" and parse_variant(variant)[1]
+                x_train, x_test = inputs(cut, frozen)
+                start = time.time()
+                modules = [m.to(device) for m in _modules(config, net, variant, cut, repeats)]
+                stack = train_together(modules, x_train, train_y, subsets, schedules, lr)
+                train_acc = accuracy_together(stack, x_train, train_y, subsets)
+                test_acc = accuracy_together(stack, x_test, test_y)
+                seconds = (time.time() - start) / repeats
+                log.add([{"series": config.name, "lr": lr, "fraction": fraction,
+                          "n_train": subsets.shape[1], "variant": variant, "cut": cut,
+                          "cut_after": names[cut - 1] if cut else "input", "repeat": r,
+                          "steps": steps, "train_accuracy": round(float(train_acc[r]), 4),
+                          "test_accuracy": round(float(test_acc[r]), 4),
+                          "seconds": round(seconds, 3)} for r in todo])
+    return log.runs
+
+
+def series_config(spec, cnn: dict, pretrain: dict, finetune: dict, **options) -> SeriesConfig:
+    """A series from ``"A->B"`` (pretrain on data set A, fine-tune on B) or a dict with keys
+    ``pretrain``, ``finetune`` and optionally ``cnn`` / ``name`` (e.g. CIFAR-10 needs
+    ``in_channels: 3, image_size: 32``); the other settings are shared by all series."""
+    if isinstance(spec, str):
+        source, arrow, target = spec.partition("->")
+        if not arrow or not source or not target:
+            raise ValueError(f"series {spec!r}: write 'pretrain-set->finetune-set', e.g. "
+                             "'fashion-mnist->mnist'")
+        spec = {"pretrain": source.strip(), "finetune": target.strip()}
+    network = CnnConfig(**{**cnn, **spec.get("cnn", {})})
+    pre = PretrainConfig(dataset=spec["pretrain"], cnn=network, **pretrain)
+    name = spec.get("name", f"{spec['pretrain']}->{spec['finetune']}")
+    return SeriesConfig(name=name, pretrain=pre, dataset=spec["finetune"], **finetune,
+                        **options)
+
+
+def gain_over_baseline(runs: list[dict]) -> list[dict]:
+    """Per series, learning rate, variant, cut and fraction: mean test accuracy over the
+    repeats, the baseline's on the same subsets, and the gain (difference)."""
+    import pandas as pd
+
+    df = pd.DataFrame(runs)
+    keys = ["series", "lr", "fraction"]
+    base = (df[df["variant"] == "baseline"].groupby(keys)["test_accuracy"].mean()
+            .rename("baseline"))
+    mean = (df[df["variant"] != "baseline"].groupby(keys + ["variant", "cut", "cut_after"])
+            ["test_accuracy"].agg(["mean", "std", "count"]).reset_index())
+    out = mean.join(base, on=keys)
+    out["gain"] = out["mean"] - out["baseline"]
+    return out.rename(columns={"mean": "test_accuracy", "count": "repeats"}).to_dict("records")

@@ -1,0 +1,265 @@
+import copy
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from helpers import paths
+from helpers.evaluate import RunLog
+from helpers.transfer import (
+    CnnConfig,
+    PretrainConfig,
+    SeriesConfig,
+    accuracy_together,
+    batch_schedule,
+    build_cnn,
+    clustering_ari,
+    gain_over_baseline,
+    kept_layers,
+    kmeans_ari,
+    layer_activations,
+    layer_shapes,
+    new_layers,
+    repeats_for,
+    run_series,
+    series_config,
+    stratified_subset,
+    study,
+    task_data,
+    train_one,
+    train_together,
+)
+from helpers.transfer.study import _pretrain
+
+TINY = CnnConfig(depth=2, channels=(3, 4), hidden=6, image_size=12, num_classes=3)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "CACHE", tmp_path / "cache")
+
+
+def test_config_round_trips_through_json_and_shapes_match_the_network():
+    config = CnnConfig(depth=3, channels=(4, 5, 6), kernel_size=5, activation="gelu",
+                       pool_every=2, pool_stride=2, dense_layers=1, num_classes=7)
+    assert CnnConfig.from_json(config.to_json()) == config
+    assert config.layer_names() == ["conv1", "conv2", "conv3", "output"]
+    x = torch.rand(2, 1, 28, 28)
+    for layer, shape in zip(build_cnn(config), layer_shapes(config)):
+        x = layer(x)
+        assert tuple(x.shape[1:]) == shape
+    assert layer_shapes(config)[1] == (5, 14, 14)  # pooled after conv2 only
+
+
+def test_pooling_before_a_monotone_activation_changes_nothing():
+    """The blocks pool before ReLU (cheaper): outputs and gradients equal the usual order."""
+    torch.manual_seed(0)
+    block = build_cnn(CnnConfig(depth=1, dense_layers=1, channels=4))[0]
+    conv, pool, act = block
+    assert isinstance(pool, torch.nn.MaxPool2d) and isinstance(act, torch.nn.ReLU)
+    x = torch.randn(3, 1, 28, 28, requires_grad=True)
+    (g1,) = torch.autograd.grad(block(x).square().sum(), x)
+    usual = pool(act(conv(x)))
+    (g2,) = torch.autograd.grad(usual.square().sum(), x)
+    assert torch.equal(block(x), usual) and torch.allclose(g1, g2)
+
+
+@pytest.mark.parametrize("cut", [0, 4, -1, 1.5])
+def test_cut_points_outside_the_network_are_refused(cut):
+    with pytest.raises(ValueError, match=r"outside the network.*k = 1\.\.3"):
+        new_layers(TINY, cut, "reinit")
+
+
+def test_cut_keeps_pretrained_layers_and_renews_or_removes_the_rest():
+    torch.manual_seed(0)
+    net = build_cnn(TINY)
+    x = torch.rand(5, 1, 12, 12)
+    for cut in (1, 2, 3):
+        kept = kept_layers(net, cut)
+        assert all(torch.equal(a, b) for a, b in zip(kept.parameters(),
+                                                     net[:cut].parameters()))
+        renewed = new_layers(TINY, cut, "reinit")
+        assert len(renewed) == TINY.n_layers - cut
+        truncated = new_layers(TINY, cut, "truncate")
+        assert [type(m).__name__ for m in truncated] == ["Flatten", "Linear"]
+        for tail in (renewed, truncated):
+            assert torch.nn.Sequential(*kept, *tail)(x).shape == (5, 3)
+    with pytest.raises(ValueError, match="reinit or truncate"):
+        new_layers(TINY, 1, "replace")
+
+
+def _tiny_problem(repeats=3, n=10, steps=4, batch=4):
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 1, 12, 12), torch.randint(0, 3, (40,))
+    indices = torch.stack([torch.randperm(40)[:n] for _ in range(repeats)])
+    schedules = torch.stack([batch_schedule(n, batch, steps, torch.Generator().manual_seed(r))
+                             for r in range(repeats)])
+    return x, y, indices, schedules
+
+
+@pytest.mark.parametrize("frozen_prefix", [False, True])
+def test_repeats_trained_together_equal_training_them_one_by_one(frozen_prefix):
+    x, y, indices, schedules = _tiny_problem()
+    if frozen_prefix:  # the dense part alone on a frozen prefix's features (N x F inputs)
+        torch.manual_seed(5)
+        x = build_cnn(TINY)[:2](x).flatten(1).detach()
+        modules = [new_layers(TINY, 2, "reinit") for _ in range(3)]
+    else:
+        modules = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            modules.append(build_cnn(TINY))
+    alone = [copy.deepcopy(m) for m in modules]
+    for r, module in enumerate(alone):
+        train_one(module, x, y, indices[r], schedules[r], lr=1e-3)
+    stack = train_together(modules, x, y, indices, schedules, lr=1e-3)
+    # Adam moves each weight by up to lr per step whatever the gradient's size, so rounding
+    # differences in near-zero gradients show at ~lr/100: compare at lr = 1e-3 (the study's).
+    for r, module in enumerate(alone):
+        trained = stack.module(r)
+        moved = False
+        for (name, a), b in zip(trained.state_dict().items(), module.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-5), name
+            moved |= not torch.allclose(b, modules[r].state_dict()[name])
+        with torch.no_grad():
+            test = (module(x).argmax(1) == y).float().mean()
+            own = (module(x[indices[r]]).argmax(1) == y[indices[r]]).float().mean()
+        assert accuracy_together(stack, x, y, chunk=16)[r] == pytest.approx(float(test))
+        assert accuracy_together(stack, x, y, indices, chunk=3)[r] == pytest.approx(float(own))
+    assert moved or frozen_prefix
+
+
+def test_batch_schedule_visits_every_item_once_per_epoch():
+    schedule = batch_schedule(10, 4, 5, torch.Generator().manual_seed(0))
+    assert schedule.shape == (5, 4)
+    assert sorted(schedule.flatten()[:10].tolist()) == list(range(10))
+    assert batch_schedule(3, 64, 2, torch.Generator()).shape == (2, 3)
+
+
+def test_stratified_subsets_keep_every_class_and_one_size_per_fraction():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    sizes = set()
+    for seed in range(3):
+        subset = stratified_subset(labels, 0.1, torch.Generator().manual_seed(seed))
+        assert torch.bincount(labels[subset]).tolist() == [5, 3, 2]
+        sizes.add(len(subset))
+    assert sizes == {10}
+    tiny = stratified_subset(labels, 0.001, torch.Generator().manual_seed(0))
+    assert torch.bincount(labels[tiny]).tolist() == [1, 1, 1]
+
+
+def test_more_repeats_for_small_fractions():
+    assert [repeats_for(f, 5, 20) for f in (1.0, 0.1, 0.025, 0.01, 0.001)] == [5, 5, 10, 16, 20]
+    assert repeats_for(0.01, 5, 20) == math.ceil(5 * math.sqrt(10))
+
+
+def _pretrain_config(**kw):
+    settings = {"n_train": 300, "max_epochs": 2, "batch_size": 32, **kw}
+    return PretrainConfig(cnn=CnnConfig(depth=2, channels=4, hidden=16), **settings)
+
+
+def test_bad_series_settings_are_refused_with_the_fix():
+    pre = _pretrain_config()
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        SeriesConfig("s", pre, fractions=(0.5, 1.5))
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        SeriesConfig("s", pre, fractions=(0,))
+    with pytest.raises(ValueError, match="classes are empty"):
+        SeriesConfig("s", pre, classes=())
+    with pytest.raises(ValueError, match="classes are empty"):
+        PretrainConfig(classes=[])
+    with pytest.raises(ValueError, match="outside the network"):
+        SeriesConfig("s", pre, cuts=(4,))
+    with pytest.raises(ValueError, match="reinit | truncate"):
+        SeriesConfig("s", pre, variants=("reinit/frozen", "reinit"))
+    with pytest.raises(ValueError, match="pretrain-set->finetune-set"):
+        series_config("fashion-mnist", {}, {}, {})
+    with pytest.warns(UserWarning, match=r"share classes \[3, 4\].*allow_overlap"):
+        SeriesConfig("s", pre, classes=(3, 4, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SeriesConfig("s", pre, classes=(3, 4, 5), allow_overlap=True)
+        SeriesConfig("s", pre, dataset="mnist", classes=(0, 1, 2))  # other data set: transfer
+
+
+def test_digits_are_resized_and_padded_like_mnist_and_labels_renumbered():
+    x, y = task_data("digits", [7, 3], "test", CnnConfig(), n=50)
+    assert x.shape == (50, 1, 28, 28) and set(y.tolist()) <= {0, 1}
+    assert torch.all(x[:, :, :4] == -1) and torch.all(x[:, :, :, -4:] == -1)  # zero border
+    assert x.max() > 0.5
+
+
+def test_pretraining_keeps_the_best_epoch_and_stops_early():
+    config = _pretrain_config(max_epochs=3, patience=1)
+    state, metrics = _pretrain(config)
+    history = metrics["val_accuracy"]
+    assert metrics["best_epoch"] == history.index(max(history)) + 1
+    stopped = any(b <= a for a, b in zip(history, history[1:]))
+    assert len(history) == 3 or stopped
+    net = build_cnn(config.cnn)
+    net.load_state_dict(state)
+    x, y = task_data(config.dataset, config.classes, "train", config.cnn, config.n_train)
+    n_val = round(config.val_share * len(y))
+    with torch.no_grad():
+        accuracy = (net(x[:n_val]).argmax(1) == y[:n_val]).float().mean()
+    assert float(accuracy) == pytest.approx(max(history), abs=1e-4)
+
+
+def test_run_log_resumes_only_for_the_same_parameters(tmp_path):
+    path = tmp_path / "series.json"
+    log = RunLog(path, {"a": 1}, ("fraction", "repeat"))
+    log.add([{"fraction": 0.1, "repeat": 0, "test_accuracy": 0.5}])
+    saved = json.loads(path.read_text())
+    assert saved[0] == {"parameters": {"a": 1}} and len(saved) == 2
+    again = RunLog(path, {"a": 1}, ("fraction", "repeat"))
+    assert again.has(fraction=0.1, repeat=0) and not again.has(fraction=0.1, repeat=1)
+    assert not RunLog(path, {"a": 2}, ("fraction", "repeat")).runs
+
+
+def test_series_runs_every_setting_on_shared_subsets_and_resumes(tmp_path, monkeypatch):
+    config = SeriesConfig("tiny", _pretrain_config(), n_train=60, n_test=40, fractions=(0.1, 1.0),
+                          variants=("reinit/frozen", "truncate/trainable"), cuts=(1, 3),
+                          min_repeats=1, max_repeats=2, min_steps=2, max_steps=3, batch_size=16)
+    runs = run_series(config, tmp_path / "tiny.json", verbose=False)
+    per_fraction = {0.1: repeats_for(0.1, 1, 2), 1.0: 1}
+    assert len(runs) == sum(per_fraction.values()) * (1 + 2 * 2)
+    for r in runs:
+        assert 0 <= r["test_accuracy"] <= 1 and r["lr"] == 1e-3
+        assert r["n_train"] == 60 if r["fraction"] == 1.0 else 5 <= r["n_train"] <= 7
+    sizes = {(r["fraction"], r["repeat"]): set() for r in runs}
+    for r in runs:
+        sizes[r["fraction"], r["repeat"]].add(r["n_train"])
+    assert all(len(s) == 1 for s in sizes.values())  # baseline and variants: same subsets
+    assert {r["cut_after"] for r in runs} == {"input", "conv1", "dense"}
+    gains = gain_over_baseline(runs)
+    assert len(gains) == 2 * 2 * 2
+    assert all(g["gain"] == pytest.approx(g["test_accuracy"] - g["baseline"]) for g in gains)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr(study, "train_together", no_training)
+    assert run_series(config, tmp_path / "tiny.json", verbose=False) == runs
+
+
+def test_kmeans_ari_is_one_on_separated_clusters_and_rows_cover_every_layer():
+    labels = torch.arange(3).repeat_interleave(20)
+    features = torch.randn(60, 5) * 0.01 + labels[:, None] * 10.0
+    assert kmeans_ari(features, labels) == pytest.approx(1.0)
+    torch.manual_seed(0)
+    net = build_cnn(TINY).eval()
+    images = torch.randn(30, 1, 12, 12)
+    acts = layer_activations(net, images, TINY.layer_names())
+    assert list(acts) == ["input", "conv1", "conv2", "dense", "output"]
+    assert acts["output"].shape == (30, 3)
+    rows = clustering_ari(net, images, labels[::2], TINY.layer_names(), n_samples=20,
+                          n_subsets=2)
+    units = {(r["layer"], r["unit"]) for r in rows}
+    assert ("conv1", "channel best") in units and ("dense", "channel mean") not in units
+    assert len([r for r in rows if r["unit"] == "layer"]) == 2 * 5
+    assert all(-0.5 <= r["ari"] <= 1 for r in rows)
+    best = [r["ari"] for r in rows if r["unit"] == "channel best"]
+    mean = [r["ari"] for r in rows if r["unit"] == "channel mean"]
+    assert all(b >= m for b, m in zip(best, mean))
