@@ -76,20 +76,26 @@ def _colour(name: str, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= threshold, 1 - x, x)
 
 
-def _geometry(name: str, level: torch.Tensor, sign: torch.Tensor, size: int) -> torch.Tensor:
+def _geometry(name: str, level: torch.Tensor, sign: torch.Tensor, size) -> torch.Tensor:
     """The 3x3 matrices of AugMix's rotate (30 degrees), shear (0.3) and translate (a third
-    of the image, whole pixels) at per-image ``level`` in [0, 1] and direction ``sign``."""
+    of the image, whole pixels) at per-image ``level`` in [0, 1] and direction ``sign``.
+    ``size`` is the image's (height, width), or one number for a square image. The matrices
+    act on normalised coordinates, so the aspect ratio enters: a rotation stays a rotation
+    in pixels on a non-square image."""
+    height, width = (size, size) if isinstance(size, int) else size
     theta = _identity(len(level))
     if name == "rotate":
         angle = sign * level * math.radians(30)
-        theta[:, 0, :2] = torch.stack([angle.cos(), -angle.sin()], 1)
-        theta[:, 1, :2] = torch.stack([angle.sin(), angle.cos()], 1)
+        theta[:, 0, :2] = torch.stack([angle.cos(), -angle.sin() * height / width], 1)
+        theta[:, 1, :2] = torch.stack([angle.sin() * width / height, angle.cos()], 1)
     elif name in ("shear_x", "shear_y"):
         row, col = (0, 1) if name == "shear_x" else (1, 0)
-        theta[:, row, col] = sign * level * 0.3
+        ratio = height / width if name == "shear_x" else width / height
+        theta[:, row, col] = sign * level * 0.3 * ratio
     else:
-        pixels = (sign * level * size / 3).round()
-        theta[:, 0 if name == "translate_x" else 1, 2] = pixels * 2 / size
+        axis, length = (0, width) if name == "translate_x" else (1, height)
+        pixels = (sign * level * length / 3).round()
+        theta[:, axis, 2] = pixels * 2 / length
     return theta
 
 
@@ -99,7 +105,7 @@ def _augmix_chain(base: torch.Tensor, ops: torch.Tensor, levels: torch.Tensor,
     ``levels`` and ``signs``). Consecutive
     geometric operations of a view are composed into one warp, applied only before a colour
     operation and at the end: one resampling instead of several, and far fewer kernels."""
-    x, n, size = base.clone(), base.shape[0], base.shape[-1]
+    x, n, size = base.clone(), base.shape[0], tuple(base.shape[-2:])
     pending, warped = _identity(n), torch.zeros(n, dtype=torch.bool)
 
     def flush(views):

@@ -213,3 +213,22 @@ def test_affine_grid_equals_torch_affine_grid():
         expected = torch.nn.functional.affine_grid(theta, [5, 3, height, width],
                                                    align_corners=False)
         assert torch.allclose(affine_grid(theta, height, width), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rotate", "translate_x", "translate_y", "shear_x"])
+def test_geometry_on_non_square_images_acts_in_pixels(name):
+    """In pixel units (x = (x_n + 1) w / 2), a rotation stays orthonormal, a translation
+    moves a third of the image's own side times the level, whole pixels."""
+    height, width = 20, 40
+    level, sign = torch.tensor([0.9]), torch.tensor([1.0])
+    theta = _geometry(name, level, sign, (height, width))[0]
+    to_pixels = torch.diag(torch.tensor([width / 2, height / 2, 1.0]))
+    in_pixels = to_pixels @ theta @ torch.linalg.inv(to_pixels)
+    if name == "rotate":
+        linear = in_pixels[:2, :2]
+        assert torch.allclose(linear @ linear.T, torch.eye(2), atol=1e-6)
+    elif name == "shear_x":
+        assert in_pixels[0, 1].item() == pytest.approx(0.9 * 0.3)
+    else:
+        axis, length = (0, width) if name == "translate_x" else (1, height)
+        assert in_pixels[axis, 2].item() == pytest.approx(round(0.9 * length / 3))
