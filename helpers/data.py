@@ -246,23 +246,40 @@ def cifar100(split: str = "test", root=None, download: bool = False) -> ImageTen
                   lambda names: [n.replace("_", " ") for n in names])
 
 
-def _image_folder(label: str, folder: Path, how: str, **kwargs) -> ImageFolderDataset:
-    """An ImageFolderDataset, or DatasetNotFoundError if the folder is missing or has no images."""
+def _download_archive(url: str, root: Path) -> None:
+    """Fetch and unpack a data set's public archive into ``root`` (users who are online)."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    download_and_extract_archive(url, download_root=str(root), extract_root=str(root),
+                                 remove_finished=True)
+
+
+def _image_folder(label: str, folder: Path, url: str, download: bool,
+                  **kwargs) -> ImageFolderDataset:
+    """An ImageFolderDataset, downloaded first if asked and missing, or DatasetNotFoundError
+    if the folder is missing or has no images."""
+    if download and not folder.is_dir():
+        _download_archive(url, folder.parent)
     dataset = ImageFolderDataset(folder, **kwargs) if folder.is_dir() else None
     if dataset is None or len(dataset) == 0:
-        raise _not_found(label, folder, f"Get it with `{how} -C {folder.parent}`.")
+        archive = url.rsplit("/", 1)[-1]
+        raise _not_found(label, folder, f"Get it with `wget {url} && tar -xf {archive} "
+                         f"-C {folder.parent}`, or call with download=True.")
     return dataset
 
 
-def imagenet_a(root=None, size: int = 224) -> ImageFolderDataset:
+IMAGENET_A_URL = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar"
+
+
+def imagenet_a(root=None, size: int = 224, download: bool = False) -> ImageFolderDataset:
     """ImageNet-A (Hendrycks et al.), ``root/imagenet-a/<wnid>/*.jpg``; labels 0..199 index
     its own classes, ``imagenet_indices`` maps them into the 1000."""
     folder = Path(root or paths.DATA) / "imagenet-a"
     info = _resource("imagenet_a.json")
     names = imagenet_class_names()
     return _image_folder(
-        "ImageNet-A", folder, "wget https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar && "
-        "tar -xf imagenet-a.tar", folders={w: i for i, w in enumerate(info["wnids"])},
+        "ImageNet-A", folder, IMAGENET_A_URL, download,
+        folders={w: i for i, w in enumerate(info["wnids"])},
         class_names=[names[i] for i in info["indices"]], name="imagenet-a",
         description=f"ImageNet-A (natural adversarial examples, 200 classes) from {folder}",
         size=size, imagenet_indices=list(info["indices"]))
@@ -271,16 +288,16 @@ def imagenet_a(root=None, size: int = 224) -> ImageFolderDataset:
 IMAGENET_V2_VARIANTS = ("matched-frequency", "threshold0.7", "top-images")
 
 
-def imagenet_v2(root=None, size: int = 224,
-                variant: str = "matched-frequency") -> ImageFolderDataset:
+def imagenet_v2(root=None, size: int = 224, variant: str = "matched-frequency",
+                download: bool = False) -> ImageFolderDataset:
     """ImageNet-V2 (Recht et al.), ``root/imagenetv2-<variant>-format-val/<0..999>/*.jpeg``."""
     if variant not in IMAGENET_V2_VARIANTS:
         raise ValueError(f"variant must be one of {IMAGENET_V2_VARIANTS}, got {variant!r}")
     folder = Path(root or paths.DATA) / f"imagenetv2-{variant}-format-val"
-    archive = f"imagenetv2-{variant}.tar.gz"
-    url = f"https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/{archive}"
+    url = ("https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
+           f"imagenetv2-{variant}.tar.gz")
     return _image_folder(
-        f"ImageNet-V2 {variant}", folder, f"wget {url} && tar -xzf {archive}",
+        f"ImageNet-V2 {variant}", folder, url, download,
         folders={str(i): i for i in range(1000)},
         class_names=imagenet_class_names(), name=f"imagenet-v2-{variant}",
         description=f"ImageNet-V2 {variant} from {folder}", size=size,

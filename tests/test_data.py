@@ -140,6 +140,27 @@ def test_imagenet_v2_labels_are_folder_numbers_not_sort_order(tmp_path):
     assert ds.imagenet_indices == list(range(1000)) and ds.class_names[0] == "tench"
 
 
+@pytest.mark.parametrize("loader, url_end, folder", [
+    (data.imagenet_a, "hendrycks/imagenet-a.tar", "imagenet-a/n01498041"),
+    (data.imagenet_v2, "imagenetv2-matched-frequency.tar.gz",
+     "imagenetv2-matched-frequency-format-val/0")])
+def test_imagenet_download_fetches_the_public_archive_into_root(tmp_path, monkeypatch, loader,
+                                                                url_end, folder):
+    """Offline here: the download itself is replaced by unpacking a one-image folder."""
+    fetched = []
+
+    def fake_download(url, root):
+        fetched.append((url, root))
+        _save(root / folder / "x.jpg", 0, "JPEG")
+
+    monkeypatch.setattr(data, "_download_archive", fake_download)
+    ds = loader(root=tmp_path, size=16, download=True)
+    assert len(ds) == 1 and ds.labels.tolist() == [0]
+    assert fetched == [(fetched[0][0], tmp_path)] and fetched[0][0].endswith(url_end)
+    loader(root=tmp_path, size=16, download=True)  # present: not fetched again
+    assert len(fetched) == 1
+
+
 def test_imagenet_resources():
     names, wnids = data.imagenet_class_names(), data.imagenet_wnids()
     a_indices = data.imagenet_a_indices()
