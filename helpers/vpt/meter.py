@@ -1,0 +1,180 @@
+"""Peak memory and time of one training step, above the memory the model already holds.
+
+On CUDA: ``torch.cuda.max_memory_allocated`` minus the allocated memory at rest. On CPU the
+process's peak resident memory cannot be trusted after other work in the same process (it
+only grows, and freed memory stays mapped), so each measurement runs in a fresh Python
+process: build the model, run a warm-up step (optimizer state, lazy kernels), release freed
+memory to the OS, read the resident memory at rest (VmRSS), reset the peak (Linux
+``/proc/self/clear_refs``, else a sampler thread) and read the peak after the measured steps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .model import VIT_B16, prompted_vit, train_step
+
+MB = 2 ** 20
+
+
+@dataclass
+class StepConfig:
+    """One measured training step; ``overrides`` change the ViT's sizes (see build_vit)."""
+
+    mode: str = "vpt-deep"
+    n_prompts: int = 100
+    attention: str = "sdpa"
+    checkpointing: bool = False
+    batch_size: int = 8
+    image_size: int = 224
+    arch: str = VIT_B16
+    overrides: dict = field(default_factory=dict)
+    num_classes: int = 10
+    weights_path: str | None = None
+    steps: int = 3
+    device: str = "cpu"
+    threads: int | None = None
+
+
+# ---------------------------------------------------------------- resident memory (Linux)
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+class _PeakRss:
+    """Peak resident memory from now on: VmHWM after resetting it, or, where the kernel does
+    not allow the reset, the maximum of VmRSS sampled every millisecond by a thread."""
+
+    def __init__(self):
+        self.sampled, self._stop = 0, threading.Event()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._thread = None
+        except OSError:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+
+    def _sample(self):
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.is_set():
+            rss = int(Path("/proc/self/statm").read_text().split()[1]) * page
+            self.sampled = max(self.sampled, rss)
+            time.sleep(0.001)
+
+    def peak(self) -> int:
+        if self._thread is None:
+            return _status_kb("VmHWM")
+        self._stop.set()
+        self._thread.join()
+        return max(self.sampled, _status_kb("VmRSS"))
+
+
+def _release_freed_memory() -> None:
+    """Give memory freed by the warm-up back to the OS (glibc keeps it mapped otherwise), so
+    that the measured step's allocations show up as resident memory again."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: freed memory may stay resident
+        pass
+
+
+# ---------------------------------------------------------------- the measurement
+
+def _build(config: StepConfig):
+    torch.manual_seed(0)
+    model = prompted_vit(config.mode, config.n_prompts, config.arch, config.num_classes,
+                         config.weights_path, attention=config.attention,
+                         checkpointing=config.checkpointing, img_size=config.image_size,
+                         **config.overrides)
+    model = model.to(config.device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(config.batch_size, 3, config.image_size, config.image_size,
+                         generator=generator).to(config.device)
+    labels = torch.randint(config.num_classes, (config.batch_size,),
+                           generator=generator).to(config.device)
+    return model, optimizer, images, labels
+
+
+def _timed_steps(config, model, optimizer, images, labels) -> list[float]:
+    seconds = []
+    for _ in range(config.steps):
+        start = time.perf_counter()
+        train_step(model, optimizer, images, labels)
+        if config.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def measure_here(config: StepConfig) -> dict:
+    """Measure in this process: right on CUDA; on CPU only in a fresh process (see
+    :func:`measure_step`), since earlier work leaves memory mapped."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, optimizer, images, labels = _build(config)
+    cuda = config.device.startswith("cuda")
+    train_step(model, optimizer, images, labels)  # warm-up: optimizer state, kernels
+    optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        rest = torch.cuda.memory_allocated()
+    else:
+        _release_freed_memory()
+        rest = _status_kb("VmRSS")
+        meter = _PeakRss()
+    seconds = _timed_steps(config, model, optimizer, images, labels)
+    peak = torch.cuda.max_memory_allocated() if cuda else meter.peak()
+    return {"peak_mb": (peak - rest) / MB, "rest_mb": rest / MB,
+            "seconds_per_step": statistics.median(seconds),
+            "trainable": model.trainable_parameters(), "tokens": model.tokens(config.image_size),
+            "weights": model.vit.weights, "threads": torch.get_num_threads()}
+
+
+def measure_step(config: StepConfig) -> dict:
+    """Peak memory of a training step above the resting level (MB) and the median seconds
+    per step after a warm-up step; on CPU in a fresh Python process."""
+    if config.device.startswith("cuda"):
+        return {**asdict(config), **measure_here(config)}
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    code = ("import json, sys; from helpers.vpt.meter import StepConfig, measure_here; "
+            "print(json.dumps(measure_here(StepConfig(**json.loads(sys.argv[1])))))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(config))],
+                          capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"measuring {config} failed:\n{done.stderr[-3000:]}")
+    return {**asdict(config), **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def measure_grid(base: StepConfig, grid: list[dict], progress: bool = True) -> list[dict]:
+    """``measure_step`` for each change of ``base`` in ``grid`` (a list of field dicts)."""
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    rows = []
+    for change in tqdm(grid, desc="memory", disable=not progress):
+        row = measure_step(replace(base, **change))
+        row.pop("overrides")
+        rows.append(row)
+    return rows
