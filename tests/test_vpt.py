@@ -1,0 +1,163 @@
+import copy
+
+import pytest
+import torch
+
+from helpers import paths
+from helpers.models import CheckpointNotFoundError
+from helpers.vpt import (MODES, PromptedViT, StepConfig, build_vit, expected_trainable,
+                         measure_step, prompted_vit, train_step)
+
+TINY = dict(arch="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2,
+            num_heads=2)
+PATCHES = (32 // 8) ** 2
+
+
+def tiny(mode="vpt-deep", n_prompts=5, **kw):
+    torch.manual_seed(0)
+    return prompted_vit(mode, n_prompts, num_classes=3, **TINY, **kw)
+
+
+def batch(n=4):
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 32, 32, generator=generator), torch.tensor([0, 1, 2, 0][:n])
+
+
+def grads(model, images, labels):
+    model.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("mode", ["vpt-deep", "full"])
+def test_eager_and_sdpa_attention_agree_in_outputs_and_gradients(mode):
+    model = tiny(mode, n_prompts=5 if mode == "vpt-deep" else 0, attention="eager")
+    images, labels = batch()
+    assert model.attention == "eager"
+    eager_loss, eager = grads(model, images, labels)
+    model.attention = "sdpa"
+    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+    sdpa_loss, sdpa = grads(model, images, labels)
+    torch.testing.assert_close(sdpa_loss, eager_loss, atol=1e-5, rtol=1e-5)
+    assert sdpa.keys() == eager.keys() and len(eager) > 2
+    for name in eager:
+        torch.testing.assert_close(sdpa[name], eager[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_checkpointing_gives_the_same_gradients(attention):
+    model = tiny("vpt-deep", attention=attention)
+    images, labels = batch()
+    _, plain = grads(model, images, labels)
+    model.checkpointing = True
+    _, checkpointed = grads(model, images, labels)
+    assert set(plain) == {"prompts", "vit.head.weight", "vit.head.bias"}
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+def block_inputs(model, images):
+    seen = []
+    hooks = [b.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+             for b in model.vit.blocks]
+    with torch.no_grad():
+        model.eval()(images)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def test_vpt_shallow_inserts_prompts_once_after_the_class_token():
+    model = tiny("vpt-shallow", n_prompts=7)
+    seen = block_inputs(model, batch()[0])
+    assert [x.shape[1] for x in seen] == [1 + 7 + PATCHES] * 2 == [model.tokens()] * 2
+    assert model.prompts.shape == (1, 7, 32)
+    torch.testing.assert_close(seen[0][:, 1:8], model.prompts[0].expand(4, -1, -1))
+    assert not torch.allclose(seen[1][:, 1:8], model.prompts[0].expand(4, -1, -1))
+
+
+def test_vpt_deep_replaces_the_prompts_at_every_block():
+    model = tiny("vpt-deep", n_prompts=7)
+    seen = block_inputs(model, batch()[0])
+    assert [x.shape[1] for x in seen] == [1 + 7 + PATCHES] * 2
+    assert model.prompts.shape == (2, 7, 32)
+    for layer, x in enumerate(seen):
+        torch.testing.assert_close(x[:, 1:8], model.prompts[layer].expand(4, -1, -1))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_trainable_parameters_match_the_formula(mode):
+    model = tiny(mode, n_prompts=6)
+    total_vit = sum(p.numel() for p in model.vit.parameters())
+    expected = expected_trainable(mode, model.n_prompts, dim=32, depth=2, num_classes=3,
+                                  total=total_vit)
+    assert model.trainable_parameters() == expected
+    head = 32 * 3 + 3
+    assert expected == {"linear": head, "full": total_vit, "vpt-shallow": 6 * 32 + head,
+                        "vpt-deep": 2 * 6 * 32 + head}[mode]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if mode.startswith("vpt"):
+        assert trainable == {"prompts", "vit.head.weight", "vit.head.bias"}
+
+
+def test_a_vpt_step_changes_prompts_and_head_but_not_the_backbone():
+    model = tiny("vpt-deep", prompt_dropout=0.1)
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    train_step(model.train(), optimizer, *batch())
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"prompts", "vit.head.weight", "vit.head.bias"}
+
+
+def test_prompt_dropout_acts_in_training_only():
+    images = batch()[0]
+    with_dropout, without = tiny(prompt_dropout=0.5), tiny(prompt_dropout=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(with_dropout.eval()(images), without.eval()(images),
+                                   rtol=0, atol=0)
+        assert not torch.allclose(with_dropout.train()(images), without.train()(images))
+
+
+def test_bad_modes_are_refused():
+    with pytest.raises(ValueError, match="valid modes: linear, full, vpt-shallow, vpt-deep"):
+        tiny("deep")
+    with pytest.raises(ValueError, match="has no prompts"):
+        PromptedViT(build_vit(num_classes=3, **{k: v for k, v in TINY.items() if k != "arch"}),
+                    "linear", n_prompts=4)
+    with pytest.raises(ValueError, match="valid: eager, sdpa"):
+        tiny(attention="flash")
+
+
+def test_a_missing_weight_file_names_the_file_and_where_to_get_it():
+    with pytest.raises(CheckpointNotFoundError) as error:
+        tiny(weights_path="checkpoints/missing-vit.safetensors")
+    message = str(error.value)
+    assert str(paths.REPO / "checkpoints/missing-vit.safetensors") in message
+    assert "vit_base_patch16_224.augreg2_in21k_ft_in1k" in message
+    assert "ViT-B_16.npz" in message and str(paths.CHECKPOINTS) in message
+
+
+def test_weights_load_from_a_state_dict_with_a_new_head(tmp_path):
+    source = tiny("full", 0)
+    file = tmp_path / "vit.pth"
+    torch.save(source.vit.state_dict(), file)
+    torch.manual_seed(1)
+    loaded = build_vit(TINY["arch"], num_classes=7, weights_path=file,
+                       **{k: v for k, v in TINY.items() if k != "arch"})
+    assert loaded.weights == "pretrained weights from vit.pth"
+    assert loaded.head.weight.shape == (7, 32)
+    for name, value in source.vit.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_the_memory_meter_sees_a_larger_batch():
+    base = dict(arch="vit_tiny_patch16_224", image_size=64, n_prompts=10, steps=1, threads=1,
+                overrides=dict(patch_size=8, embed_dim=64, depth=2, num_heads=2))
+    small = measure_step(StepConfig(batch_size=1, **base))
+    large = measure_step(StepConfig(batch_size=64, **base))
+    assert small["peak_mb"] > 0 and small["seconds_per_step"] > 0
+    assert large["peak_mb"] > small["peak_mb"]
+    assert large["tokens"] == 1 + 10 + 64 and large["trainable"] == 2 * 10 * 64 + 64 * 10 + 10
