@@ -216,3 +216,50 @@ def ari_per_layer(rows, title: str = ""):
         grid.figure.suptitle(textwrap.fill(title, 140), fontsize=9)
     grid.figure.tight_layout()
     return grid.figure
+
+
+def step_memory_and_time(rows, title: str = ""):
+    """Peak training-step memory and seconds per step against the number of prompt tokens,
+    one line per attention / checkpointing setting, one column per batch size."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    df["setting"] = df["attention"] + df["checkpointing"].map({True: " + checkpointing",
+                                                               False: ""})
+    batches = sorted(df["batch_size"].unique())
+    fig, axes = plt.subplots(2, len(batches), figsize=(4.2 * len(batches), 6), squeeze=False)
+    for column, batch in enumerate(batches):
+        part = df[df["batch_size"] == batch]
+        for row, (value, label) in enumerate((("peak_mb", "peak step memory (MB)"),
+                                              ("seconds_per_step", "seconds per step"))):
+            ax = axes[row, column]
+            sns.lineplot(data=part, x="n_prompts", y=value, hue="setting", marker="o", ax=ax,
+                         legend=row == 0 and column == len(batches) - 1)
+            ax.set(xlabel="prompt tokens per layer", ylabel=label, ylim=(0, None))
+            ax.set_title(f"batch {batch}", fontsize=9)
+    if axes[0, -1].get_legend():
+        sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    if title:
+        fig.suptitle(textwrap.fill(title, 120), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_cost(rows, title: str = ""):
+    """Test accuracy of each tuning mode against its trainable parameters (log scale) and
+    its peak training-step memory, one colour per data set."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, x, label in ((axes[0], "trainable", "trainable parameters"),
+                         (axes[1], "peak_mb", "peak step memory (MB)")):
+        sns.scatterplot(data=df, x=x, y="accuracy", hue="data", style="mode", s=70, ax=ax,
+                        legend=ax is axes[1])
+        ax.set(xlabel=label, ylabel="test accuracy")
+    axes[0].set_xscale("log")
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    if title:
+        fig.suptitle(textwrap.fill(title, 120), fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -84,11 +84,23 @@ def task_data(name: str, classes, n_train: int | None, n_test: int | None, seed:
     raise ValueError(f"unknown data set {name!r}; valid: fashion-mnist, mnist")
 
 
+def _fit(model, images: torch.Tensor) -> torch.Tensor:
+    """Move a batch to the model's device and resize it to the ViT's input size (28x28 data
+    on a 224 px ViT-B/16 in the full profile)."""
+    size = model.vit.patch_embed.img_size
+    images = images.to(next(model.parameters()).device)
+    if tuple(images.shape[-2:]) != tuple(size):
+        images = torch.nn.functional.interpolate(images, size=size, mode="bilinear",
+                                                 antialias=True)
+    return images
+
+
 @torch.no_grad()
-def accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+def accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 250) -> float:
     model.eval()
-    correct = sum(int((model(inputs[i:i + batch_size]).argmax(1) == labels[i:i + batch_size])
-                      .sum()) for i in range(0, len(labels), batch_size))
+    correct = sum(int((model(_fit(model, inputs[i:i + batch_size])).argmax(1).cpu()
+                       == labels[i:i + batch_size]).sum())
+                  for i in range(0, len(labels), batch_size))
     return correct / len(labels)
 
 
@@ -103,7 +115,8 @@ def _train(model, inputs, labels, steps, batch_size, lr, seed, weight_decay=0.0)
     start = time.perf_counter()
     for _ in range(steps):
         batch = torch.randint(len(labels), (batch_size,), generator=generator)
-        train_step(model, optimizer, inputs[batch], labels[batch])
+        train_step(model, optimizer, _fit(model, inputs[batch]),
+                   labels[batch].to(next(model.parameters()).device))
         schedule.step()
     return time.perf_counter() - start
 
@@ -136,20 +149,17 @@ def pretrained_small_vit(config: SmallVitConfig | None = None, verbose: bool = T
 
 
 def finetune(backbone, mode: str, n_prompts: int, train, test, config: FinetuneConfig,
-             num_classes: int) -> dict:
+             num_classes: int, device=None, **model_options) -> dict:
     """Tune a copy of ``backbone`` with a new head in ``mode`` on ``train``; test accuracy,
-    trainable parameters and training time."""
+    trainable parameters and training time. ``model_options``: attention, checkpointing."""
     torch.manual_seed(config.seed)
     vit = copy.deepcopy(backbone)
     vit.reset_classifier(num_classes)
     model = PromptedViT(vit, mode, n_prompts if mode.startswith("vpt") else 0,
-                        config.prompt_dropout)
+                        config.prompt_dropout, **model_options).to(device or "cpu")
     seconds = _train(model, *train, config.steps, config.batch_size, config.lr_for(mode),
                      config.seed)
     return {"mode": mode, "prompts": model.n_prompts, "trainable": model.trainable_parameters(),
             "trainable %": 100 * model.trainable_parameters() / model.total_parameters(),
             "accuracy": accuracy(model, *test), "train_seconds": round(seconds, 1)}
 
-
-def config_dict(config) -> dict:
-    return asdict(config)
