@@ -45,16 +45,40 @@ def test_eager_and_sdpa_attention_agree_in_outputs_and_gradients(mode):
         torch.testing.assert_close(sdpa[name], eager[name], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])
-def test_checkpointing_gives_the_same_gradients(attention):
-    model = tiny("vpt-deep", attention=attention)
+@pytest.mark.parametrize("attention,mode,checkpointing", [
+    ("eager", "vpt-deep", True), ("sdpa", "vpt-deep", True), ("sdpa", "vpt-shallow", 2),
+    ("eager", "full", 2)])
+def test_checkpointing_gives_the_same_gradients(attention, mode, checkpointing):
+    model = tiny(mode, n_prompts=5 if mode != "full" else 0, attention=attention)
     images, labels = batch()
     _, plain = grads(model, images, labels)
-    model.checkpointing = True
+    model.checkpointing = checkpointing
+    # True spares the last block (recomputing it would save nothing); a number counts blocks.
+    assert model.checkpointed_blocks() == (1 if checkpointing is True else 2)
     _, checkpointed = grads(model, images, labels)
-    assert set(plain) == {"prompts", "vit.head.weight", "vit.head.bias"}
+    if mode != "full":
+        assert set(plain) == {"prompts", "vit.head.weight", "vit.head.bias"}
+    assert checkpointed.keys() == plain.keys()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+def test_checkpointing_frees_the_activations_of_the_checkpointed_blocks():
+    """What autograd keeps for backward, counted through saved-tensor hooks: with every block
+    checkpointed only block inputs are kept, far less than without."""
+    images, labels = batch()
+
+    def saved_bytes(checkpointing):
+        model, total = tiny("vpt-deep", attention="sdpa", checkpointing=checkpointing), [0]
+
+        def pack(tensor):
+            total[0] += tensor.numel() * tensor.element_size()
+            return tensor
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            torch.nn.functional.cross_entropy(model(images), labels)
+        return total[0]
+
+    assert saved_bytes(2) < saved_bytes(True) < saved_bytes(False)
 
 
 def block_inputs(model, images):

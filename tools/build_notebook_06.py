@@ -115,7 +115,7 @@ memory_table = memory.pivot_table(index=["batch_size", "n_prompts", "tokens"], c
 display(memory_table.round(2))
 arch_name = f"{memory_arch}{' ' + str(memory_overrides) if memory_overrides else ''}, {memory_image_size} px"
 fig = plots.step_memory_and_time(memory_rows, f"{memory_mode} training step of {arch_name} on {info['device']} "
-                                              f"({memory_rows[0]['threads']} threads, random weights)")
+                                              f"({memory_rows[0].get('threads', '?')} threads, random weights)")
 plots.save(fig, figures_dir, "06_vpt_step_memory")"""),
     md("""## Part 2: accuracy against trainable parameters and memory
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -44,7 +44,7 @@ class StepConfig:
     mode: str = "vpt-deep"
     n_prompts: int = 100
     attention: str = "sdpa"
-    checkpointing: bool = False
+    checkpointing: bool | int = False  # see PromptedViT
     batch_size: int = 8
     image_size: int = 224
     arch: str = VIT_B16
@@ -164,7 +164,12 @@ def measure_step(config: StepConfig, allocator: str = "live") -> dict:
     if allocator not in ("live", "default"):
         raise ValueError(f"allocator must be 'live' or 'default', not {allocator!r}")
     if config.device.startswith("cuda"):
-        return {**asdict(config), **measure_here(config)}
+        try:
+            return {**asdict(config), **measure_here(config), "allocator": "cuda"}
+        except torch.OutOfMemoryError:  # a result too: this setting does not fit the GPU
+            torch.cuda.empty_cache()
+            return {**asdict(config), "peak_mb": float("nan"), "seconds_per_step": float("nan"),
+                    "error": "out of memory", "allocator": "cuda"}
     repo = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
@@ -180,10 +185,25 @@ def measure_step(config: StepConfig, allocator: str = "live") -> dict:
     return {**asdict(config), **row, "allocator": allocator}
 
 
+def alternating_times(configs: list[StepConfig], rounds: int = 3) -> list[float]:
+    """Median seconds per step of each config, measured in turns (one step of each per round,
+    after a warm-up step each) in this process: on a machine shared with other work, load
+    that drifts over minutes then weighs on every config alike, not on whichever ran last."""
+    built = []
+    for config in configs:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        built.append(_build(config))
+        train_step(*built[-1])
+    seconds = [[] for _ in configs]
+    for _ in range(rounds):
+        for config, parts, times in zip(configs, built, seconds):
+            times += _timed_steps(replace(config, steps=1), *parts)
+    return [statistics.median(times) for times in seconds]
+
+
 def measure_grid(base: StepConfig, grid: list[dict], progress: bool = True) -> list[dict]:
     """``measure_step`` for each change of ``base`` in ``grid`` (a list of field dicts)."""
-    from dataclasses import replace
-
     from tqdm.auto import tqdm
 
     rows = []

@@ -83,12 +83,16 @@ def attention_modules(vit) -> list[nn.Module]:
 class PromptedViT(nn.Module):
     """A timm ViT tuned in one of :data:`MODES`, with ``n_prompts`` learnable tokens placed
     after the class token (VPT), ``attention`` in :data:`ATTENTION` and optional gradient
-    checkpointing of each block (recompute its activations in backward instead of keeping
-    them: memory of one block instead of all, for one more forward pass)."""
+    checkpointing of blocks (recompute their activations in backward instead of keeping
+    them: the memory of one block instead of all, for one more forward pass).
+
+    ``checkpointing``: False; True for every block but the last (backward starts with the
+    last block, so recomputing it would only repeat the forward pass and save nothing); or
+    the number of blocks, from the first, to checkpoint (fewer: faster, more memory)."""
 
     def __init__(self, vit, mode: str = "vpt-deep", n_prompts: int = 10,
                  prompt_dropout: float = 0.0, attention: str = "sdpa",
-                 checkpointing: bool = False):
+                 checkpointing: bool | int = False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
@@ -140,18 +144,28 @@ class PromptedViT(nn.Module):
         rest = x[:, start:] if layer == 0 else x[:, start + self.n_prompts:]
         return torch.cat([x[:, :start], prompts.to(x.dtype), rest], dim=1)
 
-    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.checkpointing and torch.is_grad_enabled():
+    def checkpointed_blocks(self) -> int:
+        depth = len(self.vit.blocks)
+        if self.checkpointing is True:
+            return depth - 1
+        if not 0 <= int(self.checkpointing) <= depth:
+            raise ValueError(f"checkpointing={self.checkpointing}: give True, False or a number "
+                             f"of blocks from 0 to {depth}")
+        return int(self.checkpointing)
+
+    def _block(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        block = self.vit.blocks[layer]
+        if layer < self.checkpointed_blocks() and torch.is_grad_enabled():
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
-        for layer, block in enumerate(vit.blocks):
+        for layer in range(len(vit.blocks)):
             if self.prompts is not None and (layer == 0 or self.mode == "vpt-deep"):
                 x = self._with_prompts(x, layer)
-            x = self._block(block, x)
+            x = self._block(layer, x)
         return vit.norm(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -159,13 +173,14 @@ class PromptedViT(nn.Module):
 
     def describe(self) -> str:
         prompts = f", {self.n_prompts} prompts" if self.n_prompts else ""
+        blocks = self.checkpointed_blocks()
         return (f"{self.mode}{prompts}, {self.attention} attention"
-                f"{', checkpointed blocks' if self.checkpointing else ''}")
+                f"{f', {blocks} checkpointed blocks' if blocks else ''}")
 
 
 def prompted_vit(mode: str = "vpt-deep", n_prompts: int = 10, arch: str = VIT_B16,
                  num_classes: int = 10, weights_path=None, prompt_dropout: float = 0.0,
-                 attention: str = "sdpa", checkpointing: bool = False, **overrides):
+                 attention: str = "sdpa", checkpointing: bool | int = False, **overrides):
     """Build the backbone (see :func:`build_vit`) and wrap it for ``mode``."""
     vit = build_vit(arch, num_classes, weights_path, **overrides)
     n_prompts = n_prompts if mode.startswith("vpt") else 0
