@@ -36,7 +36,7 @@ memory_image_size = 64
 memory_mode = "vpt-deep"
 attentions = ["eager", "sdpa"]
 checkpointing = [False, True]
-prompt_counts = [0, 10]
+prompt_counts = [10]
 batch_sizes = [8]
 prompt_counts_per_batch = {}                 # fewer prompt counts for some batch sizes, e.g. {4: [0, 100]}
 timed_steps = 2                              # median of these, after a warm-up step
@@ -67,8 +67,7 @@ from IPython.display import display
 from helpers import paths, plots
 from helpers.evaluate import run_info, write_json
 from helpers.vpt import MODES, PromptedViT, StepConfig, build_vit, expected_trainable, measure_grid
-from helpers.vpt.small import (SMALL_ARCH, FinetuneConfig, SmallVitConfig, finetune,
-                               pretrained_small_vit, task_data)
+from helpers.vpt import small
 
 start = time.time()
 torch.manual_seed(seed)
@@ -120,11 +119,11 @@ plots.save(fig, figures_dir, "06_vpt_step_memory")"""),
     md("""## Part 2: accuracy against trainable parameters and memory
 
 The backbone is pretrained on FashionMNIST classes 0-4 (cached by its configuration in `.cache/models/small-vit-*.pt`), then each mode learns classes 5-9 with the same steps and batches (AdamW, cosine decay; prompts and head at a larger learning rate than full fine-tuning). The memory column is the peak step memory of that mode at the fine-tuning batch size, measured as in Part 1."""),
-    code("""finetune_config = FinetuneConfig(seed=seed, **finetune)
+    code("""finetune_config = small.FinetuneConfig(seed=seed, **finetune)
 if backbone == "small":
-    small_config = SmallVitConfig(classes=tuple(pretrain_classes), seed=seed, **small_vit)
-    vit = pretrained_small_vit(small_config)
-    arch, overrides, size = SMALL_ARCH, small_config.overrides(), small_config.image_size
+    small_config = small.SmallVitConfig(classes=tuple(pretrain_classes), seed=seed, **small_vit)
+    vit = small.pretrained_small_vit(small_config)
+    arch, overrides, size = small.SMALL_ARCH, small_config.overrides(), small_config.image_size
     print(f"backbone: {vit.weights}; its test accuracy on classes {pretrain_classes}: "
           f"{vit.metrics['test_accuracy']:.3f} after {vit.metrics['steps']} steps "
           f"({vit.metrics['train_seconds']} s)")
@@ -134,9 +133,9 @@ else:
     print(f"backbone: {backbone}, {vit.weights}")
 accuracy_rows = []
 for data in finetune_data:
-    train, test = task_data(data, finetune_classes, n_train, n_test, seed)
+    train, test = small.task_data(data, finetune_classes, n_train, n_test, seed)
     for mode in modes:
-        row = finetune(vit, mode, vpt_prompts, train, test, finetune_config, len(finetune_classes), device)
+        row = small.finetune(vit, mode, vpt_prompts, train, test, finetune_config, len(finetune_classes), device)
         accuracy_rows.append({"data": f"{data} {min(finetune_classes)}-{max(finetune_classes)}", **row})
 step_memory = {row["mode"]: row["peak_mb"] for row in measure_grid(
     StepConfig(arch=arch, overrides=overrides, image_size=size, batch_size=finetune_config.batch_size,

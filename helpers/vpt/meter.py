@@ -109,8 +109,8 @@ def _build(config: StepConfig):
     torch.manual_seed(0)
     model = prompted_vit(config.mode, config.n_prompts, config.arch, config.num_classes,
                          config.weights_path, attention=config.attention,
-                         checkpointing=config.checkpointing, img_size=config.image_size,
-                         **config.overrides)
+                         checkpointing=config.checkpointing,
+                         **{**config.overrides, "img_size": config.image_size})
     model = model.to(config.device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     generator = torch.Generator().manual_seed(0)
