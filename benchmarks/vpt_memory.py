@@ -41,8 +41,9 @@ def main():
                       image_size=args.image_size, steps=1, device=args.device,
                       threads=args.threads)
     checkpointing = True if args.checkpoint_blocks is None else args.checkpoint_blocks
+    blocks = "all but the last block" if checkpointing is True else f"{checkpointing} blocks"
     configs = {"eager, no checkpointing": replace(base, attention="eager", checkpointing=False),
-               f"sdpa, checkpointing ({'all but the last block' if checkpointing is True else f'{checkpointing} blocks'})":
+               f"sdpa, checkpointing ({blocks})":
                    replace(base, attention="sdpa", checkpointing=checkpointing)}
     memory = {}
     for name, config in configs.items():

@@ -5,8 +5,16 @@ import torch
 
 from helpers import paths
 from helpers.models import CheckpointNotFoundError
-from helpers.vpt import (MODES, PromptedViT, StepConfig, build_vit, expected_trainable,
-                         measure_step, prompted_vit, train_step)
+from helpers.vpt import (
+    MODES,
+    PromptedViT,
+    StepConfig,
+    build_vit,
+    expected_trainable,
+    measure_step,
+    prompted_vit,
+    train_step,
+)
 
 TINY = dict(arch="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2,
             num_heads=2)

@@ -10,7 +10,6 @@ tokens at every block, and the head).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -202,7 +201,3 @@ def train_step(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.
     loss.backward()
     optimizer.step()
     return loss.item()
-
-
-def weights_note(path) -> str:
-    return "random weights" if path is None else f"weights from {Path(path).name}"
