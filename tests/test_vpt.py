@@ -171,14 +171,19 @@ def test_a_missing_weight_file_names_the_file_and_where_to_get_it():
     assert "ViT-B_16.npz" in message and str(paths.CHECKPOINTS) in message
 
 
-def test_weights_load_from_a_state_dict_with_a_new_head(tmp_path):
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_load_from_a_state_dict_with_a_new_head(tmp_path, suffix):
     source = tiny("full", 0)
-    file = tmp_path / "vit.pth"
-    torch.save(source.vit.state_dict(), file)
+    file = tmp_path / f"vit{suffix}"
+    if suffix == ".safetensors":
+        safetensors = pytest.importorskip("safetensors.torch")
+        safetensors.save_file(source.vit.state_dict(), file)
+    else:
+        torch.save(source.vit.state_dict(), file)
     torch.manual_seed(1)
     loaded = build_vit(TINY["arch"], num_classes=7, weights_path=file,
                        **{k: v for k, v in TINY.items() if k != "arch"})
-    assert loaded.weights == "pretrained weights from vit.pth"
+    assert loaded.weights == f"pretrained weights from vit{suffix}"
     assert loaded.head.weight.shape == (7, 32)
     for name, value in source.vit.state_dict().items():
         if not name.startswith("head."):

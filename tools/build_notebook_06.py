@@ -38,7 +38,7 @@ attentions = ["eager", "sdpa"]
 checkpointing = [False, True]
 prompt_counts = [10]
 batch_sizes = [8]
-prompt_counts_per_batch = {}                 # fewer prompt counts for some batch sizes, e.g. {4: [0, 100]}
+prompt_counts_per_batch = {}                 # fewer prompt counts for some batch sizes, e.g. {"4": [0, 100]}
 timed_steps = 2                              # median of these, after a warm-up step
 threads = None                               # torch threads of each measurement (None: the default)
 # Part 2: accuracy of the tuning modes.
