@@ -1,0 +1,407 @@
+"""The nineteen named augmentations of MEMO_PLUS, batched on tensors, and views built from a
+recipe of them.
+
+Every augmentation is ``fn(images, strength, generator) -> images`` on float images in
+[0, 1] of shape (N, C, H, W), C = 1 or 3, on any device. ``strength`` in [0, 1] is one
+number or one per image (shape (N,)); all random parameters are drawn per image from the
+CPU ``generator`` (then moved to the images' device), so results depend only on the seed.
+Strength 0 is the identity, except for the six all-or-nothing operations (horizontal and
+vertical flip, greyscale, inverse, histogram equalisation, which ignore ``strength``: a
+half-inverted image is flat grey, a half flip does not exist; the recipe's probability
+decides whether they happen).
+
+Where ``torchvision.transforms.v2.functional`` takes one parameter per batch (brightness,
+contrast, gamma, rotation, blur sigma, elastic displacement), the operation is written here
+with per-image parameters and the same formula; geometric ones share one path: a 3x3
+matrix per image, one ``grid_sample`` (``helpers.views``).
+
+A recipe is a list of ``(name, (lo, hi), probability)``: each view gets each entry with that
+probability, at a strength uniform in [lo, hi], entries applied in order.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from helpers.views import _affine, _geometry, _identity, _sign, _to_uint8, _uniform, affine_grid
+
+# ------------------------------------------------------------------ parameters
+
+
+def _strength(strength, n: int) -> torch.Tensor:
+    """``strength`` as a float tensor of shape (n,) on the CPU, checked to lie in [0, 1]."""
+    s = torch.as_tensor(strength, dtype=torch.float32).detach().cpu()
+    if s.dim() == 0:
+        s = s.expand(n)
+    if s.shape != (n,):
+        raise ValueError(f"strength must be one number or one per image (shape ({n},)), "
+                         f"got shape {tuple(s.shape)}")
+    if not ((s >= 0) & (s <= 1)).all():
+        raise ValueError(f"strength must lie in [0, 1], got values from {s.min().item():g} "
+                         f"to {s.max().item():g}")
+    return s
+
+
+def _per_image(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Per-image numbers shaped to broadcast over (N, C, H, W) on the images' device."""
+    return values.to(images).view(-1, 1, 1, 1)
+
+
+def _pixel_to_normalised(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A 3x3 output -> input map in centred pixel units as the same map in affine_grid's
+    normalised units, so that rotations and shears stay rotations and shears in pixels on a
+    non-square image."""
+    scale = torch.diag(torch.tensor([width / 2, height / 2, 1.0]))
+    return torch.linalg.inv(scale) @ matrix @ scale
+
+
+def _warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    return _affine(images, theta).clamp(0, 1)
+
+
+# ------------------------------------------------------------------ per-image adjustments
+
+
+def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``TF.adjust_brightness`` with one factor per image: ``x * factor``, clamped."""
+    return (images * _per_image(factor, images)).clamp(0, 1)
+
+
+def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``TF.adjust_contrast`` with one factor per image: blend with the mean of the image's
+    grey level (the same formula, with the same rounding-free float arithmetic)."""
+    grey = TF.rgb_to_grayscale(images) if images.shape[1] == 3 else images
+    mean = grey.mean(dim=(-3, -2, -1), keepdim=True)
+    ratio = _per_image(factor, images)
+    return (ratio * images + (1.0 - ratio) * mean).clamp(0, 1)
+
+
+def adjust_gamma(images: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``TF.adjust_gamma`` (gain 1) with one gamma per image: ``x ** gamma``."""
+    return images.clamp(0, 1).pow(_per_image(gamma, images))
+
+
+def _blur(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Separable blur with one odd-length 1-D kernel per image (N, K): one depthwise
+    convolution per axis over all images and channels, reflecting at the borders."""
+    n, c, h, w = images.shape
+    size = kernels.shape[1]
+    x = F.pad(images.reshape(1, n * c, h, w), [size // 2] * 4, mode="reflect")
+    weight = kernels.to(images).repeat_interleave(c, 0)  # (n * c, K)
+    x = F.conv2d(x, weight.view(n * c, 1, 1, size), groups=n * c)
+    x = F.conv2d(x, weight.view(n * c, 1, size, 1), groups=n * c)
+    return x.view(n, c, h, w)
+
+
+def box_kernels(radius: torch.Tensor) -> torch.Tensor:
+    """Mean filters of per-image integer ``radius`` (0: the identity), padded with zeros to
+    the largest one's length."""
+    largest = int(radius.max())
+    offsets = torch.arange(-largest, largest + 1).abs()
+    inside = (offsets <= radius.view(-1, 1)).float()
+    return inside / inside.sum(1, keepdim=True)
+
+
+def gaussian_kernels(sigma: torch.Tensor) -> torch.Tensor:
+    """Gaussian filters of per-image ``sigma`` in pixels (0: the identity, exactly),
+    3 sigma wide, as ``TF.gaussian_blur`` with kernel size 2 ceil(3 sigma) + 1."""
+    half = math.ceil(3 * float(sigma.max()))
+    offsets = torch.arange(-half, half + 1, dtype=torch.float32)
+    kernels = torch.exp(-offsets**2 / (2 * sigma.clamp(min=1e-3).view(-1, 1) ** 2))
+    return kernels / kernels.sum(1, keepdim=True)
+
+
+# ------------------------------------------------------------------ the nineteen
+
+
+def rotation(images, strength, generator):
+    """Rotate by up to 30 degrees at strength 1 (AugMix's range), random direction."""
+    s = _strength(strength, len(images))
+    theta = _geometry("rotate", s, _sign(len(s), generator), tuple(images.shape[-2:]))
+    return _warp(images, theta)
+
+
+def zoom(images, strength, generator):
+    """Zoom into the centre by a factor 1 + strength (2x at strength 1). Zooming out would
+    add black borders, which rotation and translation already make."""
+    s = _strength(strength, len(images))
+    theta = _identity(len(s))
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / (1 + s)
+    return _warp(images, theta)
+
+
+def horizontal_flip(images, strength, generator):
+    """Mirror left-right (strength ignored)."""
+    _strength(strength, len(images))
+    return TF.horizontal_flip(images)
+
+
+def vertical_flip(images, strength, generator):
+    """Mirror top-bottom (strength ignored)."""
+    _strength(strength, len(images))
+    return TF.vertical_flip(images)
+
+
+def greyscale(images, strength, generator):
+    """Replace colour by the grey level, keeping the channel count (strength ignored)."""
+    _strength(strength, len(images))
+    if images.shape[1] == 1:
+        return images
+    return TF.rgb_to_grayscale(images, num_output_channels=images.shape[1])
+
+
+def inverse(images, strength, generator):
+    """The negative, 1 - x (strength ignored)."""
+    _strength(strength, len(images))
+    return TF.invert(images)
+
+
+def blur(images, strength, generator):
+    """Box (mean) blur of radius round(strength * R) pixels, R = min side / 56 (4 px at 224,
+    1 px at 28)."""
+    s = _strength(strength, len(images))
+    largest = max(1, round(min(images.shape[-2:]) / 56))
+    radius = (s * largest).round().long()
+    if not radius.any():
+        return images.clone()
+    return _blur(images, box_kernels(radius)).clamp(0, 1)
+
+
+def crop(images, strength, generator):
+    """A random resized crop: keep a window of area 1 - 0.9 strength (10% at strength 1,
+    about RandomResizedCrop's 8%) and aspect ratio within (4/3) ** +-strength, at a random
+    place, resized to the full image."""
+    s = _strength(strength, len(images))
+    n = len(s)
+    area = 1 - 0.9 * s
+    log_ratio = (torch.rand(n, generator=generator) * 2 - 1) * s * math.log(4 / 3)
+    w = (area * log_ratio.exp()).sqrt().clamp(max=1)
+    h = (area / log_ratio.exp()).sqrt().clamp(max=1)
+    theta = _identity(n)
+    theta[:, 0, 0], theta[:, 1, 1] = w, h
+    theta[:, 0, 2] = (torch.rand(n, generator=generator) * 2 - 1) * (1 - w)
+    theta[:, 1, 2] = (torch.rand(n, generator=generator) * 2 - 1) * (1 - h)
+    return _warp(images, theta)
+
+
+def affine(images, strength, generator):
+    """A random affine map, as RandomAffine: rotation up to 20 degrees, shear up to 0.2,
+    scale within 2 ** +-0.25, translation up to 10% of each side, all times strength."""
+    s = _strength(strength, len(images))
+    n, (height, width) = len(s), images.shape[-2:]
+    u = (torch.rand(5, n, generator=generator) * 2 - 1) * s
+    angle, shear, scale = u[0] * math.radians(20), u[1] * 0.2, 2 ** (u[2] * 0.25)
+    matrix = _identity(n)
+    cos, sin = angle.cos(), angle.sin()
+    matrix[:, 0, 0], matrix[:, 0, 1] = cos / scale, (cos * shear - sin) / scale
+    matrix[:, 1, 0], matrix[:, 1, 1] = sin / scale, (sin * shear + cos) / scale
+    matrix[:, 0, 2], matrix[:, 1, 2] = u[3] * 0.1 * width, u[4] * 0.1 * height
+    return _warp(images, _pixel_to_normalised(matrix, height, width))
+
+
+def gamma(images, strength, generator):
+    """Gamma 2 ** (+-strength): darker (gamma up to 2) or brighter (down to 1/2)."""
+    s = _strength(strength, len(images))
+    return adjust_gamma(images, 2 ** (_sign(len(s), generator) * s))
+
+
+def translation(images, strength, generator):
+    """Shift by up to a third of the image (AugMix's range) times strength, in a random
+    direction, by whole pixels; the uncovered part is black."""
+    s = _strength(strength, len(images))
+    n, size = len(s), tuple(images.shape[-2:])
+    angle = torch.rand(n, generator=generator) * 2 * math.pi
+    shift_x = _geometry("translate_x", s * angle.cos().abs(), angle.cos().sign(), size)
+    shift_y = _geometry("translate_y", s * angle.sin().abs(), angle.sin().sign(), size)
+    return _warp(images, shift_x @ shift_y)
+
+
+def elastic_transform(images, strength, generator):
+    """Elastic deformation, as ElasticTransform: each pixel moves by a smooth random field,
+    here with a standard deviation of 3 px times strength and a correlation length of about
+    8 px. The field is Gaussian noise on a coarse grid, upsampled bicubically: the same kind
+    of smooth field as torchvision's blurred full-size noise, at a fraction of the cost."""
+    s = _strength(strength, len(images))
+    n, (height, width) = len(s), images.shape[-2:]
+    cells = (max(3, height // 8), max(3, width // 8))
+    noise = torch.randn(n, 2, *cells, generator=generator) * (3 * s).view(n, 1, 1, 1)
+    noise[:, 0] *= 2 / width  # pixels -> normalised units
+    noise[:, 1] *= 2 / height
+    field = F.interpolate(noise.to(images), size=(height, width), mode="bicubic",
+                          align_corners=True)
+    grid = affine_grid(_identity(n)[:, :2].to(images), height, width)
+    grid = grid + field.permute(0, 2, 3, 1)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                         align_corners=False).clamp(0, 1)
+
+
+def brightness(images, strength, generator):
+    """Brighten by a factor 1 + strength (gamma and contrast also darken)."""
+    s = _strength(strength, len(images))
+    return adjust_brightness(images, 1 + s)
+
+
+def histogram_equalisation(images, strength, generator):
+    """Equalise each channel's histogram on 256 levels, as PIL (strength ignored)."""
+    _strength(strength, len(images))
+    return TF.equalize(_to_uint8(images)).to(images.dtype) / 255
+
+
+def salt_and_pepper(images, strength, generator):
+    """Set a fraction 0.1 strength of the pixels (all channels) to white or black, half each."""
+    s = _strength(strength, len(images))
+    n, _, height, width = images.shape
+    u = torch.rand(n, 1, height, width, generator=generator).to(images.device)
+    amount = _per_image(0.1 * s, images)
+    out = torch.where(u < amount / 2, 1.0, images)
+    return torch.where((u >= amount / 2) & (u < amount), 0.0, out)
+
+
+def gaussian_blur(images, strength, generator):
+    """Gaussian blur of sigma = strength * min side / 64 pixels (3.5 px at 224), at least
+    0.75 px at strength 1 on small images."""
+    s = _strength(strength, len(images))
+    sigma = s * max(0.75, min(images.shape[-2:]) / 64)
+    if not sigma.any():
+        return images.clone()
+    return _blur(images, gaussian_kernels(sigma)).clamp(0, 1)
+
+
+POISSON_PHOTONS = 30.0  # photons at intensity 1 at strength 1: noise sd 0.13 at grey 0.5
+
+
+def poisson_noise(images, strength, generator):
+    """Shot noise: each value becomes Poisson(x k) / k with k = 30 / strength ** 2 photons
+    per unit intensity, so the noise's standard deviation, sqrt(x / 30) strength, grows
+    linearly with strength and strength 0 (infinite light) is the identity."""
+    s = _strength(strength, len(images))
+    photons = POISSON_PHOTONS / s.clamp(min=1e-3) ** 2
+    rates = images.detach().cpu().float() * photons.view(-1, 1, 1, 1)
+    counts = torch.poisson(rates, generator=generator) / photons.view(-1, 1, 1, 1)
+    out = torch.where(_per_image(s, images) > 0, counts.to(images), images)
+    return out.clamp(0, 1)
+
+
+def speckle_noise(images, strength, generator):
+    """Multiplicative noise x (1 + n), n ~ N(0, (0.4 strength) ** 2), as skimage's speckle."""
+    s = _strength(strength, len(images))
+    noise = torch.randn(images.shape, generator=generator).to(images)
+    return (images * (1 + noise * _per_image(0.4 * s, images))).clamp(0, 1)
+
+
+def contrast(images, strength, generator):
+    """Contrast factor 1 +- 0.8 strength (from 0.2, nearly flat, to 1.8)."""
+    s = _strength(strength, len(images))
+    return adjust_contrast(images, 1 + 0.8 * _sign(len(s), generator) * s)
+
+
+AUGMENTATIONS = {fn.__name__: fn for fn in (
+    rotation, zoom, horizontal_flip, vertical_flip, greyscale, inverse, blur, crop, affine,
+    gamma, translation, elastic_transform, brightness, histogram_equalisation,
+    salt_and_pepper, gaussian_blur, poisson_noise, speckle_noise, contrast)}
+
+# Applied fully whenever chosen; their strength is ignored.
+ALL_OR_NOTHING = ("horizontal_flip", "vertical_flip", "greyscale", "inverse",
+                  "histogram_equalisation")
+
+# ------------------------------------------------------------------ recipes
+
+RECIPES = {
+    # Geometry and light photometric changes: views that stay close to the test image.
+    "mild": [("crop", (0.0, 0.5), 0.5), ("horizontal_flip", (0, 1), 0.5),
+             ("rotation", (0.0, 0.5), 0.3), ("brightness", (0.0, 0.3), 0.3),
+             ("contrast", (0.0, 0.3), 0.3), ("gaussian_blur", (0.0, 0.3), 0.2)],
+    # More and stronger geometry, colour and noise.
+    "strong": [("crop", (0.2, 0.8), 0.7), ("horizontal_flip", (0, 1), 0.5),
+               ("affine", (0.3, 1.0), 0.5), ("elastic_transform", (0.3, 1.0), 0.3),
+               ("gamma", (0.2, 0.8), 0.4), ("contrast", (0.2, 0.8), 0.4),
+               ("greyscale", (0, 1), 0.2), ("gaussian_blur", (0.2, 0.8), 0.3),
+               ("speckle_noise", (0.2, 0.8), 0.3)],
+    # The course project's list: every one of the nineteen, each in a quarter of the views.
+    "course": [(name, (0.2, 0.8), 0.25) for name in AUGMENTATIONS],
+}
+
+
+def augmentation_name(name: str) -> str:
+    """The registry's name for ``name``: case, spaces and hyphens do not matter
+    ("Gaussian blur" -> "gaussian_blur"); an unknown name raises, listing the valid ones."""
+    key = re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+    if key not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; valid augmentations: "
+                         f"{', '.join(AUGMENTATIONS)}")
+    return key
+
+
+def parse_recipe(recipe) -> list[tuple[str, tuple[float, float], float]]:
+    """A checked recipe from a recipe name of RECIPES, a string
+    ``"name:lo-hi:p, name:lo-hi:p"`` (for notebook parameters), or a list of
+    ``(name, (lo, hi), p)`` or ``(name, strength, p)``."""
+    if isinstance(recipe, str):
+        if recipe in RECIPES:
+            return parse_recipe(RECIPES[recipe])
+        if ":" not in recipe:
+            raise ValueError(f"unknown recipe {recipe!r}; named recipes: {', '.join(RECIPES)}"
+                             " (or write 'name:lo-hi:p, ...')")
+        recipe = [_parse_entry(part) for part in recipe.split(",") if part.strip()]
+    if not len(recipe):
+        raise ValueError("a recipe needs at least one (name, (lo, hi), probability) entry")
+    entries = []
+    for entry in recipe:
+        if len(entry) != 3:
+            raise ValueError(f"a recipe entry is (name, (lo, hi), probability), got {entry!r}")
+        name, strength, p = entry
+        lo, hi = (strength, strength) if isinstance(strength, (int, float)) else strength
+        lo, hi, p = float(lo), float(hi), float(p)
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"{name}: the strength range needs 0 <= lo <= hi <= 1, "
+                             f"got ({lo:g}, {hi:g})")
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name}: probability must lie in [0, 1], got {p:g}")
+        entries.append((augmentation_name(name), (lo, hi), p))
+    return entries
+
+
+def _parse_entry(text: str):
+    try:
+        name, strength, p = (part.strip() for part in text.split(":"))
+        lo, _, hi = strength.partition("-")
+        return name, (float(lo), float(hi or lo)), float(p)
+    except ValueError:
+        raise ValueError(f"cannot read recipe entry {text.strip()!r}; write it as "
+                         "'name:lo-hi:p', e.g. 'rotation:0.2-0.6:0.5'") from None
+
+
+class RecipeViews:
+    """Views of one image from a recipe: for each entry in turn, a Bernoulli(p) draw picks
+    the views that get it and each picked view a strength uniform in [lo, hi]; the entry is
+    applied to those views at once (one batched call). Same interface as the generators of
+    ``helpers.views``: ``views(image, generator) -> (n_views, C, H, W)``."""
+
+    def __init__(self, recipe="course", n_views: int = 64):
+        if n_views < 1:
+            raise ValueError(f"n_views must be at least 1, got {n_views}")
+        self.name = recipe if isinstance(recipe, str) and recipe in RECIPES else None
+        self.recipe, self.n_views = parse_recipe(recipe), n_views
+
+    def __repr__(self):
+        recipe = repr(self.name) if self.name else f"<{len(self.recipe)} entries>"
+        return f"RecipeViews({recipe}, n_views={self.n_views})"
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if image.dim() != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"expected one image (C, H, W) with C = 1 or 3, got shape "
+                             f"{tuple(image.shape)}")
+        n = self.n_views
+        views = image.expand(n, -1, -1, -1).clone()
+        for name, (lo, hi), p in self.recipe:
+            chosen = (torch.rand(n, generator=generator) < p).nonzero().flatten()
+            strength = _uniform(n, lo, hi, generator)
+            if len(chosen):
+                index = chosen.to(views.device)
+                views[index] = AUGMENTATIONS[name](views[index], strength[chosen], generator)
+        return views
