@@ -315,8 +315,9 @@ def salt_and_pepper(images, strength, generator):
     n, _, height, width = images.shape
     u = torch.rand(n, 1, height, width, generator=generator).to(images.device)
     amount = _per_image(0.1 * s, images)
-    out = torch.where(u < amount / 2, 1.0, images)
-    return torch.where((u >= amount / 2) & (u < amount), 0.0, out)
+    salt = u < amount / 2
+    pepper = (u < amount) ^ salt
+    return images.masked_fill(salt, 1.0).masked_fill_(pepper, 0.0)
 
 
 def gaussian_blur(images, strength, generator):
@@ -343,15 +344,16 @@ def poisson_noise(images, strength, generator):
     photons = _per_image(POISSON_PHOTONS / s.clamp(min=1e-3) ** 2, images)
     z = torch.randn(images.shape, generator=generator).to(images)
     rates = images * photons
-    counts = (rates + rates.sqrt() * z).round_().clamp_(min=0)
-    return torch.where(_per_image(s, images) > 0, counts / photons, images).clamp_(0, 1)
+    out = rates.sqrt().mul_(z).add_(rates).round_().clamp_(min=0).div_(photons).clamp_(0, 1)
+    still = (s == 0).nonzero().flatten().to(images.device)  # infinite light: no noise
+    return out.index_copy_(0, still, images[still])
 
 
 def speckle_noise(images, strength, generator):
     """Multiplicative noise x (1 + n), n ~ N(0, (0.4 strength) ** 2), as skimage's speckle."""
     s = _strength(strength, len(images))
     noise = torch.randn(images.shape, generator=generator).to(images)
-    return (images * (1 + noise * _per_image(0.4 * s, images))).clamp_(0, 1)
+    return noise.mul_(_per_image(0.4 * s, images)).add_(1).mul_(images).clamp_(0, 1)
 
 
 def contrast(images, strength, generator):
@@ -475,15 +477,17 @@ class RecipeViews:
                 direct = warp.compose(chosen, theta, start=not name.endswith("flip"))
                 if len(direct):  # flips of views with no warp pending: no resampling
                     index = chosen[direct].to(views.device)
-                    views[index] = AUGMENTATIONS[name](views[index], 0, generator)
+                    views.index_copy_(0, index, AUGMENTATIONS[name](
+                        views.index_select(0, index), 0, generator))
                 continue
             index = chosen.to(views.device)
             if name == "elastic_transform":
                 field = _elastic_field(strength, generator, size, views)
-                views[index] = warp.apply(views[index], chosen, field)
+                views.index_copy_(0, index, warp.apply(views.index_select(0, index), chosen,
+                                                       field))
             else:
-                views[index] = AUGMENTATIONS[name](warp.apply(views[index], chosen), strength,
-                                                   generator)
+                batch = warp.apply(views.index_select(0, index), chosen)
+                views.index_copy_(0, index, AUGMENTATIONS[name](batch, strength, generator))
         everything = torch.arange(n)
         return warp.apply(views, everything)
 
@@ -514,6 +518,7 @@ class _Pending:
             batch = _sample(batch, self.theta[chosen], field)
         elif len(rows):
             index = rows.to(batch.device)
-            batch[index] = _sample(batch[index], self.theta[chosen[rows]])
+            batch.index_copy_(0, index, _sample(batch.index_select(0, index),
+                                                self.theta[chosen[rows]]))
         self.theta[chosen], self.pending[chosen] = torch.eye(3), False
         return batch
