@@ -5,10 +5,10 @@ Every augmentation is ``fn(images, strength, generator) -> images`` on float ima
 [0, 1] of shape (N, C, H, W), C = 1 or 3, on any device. ``strength`` in [0, 1] is one
 number or one per image (shape (N,)); all random parameters are drawn per image from the
 CPU ``generator`` (then moved to the images' device), so results depend only on the seed.
-Strength 0 is the identity, except for the six all-or-nothing operations (horizontal and
-vertical flip, greyscale, inverse, histogram equalisation, which ignore ``strength``: a
-half-inverted image is flat grey, a half flip does not exist; the recipe's probability
-decides whether they happen).
+Strength 0 is the identity, except for the five all-or-nothing operations (horizontal and
+vertical flip, greyscale, inverse, histogram equalisation), which ignore ``strength`` (a
+half-inverted image is flat grey, a half flip does not exist): the recipe's probability
+decides whether they happen.
 
 Where ``torchvision.transforms.v2.functional`` takes one parameter per batch (brightness,
 contrast, gamma, rotation, blur sigma, elastic displacement), the operation is written here
@@ -447,8 +447,12 @@ def _parse_entry(text: str):
 class RecipeViews:
     """Views of one image from a recipe: for each entry in turn, a Bernoulli(p) draw picks
     the views that get it and each picked view a strength uniform in [lo, hi]; the entry is
-    applied to those views at once (one batched call). Same interface as the generators of
-    ``helpers.views``: ``views(image, generator) -> (n_views, C, H, W)``."""
+    applied to those views at once (one batched call). Consecutive geometric entries of a
+    view (rotation, zoom, flips, crop, affine, translation, then an elastic one) are
+    composed and resampled once, just before the view's next other entry: sharper views, and
+    most of the speed. Same interface as the generators of ``helpers.views``:
+    ``views(image, generator) -> (n_views, C, H, W)``, everything drawn from the generator,
+    so an image's views depend only on its seed."""
 
     def __init__(self, recipe="course", n_views: int = 64):
         if n_views < 1:

@@ -363,6 +363,7 @@ def test_recipe_from_a_string():
     assert parse_recipe("rotation:0.2-0.6:0.5, Gaussian blur:0.3:1") == [
         ("rotation", (0.2, 0.6), 0.5), ("gaussian_blur", (0.3, 0.3), 1.0)]
     assert parse_recipe("mild") == parse_recipe(RECIPES["mild"])
+    assert parse_recipe([["zoom", 0.5, 1]]) == [("zoom", (0.5, 0.5), 1.0)]  # YAML lists
     assert len(parse_recipe("course")) == 19
 
 
