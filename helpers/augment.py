@@ -392,6 +392,12 @@ RECIPES = {
                ("speckle_noise", (0.2, 0.8), 0.3)],
     # The course project's list: every one of the nineteen, each in a quarter of the views.
     "course": [(name, (0.2, 0.8), 0.25) for name in AUGMENTATIONS],
+    # MEMO_PLUS's object-only views: photometric changes only, so the object stays under
+    # its mask (a warp would move it off the mask it is pasted through).
+    "object": [("brightness", (0.1, 0.6), 0.5), ("contrast", (0.1, 0.6), 0.5),
+               ("gamma", (0.1, 0.6), 0.4), ("greyscale", (0, 1), 0.2),
+               ("gaussian_blur", (0.1, 0.5), 0.3), ("speckle_noise", (0.1, 0.5), 0.3),
+               ("inverse", (0, 1), 0.05)],
 }
 
 

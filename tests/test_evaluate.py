@@ -82,7 +82,8 @@ def test_changed_predictions_lists_fixed_and_broken_images_with_acceptable_class
     from helpers.evaluate import changed_predictions
     labels = [0, 1, 2, 3]
     results = [
-        {"model": "m", "data": "d", "method": "memo", "predictions": [0, 9, 2, 5], "labels": labels},
+        {"model": "m", "data": "d", "method": "memo", "predictions": [0, 9, 2, 5],
+         "labels": labels},
         {"model": "m", "data": "d", "method": "memo_plus", "predictions": [7, 1, 2, 4],
          "labels": labels},
     ]

@@ -51,8 +51,8 @@ def build_method(name: str, model, **options) -> Adapter:
     return METHODS[name](model, **options)
 
 
-__all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "MemoPlus", "Tpt", "Snapshot",
-           "PromptLearner", "METHODS", "build_method", "entropy", "marginal_entropy",
+__all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "MemoPlus", "Tpt",
+           "Snapshot", "PromptLearner", "METHODS", "build_method", "entropy", "marginal_entropy",
            "make_optimizer", "select_parameters", "has_batchnorm", "method_factories",
            "confident_views", "prompt_classifier", "tpt", "prompt", "Ensemble", "RULES",
            "combine", "disagreement", "ensemble_grid", "ensemble_results", "fit_temperature"]

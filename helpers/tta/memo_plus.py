@@ -27,7 +27,8 @@ class MemoPlus(Memo):
                  kinds=FOCUS_KINDS, cam_method: str = "gradcam", max_area: float = 0.9,
                  mask_options: dict | None = None, object_views=None, **memo_options):
         if not 0 < focus <= 1:
-            raise ValueError(f"focus (share of object-focused views) must be in (0, 1], got {focus}")
+            raise ValueError(f"focus (the share of object-focused views) must be in (0, 1], "
+                             f"got {focus}")
         n_focused = max(1, round(n_views * focus))
         super().__init__(model, views=self.make_views, n_views=n_views, **memo_options)
         self.masks = (mask_provider(masks, **(mask_options or {})) if isinstance(masks, str)
