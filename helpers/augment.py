@@ -16,7 +16,9 @@ with per-image parameters and the same formula; geometric ones share one path: a
 matrix per image, one ``grid_sample`` (``helpers.views``).
 
 A recipe is a list of ``(name, (lo, hi), probability)``: each view gets each entry with that
-probability, at a strength uniform in [lo, hi], entries applied in order.
+probability, at a strength uniform in [lo, hi], entries applied in order (``RecipeViews``,
+with named recipes in ``RECIPES``). The pointwise ones also exist in place (``IN_PLACE``,
+``brightness_`` etc.), which RecipeViews uses on its own buffer.
 """
 
 from __future__ import annotations
