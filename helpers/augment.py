@@ -13,7 +13,8 @@ decides whether they happen.
 Where ``torchvision.transforms.v2.functional`` takes one parameter per batch (brightness,
 contrast, gamma, rotation, blur sigma, elastic displacement), the operation is written here
 with per-image parameters and the same formula; geometric ones share one path: a 3x3
-matrix per image, one ``grid_sample`` (``helpers.views``).
+matrix per image (built with ``helpers.views``' AugMix geometry where it applies), one
+``grid_sample``.
 
 A recipe is a list of ``(name, (lo, hi), probability)``: each view gets each entry with that
 probability, at a strength uniform in [lo, hi], entries applied in order (``RecipeViews``,
