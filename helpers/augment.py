@@ -13,10 +13,13 @@ decides whether they happen.
 Where ``torchvision.transforms.v2.functional`` takes one parameter per batch (brightness,
 contrast, gamma, rotation, blur sigma, elastic displacement), the operation is written here
 with per-image parameters and the same formula; geometric ones share one path: a 3x3
-matrix per image, one ``grid_sample`` (``helpers.views``).
+matrix per image (built with ``helpers.views``' AugMix geometry where it applies), one
+``grid_sample``.
 
 A recipe is a list of ``(name, (lo, hi), probability)``: each view gets each entry with that
-probability, at a strength uniform in [lo, hi], entries applied in order.
+probability, at a strength uniform in [lo, hi], entries applied in order (``RecipeViews``,
+with named recipes in ``RECIPES``). The pointwise ones also exist in place (``IN_PLACE``,
+``brightness_`` etc.), which RecipeViews uses on its own buffer.
 """
 
 from __future__ import annotations
@@ -162,18 +165,28 @@ def vertical_flip(images, strength, generator):
     return TF.vertical_flip(images)
 
 
-def greyscale(images, strength, generator):
+def _out_of_place(augment_):
+    """The public augmentation of an in-place one (``name_``, as torch's ``add_``), which
+    RecipeViews calls on its own buffers: a fresh tensor per call costs more than the
+    arithmetic on CPU (first touch of new memory)."""
+    def augment(images, strength, generator):
+        return augment_(images.clone(), strength, generator)
+    augment.__name__, augment.__doc__ = augment_.__name__[:-1], augment_.__doc__
+    return augment
+
+
+def greyscale_(images, strength, generator):
     """Replace colour by the grey level, keeping the channel count (strength ignored)."""
     _strength(strength, len(images))
-    if images.shape[1] == 1:
-        return images.clone()
-    return TF.rgb_to_grayscale(images, num_output_channels=images.shape[1])
+    if images.shape[1] == 3:
+        images.copy_(TF.rgb_to_grayscale(images).expand_as(images))
+    return images
 
 
-def inverse(images, strength, generator):
-    """The negative, 1 - x (strength ignored)."""
+def inverse_(images, strength, generator):
+    """The negative, 1 - x, as ``TF.invert`` (strength ignored)."""
     _strength(strength, len(images))
-    return TF.invert(images)
+    return images.neg_().add_(1)
 
 
 def blur(images, strength, generator):
@@ -225,10 +238,10 @@ def affine(images, strength, generator):
     return _warp_by(_affine_theta, images, strength, generator)
 
 
-def gamma(images, strength, generator):
+def gamma_(images, strength, generator):
     """Gamma 2 ** (+-strength): darker (gamma up to 2) or brighter (down to 1/2)."""
     s = _strength(strength, len(images))
-    return adjust_gamma(images, 2 ** (_sign(len(s), generator) * s))
+    return images.clamp_(0, 1).pow_(_per_image(2 ** (_sign(len(s), generator) * s), images))
 
 
 def _translation_theta(s, generator, size):
@@ -297,10 +310,10 @@ def elastic_transform(images, strength, generator):
     return _sample(images, _identity(len(s)), _elastic_field(s, generator, size, images))
 
 
-def brightness(images, strength, generator):
+def brightness_(images, strength, generator):
     """Brighten by a factor 1 + strength (gamma and contrast also darken)."""
     s = _strength(strength, len(images))
-    return adjust_brightness(images, 1 + s)
+    return images.mul_(_per_image(1 + s, images)).clamp_(0, 1)
 
 
 def histogram_equalisation(images, strength, generator):
@@ -309,7 +322,7 @@ def histogram_equalisation(images, strength, generator):
     return TF.equalize(_to_uint8(images)).to(images.dtype) / 255
 
 
-def salt_and_pepper(images, strength, generator):
+def salt_and_pepper_(images, strength, generator):
     """Set a fraction 0.1 strength of the pixels (all channels) to white or black, half each."""
     s = _strength(strength, len(images))
     n, _, height, width = images.shape
@@ -317,7 +330,7 @@ def salt_and_pepper(images, strength, generator):
     amount = _per_image(0.1 * s, images)
     salt = u < amount / 2
     pepper = (u < amount) ^ salt
-    return images.masked_fill(salt, 1.0).masked_fill_(pepper, 0.0)
+    return images.masked_fill_(salt, 1.0).masked_fill_(pepper, 0.0)
 
 
 def gaussian_blur(images, strength, generator):
@@ -356,10 +369,20 @@ def speckle_noise(images, strength, generator):
     return noise.mul_(_per_image(0.4 * s, images)).add_(1).mul_(images).clamp_(0, 1)
 
 
-def contrast(images, strength, generator):
-    """Contrast factor 1 +- 0.8 strength (from 0.2, nearly flat, to 1.8)."""
+def contrast_(images, strength, generator):
+    """Contrast factor 1 +- 0.8 strength (from 0.2, nearly flat, to 1.8), as
+    ``TF.adjust_contrast``: a blend with the mean grey level."""
     s = _strength(strength, len(images))
-    return adjust_contrast(images, 1 + 0.8 * _sign(len(s), generator) * s)
+    ratio = _per_image(1 + 0.8 * _sign(len(s), generator) * s, images)
+    grey = TF.rgb_to_grayscale(images) if images.shape[1] == 3 else images
+    mean = grey.mean(dim=(-3, -2, -1), keepdim=True)
+    return images.mul_(ratio).add_((1.0 - ratio) * mean).clamp_(0, 1)
+
+
+IN_PLACE = {fn.__name__[:-1]: fn for fn in (
+    greyscale_, inverse_, gamma_, brightness_, salt_and_pepper_, contrast_)}
+greyscale, inverse, gamma, brightness, salt_and_pepper, contrast = (
+    _out_of_place(fn) for fn in IN_PLACE.values())
 
 
 AUGMENTATIONS = {fn.__name__: fn for fn in (
@@ -465,6 +488,19 @@ class RecipeViews:
             raise ValueError(f"n_views must be at least 1, got {n_views}")
         self.name = recipe if isinstance(recipe, str) and recipe in RECIPES else None
         self.recipe, self.n_views = parse_recipe(recipe), n_views
+        self._buffer = None
+
+    def _gather(self, views: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``views[index]`` copied into a buffer kept between calls, which in-place entries
+        then modify: new memory costs more than the arithmetic of a pointwise entry on CPU
+        (first touch of every page)."""
+        if self._buffer is None or self._buffer.shape != views.shape or \
+                self._buffer.dtype != views.dtype or self._buffer.device != views.device:
+            self._buffer = torch.empty_like(views)
+        return torch.index_select(views, 0, index, out=self._buffer[:len(index)])
+
+    def __getstate__(self):  # the buffer is a cache, not state
+        return {**self.__dict__, "_buffer": None}
 
     def __repr__(self):
         recipe = repr(self.name) if self.name else f"<{len(self.recipe)} entries>"
@@ -496,8 +532,9 @@ class RecipeViews:
                 views.index_copy_(0, index, warp.apply(views.index_select(0, index), chosen,
                                                        field))
             else:
-                batch = warp.apply(views.index_select(0, index), chosen)
-                views.index_copy_(0, index, AUGMENTATIONS[name](batch, strength, generator))
+                batch = warp.apply(self._gather(views, index), chosen)
+                augment = IN_PLACE.get(name, AUGMENTATIONS[name])
+                views.index_copy_(0, index, augment(batch, strength, generator))
         everything = torch.arange(n)
         return warp.apply(views, everything)
 

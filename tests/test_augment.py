@@ -385,3 +385,21 @@ def test_bad_views():
         RecipeViews("mild", 0)
     with pytest.raises(ValueError, match=r"expected one image \(C, H, W\) with C = 1 or 3"):
         RecipeViews("mild", 2)(torch.rand(2, 3, 8, 8), gen())
+
+
+def test_views_do_not_share_memory_between_calls():
+    """RecipeViews keeps a work buffer between calls: earlier views must not change."""
+    views, x = RecipeViews("course", 8), image()
+    first = views(x, gen(0))
+    kept = first.clone()
+    views(x, gen(1))
+    assert torch.equal(first, kept)
+
+
+def test_recipe_views_pickle_without_their_buffer():
+    import pickle
+
+    views, x = RecipeViews("strong", 4), image()
+    before = views(x, gen(0))
+    copy = pickle.loads(pickle.dumps(views))
+    assert copy._buffer is None and torch.equal(copy(x, gen(0)), before)
