@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from helpers.views import _geometry, _identity, _sign, _to_uint8, _uniform
+from .views import _geometry, _identity, _sign, _to_uint8, _uniform, affine_grid
 
 # ------------------------------------------------------------------ parameters
 
@@ -269,31 +269,11 @@ def _elastic_field(s, generator, size, like):
     return field.permute(0, 2, 3, 1)
 
 
-def displaced_affine_grid(theta: torch.Tensor, height: int, width: int,
-                          field: torch.Tensor | None = None) -> torch.Tensor:
-    """The sampling grid of ``helpers.views.affine_grid`` (output -> input matrices ``theta``,
-    normalised units), of output points first displaced by ``field`` (n, H, W, 2) if given.
-    Each coordinate is written in place into one buffer: on CPU several times faster than
-    stacking the two coordinate planes, which dominated a warp's cost."""
-    n = len(theta)
-    xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, dtype=theta.dtype,
-                        device=theta.device).view(1, 1, width)
-    ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, dtype=theta.dtype,
-                        device=theta.device).view(1, height, 1)
-    t = theta[:, :2, :, None, None]
-    grid = torch.empty(n, height, width, 2, dtype=theta.dtype, device=theta.device)
-    for k in range(2):
-        torch.add(t[:, k, 0] * xs, t[:, k, 1] * ys + t[:, k, 2], out=grid[..., k])
-        if field is not None:  # the displacement goes through theta's linear part
-            grid[..., k].addcmul_(t[:, k, 0], field[..., 0]).addcmul_(t[:, k, 1], field[..., 1])
-    return grid
-
-
 def _sample(images, theta, field=None):
     """Warp each image by its matrix (output -> input), after displacing the output points
     by ``field`` if given: one resampling for a chain of affine maps and an elastic one.
     Outside pixels are black after an affine map, repeated edges after an elastic one."""
-    grid = displaced_affine_grid(theta.to(images), *images.shape[-2:], field)
+    grid = affine_grid(theta.to(images), *images.shape[-2:], field)
     padding = "zeros" if field is None else "border"
     return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding,
                          align_corners=False).clamp_(0, 1)

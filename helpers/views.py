@@ -29,17 +29,24 @@ def _sign(n, gen):
     return torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
 
 
-def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``F.affine_grid(theta, align_corners=False)`` as two broadcast multiply-adds: the
-    same sampling grid, about 10x faster on CPU, where affine_grid runs a batched matmul
-    with an inner size of 3."""
+def affine_grid(theta: torch.Tensor, height: int, width: int,
+                field: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.affine_grid(theta, align_corners=False)`` (output -> input matrices, normalised
+    units) as broadcast multiply-adds written in place into one buffer: the same sampling
+    grid, many times faster on CPU than affine_grid's batched matmul with an inner size of 3
+    or than stacking the two coordinate planes. ``field`` (n, H, W, 2), if given, displaces
+    the output points first (elastic transforms)."""
     xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, dtype=theta.dtype,
                         device=theta.device).view(1, 1, width)
     ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, dtype=theta.dtype,
                         device=theta.device).view(1, height, 1)
     t = theta[:, :2, :, None, None]
-    return torch.stack([t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2],
-                        t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]], dim=-1)
+    grid = torch.empty(len(theta), height, width, 2, dtype=theta.dtype, device=theta.device)
+    for k in range(2):
+        torch.add(t[:, k, 0] * xs, t[:, k, 1] * ys + t[:, k, 2], out=grid[..., k])
+        if field is not None:  # the displacement goes through theta's linear part
+            grid[..., k].addcmul_(t[:, k, 0], field[..., 0]).addcmul_(t[:, k, 1], field[..., 1])
+    return grid
 
 
 def _affine(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
