@@ -293,10 +293,11 @@ class FocusedViews:
       and flipped;
     - ``blur-background``: the background blurred, the object kept;
     - ``replace-background``: the background replaced by a random colour;
-    - ``augment-object``: ``object_views`` (named augmentations) applied to the object only.
+    - ``augment-object``: views of the named augmentations' ``object_recipe`` (a recipe of
+      ``helpers.augment``: a name, a string or a list) applied to the object only.
     """
 
-    def __init__(self, n_views: int = 32, kinds=FOCUS_KINDS, object_views=None,
+    def __init__(self, n_views: int = 32, kinds=FOCUS_KINDS, object_recipe="object",
                  margin=(1.1, 1.6), flip: bool = True):
         unknown = sorted(set(kinds) - set(FOCUS_KINDS))
         if unknown or not kinds:
@@ -306,10 +307,10 @@ class FocusedViews:
         self.n_views, self.kinds, self.margin, self.flip = n_views, tuple(kinds), margin, flip
         counts = {k: len(range(i, n_views, len(kinds))) for i, k in enumerate(kinds)}
         self.counts = {k: n for k, n in counts.items() if n}
-        if "augment-object" in self.counts and object_views is None:
-            from .augment import RECIPES, RecipeViews
-            object_views = RecipeViews(RECIPES["object"], self.counts["augment-object"])
-        self.object_views = object_views
+        self.object_views = None
+        if "augment-object" in self.counts:
+            from .augment import RecipeViews
+            self.object_views = RecipeViews(object_recipe, self.counts["augment-object"])
 
     def __repr__(self):
         return (f"FocusedViews(n_views={self.n_views}, kinds={list(self.kinds)}, "

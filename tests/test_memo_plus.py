@@ -121,6 +121,11 @@ def test_memo_plus_views_mix_ordinary_and_focused_and_fall_back_without_a_mask(t
     assert method.ordinary.n_views == 6 and method.focused.n_views == 2
     only_focused = MemoPlus(tiny_cnn, masks=FixedMasks(mask), n_views=8, focus=1.0)
     assert only_focused.ordinary is None
+    recipes = MemoPlus(tiny_cnn, masks=FixedMasks(mask), n_views=8, focus=0.5,
+                       ordinary_recipe="mild", object_recipe="brightness:0.5-0.9:1")
+    assert type(recipes.ordinary).__name__ == "RecipeViews" and recipes.ordinary.n_views == 4
+    assert recipes.focused.object_views.recipe == [("brightness", (0.5, 0.9), 1.0)]
+    assert recipes.make_views(image, torch.Generator().manual_seed(0)).shape == (8, 3, 16, 16)
     blind = MemoPlus(tiny_cnn, masks=FixedMasks(), n_views=8)
     out = blind(images[:2])
     assert out.shape == (2, 5) and blind.counters["no_object_mask"] == 2

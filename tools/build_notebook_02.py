@@ -36,8 +36,11 @@ methods = ["source", "memo", "memo_plus"]
 memo = {"n_views": 4, "steps": 1, "optimizer": "sgd", "lr": 0.00025, "params": "all"}
 memo_per_model = {"efficientnet-lite0": {"bn_prior": 16}, "small-cnn": {"lr": 0.001, "bn_prior": 16},
                   "small-clip": {"lr": 0.001}, "ViT-B/16": {"lr": 1e-5}}
-# MEMO_PLUS: MEMO's settings plus these. masks: offline | sam (mask_options: checkpoint, model_type)
+# MEMO_PLUS: MEMO's settings plus these. focus: share of object-focused views; masks: offline | sam
+# (mask_options: checkpoint, model_type); recipes of helpers.augment (a name of augment.RECIPES or
+# "name:lo-hi:p, ..."); ordinary_recipe None: MEMO's AugMix views; cam_method: gradcam | gradcam++ | layercam | eigencam
 memo_plus = {"focus": 0.5, "kinds": ["crop", "blur-background", "replace-background", "augment-object"],
+             "object_recipe": "object", "ordinary_recipe": None,
              "masks": "offline", "mask_options": {}, "cam_method": "gradcam"}
 example = "coffee"             # the photo shown in the figures (a name of the sample photos, or an index)
 batch_size = 16

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..augment import RecipeViews
 from ..cam import heat_maps
 from ..masks import mask_provider, object_mask
 from ..views import FOCUS_KINDS, AugMixViews, FocusedViews
@@ -16,7 +17,9 @@ from .memo import Memo
 
 class MemoPlus(Memo):
     """MEMO with object-focused views. ``masks``: a provider name (``offline``, ``sam``) or
-    a provider; ``focus``: the share of object-focused views; ``kinds``: which focused views.
+    a provider; ``focus``: the share of object-focused views; ``kinds``: which focused views;
+    ``object_recipe``: the named augmentations of the object-only views; ``ordinary_recipe``:
+    None for MEMO's AugMix views, or a recipe of named augmentations for the other views.
     An image whose heat-map selects no mask gets ordinary views only (counted as
     ``no_object_mask``). ``focus_log`` keeps, per adapted image in order, the chosen mask's
     origin, area and coverage of the heat-map."""
@@ -25,7 +28,8 @@ class MemoPlus(Memo):
 
     def __init__(self, model, masks="offline", n_views: int = 64, focus: float = 0.5,
                  kinds=FOCUS_KINDS, cam_method: str = "gradcam", max_area: float = 0.9,
-                 mask_options: dict | None = None, object_views=None, **memo_options):
+                 mask_options: dict | None = None, object_recipe="object",
+                 ordinary_recipe=None, **memo_options):
         if not 0 < focus <= 1:
             raise ValueError(f"focus (the share of object-focused views) must be in (0, 1], "
                              f"got {focus}")
@@ -34,11 +38,16 @@ class MemoPlus(Memo):
         self.masks = (mask_provider(masks, **(mask_options or {})) if isinstance(masks, str)
                       else masks)
         self.focus, self.cam_method, self.max_area = focus, cam_method, max_area
-        self.ordinary = AugMixViews(n_views - n_focused) if n_views > n_focused else None
-        self.fallback = AugMixViews(n_focused)
-        self.focused = FocusedViews(n_focused, kinds, object_views)
+        self.ordinary = (self._ordinary(ordinary_recipe, n_views - n_focused)
+                         if n_views > n_focused else None)
+        self.fallback = self._ordinary(ordinary_recipe, n_focused)
+        self.focused = FocusedViews(n_focused, kinds, object_recipe)
         self.focus_log: list[dict] = []
         self._current = None
+
+    @staticmethod
+    def _ordinary(recipe, n_views: int):
+        return AugMixViews(n_views) if recipe is None else RecipeViews(recipe, n_views)
 
     def find_object(self, image: torch.Tensor):
         """(mask or None, heat-map, candidates, index of the chosen one, their coverage)."""
