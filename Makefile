@@ -29,8 +29,9 @@ report: setup
 test: setup
 	$(PY) -m pytest
 
+# Every benchmark in turn (minutes each); each prints ratios against its own baseline.
 benchmark: setup
-	$(PY) benchmarks/memo_speed.py
+	for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check helpers tests benchmarks tools

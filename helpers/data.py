@@ -377,6 +377,11 @@ def _load_photo(loader: str) -> np.ndarray:
     return load_sample_image(name)
 
 
+def sample_photo_names() -> list[str]:
+    """The sample photos' names, in the order of ``sample_photos``."""
+    return [p["name"] for p in _resource("sample_photos.json")["photos"]]
+
+
 def sample_photos(size: int = 224) -> ImageTensorDataset:
     """A handful of real photos bundled with scikit-image / scikit-learn, labelled with
     ImageNet-1k indices; ``acceptable`` lists the other classes that count as right."""

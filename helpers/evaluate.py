@@ -254,3 +254,25 @@ class RunLog:
         self.runs += records
         self._done |= {self._key(r) for r in records}
         write_json(self.path, [{"parameters": self.parameters}, *self.runs])
+
+
+def changed_predictions(results: list[dict], tasks: dict, baseline: str, method: str) -> list[dict]:
+    """The test images where ``method`` and ``baseline`` disagree on being right: one record
+    per image (model, data, index in the task, label, both predictions, "fixed" or
+    "broken"), for showing per-image cases. Correctness counts a task's acceptable classes."""
+    by_key = {(r["model"], r["data"], r["method"]): r for r in results}
+    records = []
+    for (model, data, name), r in by_key.items():
+        other = by_key.get((model, data, baseline))
+        if name != method or other is None:
+            continue
+        acceptable = getattr(tasks[data], "acceptable", None)
+        ok = _correct(torch.tensor(r["predictions"]), torch.tensor(r["labels"]), acceptable)
+        ok_before = _correct(torch.tensor(other["predictions"]), torch.tensor(r["labels"]),
+                             acceptable)
+        for i in np.flatnonzero(ok != ok_before):
+            records.append({"model": model, "data": data, "index": int(i),
+                            "label": r["labels"][i], baseline: other["predictions"][i],
+                            method: r["predictions"][i],
+                            "outcome": "fixed" if ok[i] else "broken"})
+    return records

@@ -218,6 +218,45 @@ def ari_per_layer(rows, title: str = ""):
     return grid.figure
 
 
+def _overlay(ax, image, heat=None, mask=None, title: str = ""):
+    ax.imshow(image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy())
+    if heat is not None:
+        ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    if mask is not None:
+        ax.contour(mask, levels=[0.5], colors="white", linewidths=1.2)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def mask_candidates(image, heat, candidates, coverage, chosen, title: str = "", max_masks=7):
+    """The image, its Grad-CAM heat-map, and the candidate masks over the heat-map with the
+    share of the heat-map's mass each holds, its area and soft IoU; the chosen one starred."""
+    shown = sorted(range(len(candidates)), key=lambda i: -coverage[i]["soft_iou"])[:max_masks]
+    fig, axes = plt.subplots(1, 2 + len(shown), figsize=(1.9 * (2 + len(shown)), 2.3),
+                             squeeze=False)
+    _overlay(axes[0, 0], image, title="image")
+    _overlay(axes[0, 1], image, heat, title="Grad-CAM")
+    for ax, i in zip(axes[0, 2:], shown):
+        c, star = coverage[i], "★ " if i == chosen else ""
+        _overlay(ax, image, heat * candidates[i].mask, candidates[i].mask,
+                 f"{star}{candidates[i].source}\nmass {c['mass_share']:.2f}, area {c['area']:.2f}"
+                 f"\nsoft IoU {c['soft_iou']:.2f}")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def heat_map_row(image, heat_maps: dict, title: str = ""):
+    """The same image under several heat-maps (for example before and after adaptation)."""
+    fig, axes = plt.subplots(1, len(heat_maps), figsize=(2.2 * len(heat_maps), 2.4),
+                             squeeze=False)
+    for ax, (name, heat) in zip(axes[0], heat_maps.items()):
+        _overlay(ax, image, heat, title=name)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def step_memory_and_time(rows, title: str = ""):
     """Peak training-step memory and seconds per step against the number of prompt tokens,
     one line per attention / checkpointing setting, one column per batch size."""

@@ -74,3 +74,23 @@ def test_summary_rows_drop_per_sample_lists_and_count_skips():
               "counters": {"skipped_nonfinite": 3}, "model": "m", "data": "d"}
     (row,) = summary_rows([result])
     assert "predictions" not in row and row["skipped_nonfinite"] == 3 and row["model"] == "m"
+
+
+def test_changed_predictions_lists_fixed_and_broken_images_with_acceptable_classes():
+    from types import SimpleNamespace
+
+    from helpers.evaluate import changed_predictions
+    labels = [0, 1, 2, 3]
+    results = [
+        {"model": "m", "data": "d", "method": "memo", "predictions": [0, 9, 2, 5],
+         "labels": labels},
+        {"model": "m", "data": "d", "method": "memo_plus", "predictions": [7, 1, 2, 4],
+         "labels": labels},
+    ]
+    tasks = {"d": SimpleNamespace(acceptable=[[0], [1], [2], [3, 4]])}  # 4 counts for item 3
+    records = changed_predictions(results, tasks, "memo", "memo_plus")
+    assert [(r["index"], r["outcome"]) for r in records] == [(0, "broken"), (1, "fixed"),
+                                                             (3, "fixed")]
+    assert records[1] == {"model": "m", "data": "d", "index": 1, "label": 1, "memo": 9,
+                          "memo_plus": 1, "outcome": "fixed"}
+    assert changed_predictions(results, tasks, "source", "memo_plus") == []

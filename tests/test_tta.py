@@ -228,3 +228,13 @@ def test_memo_with_bn_prior_restores_and_refuses_models_without_batchnorm(tiny_c
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
     with pytest.raises(ValueError, match="bn_prior"):
         Memo(model, bn_prior=16)
+
+
+def test_memo_adapted_yields_the_adapted_model_and_restores_it(tiny_cnn, images):
+    source = state(tiny_cnn)
+    memo = Memo(tiny_cnn, n_views=4, steps=2, optimizer="sgd", lr=0.1, bn_prior=16)
+    with memo.adapted(images[0], key=3) as model:
+        assert model is tiny_cnn
+        changed = [k for k, v in tiny_cnn.state_dict().items() if not torch.equal(v, source[k])]
+        assert changed  # adapted inside
+    assert_same_state(tiny_cnn, source)

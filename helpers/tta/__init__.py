@@ -12,6 +12,7 @@ from .ensemble import (
 )
 from .episodic import Snapshot, select_parameters
 from .memo import Memo, marginal_entropy
+from .memo_plus import MemoPlus
 from .norm import NormAdapt, Tent, entropy, has_batchnorm
 from .tpt import PromptLearner, Tpt, confident_views, prompt_classifier
 
@@ -37,20 +38,21 @@ def prompt(model, **options) -> Source:
     return adapter
 
 
-METHODS = {"source": Source, "norm": NormAdapt, "tent": Tent, "memo": Memo, "tpt": tpt,
-           "prompt": prompt}
+METHODS = {"source": Source, "norm": NormAdapt, "tent": Tent, "memo": Memo,
+           "memo_plus": MemoPlus, "tpt": tpt, "prompt": prompt}
 CLIP_ONLY = ("tpt", "prompt")
 
 
 def build_method(name: str, model, **options) -> Adapter:
-    """A method by name (``source``, ``norm``, ``tent``, ``memo``, ``tpt``, ``prompt``)."""
+    """A method by name (``source``, ``norm``, ``tent``, ``memo``, ``memo_plus``, ``tpt``,
+    ``prompt``)."""
     if name not in METHODS:
         raise ValueError(f"Unknown method {name!r}; valid: {sorted(METHODS)}")
     return METHODS[name](model, **options)
 
 
-__all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "Tpt", "Snapshot",
-           "PromptLearner", "METHODS", "build_method", "entropy", "marginal_entropy",
+__all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "MemoPlus", "Tpt",
+           "Snapshot", "PromptLearner", "METHODS", "build_method", "entropy", "marginal_entropy",
            "make_optimizer", "select_parameters", "has_batchnorm", "method_factories",
            "confident_views", "prompt_classifier", "tpt", "prompt", "Ensemble", "RULES",
            "combine", "disagreement", "ensemble_grid", "ensemble_results", "fit_temperature"]

@@ -91,13 +91,27 @@ class Memo(Episodic):
         with torch.inference_mode():
             return functional_call(self.model, adapted, (image[None],))
 
+    def _prior(self):
+        return (BatchNormPrior(self.model, self.bn_prior) if self.bn_prior is not None
+                else contextlib.nullcontext())
+
+    @contextlib.contextmanager
+    def adapted(self, image: torch.Tensor, key: int = 0):
+        """The model adapted to one image as ``forward`` adapts it (batch-norm prior
+        included), restored on exit: for looking inside it, e.g. its Grad-CAM."""
+        self.model.eval()
+        with self._prior():
+            self.adapt(image, self.generator(key))
+            try:
+                yield self.model
+            finally:
+                self.restore()
+
     def forward(self, images, keys):
         self.model.eval()
         generators = [self.generator(k) for k in keys]
-        prior = (BatchNormPrior(self.model, self.bn_prior) if self.bn_prior is not None
-                 else contextlib.nullcontext())
         out = []
-        with prior:
+        with self._prior():
             for image, gen, views in zip(images, generators,
                                          views_per_image(self.views, images, generators)):
                 if self.one_sgd_step:

@@ -4,6 +4,7 @@ Tent (Wang et al., ICLR 2021)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import Adapter, Episodic
@@ -85,8 +86,10 @@ class Tent(Episodic):
 class BatchNormPrior:
     """Within ``with``: every batch-norm layer normalises with a mix of its source
     statistics and those of the current input, weighted ``prior : 1`` (MEMO's single-point
-    BN adaptation, Schneider et al.'s prior N; the MEMO paper uses N = 16 for CNNs). The
-    mixture is differentiable in the input, so MEMO's loss sees it; running stats stay."""
+    BN adaptation, Schneider et al.'s prior N; the MEMO paper uses N = 16 for CNNs). As in
+    MEMO's code, the input's statistics are constants for the gradient, which lets one
+    fused batch-norm kernel do the normalisation (half the time of writing it out);
+    running statistics stay."""
 
     def __init__(self, model: nn.Module, prior: float):
         self.layers = [m for m in model.modules()
@@ -94,12 +97,11 @@ class BatchNormPrior:
         self.weight = prior / (prior + 1)
 
     def _forward(self, layer, x):
-        dims = [0] + list(range(2, x.dim()))
-        mean = self.weight * layer.running_mean + (1 - self.weight) * x.mean(dims)
-        var = self.weight * layer.running_var + (1 - self.weight) * x.var(dims, unbiased=False)
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        x = (x - mean.view(shape)) / (var.view(shape) + layer.eps).sqrt()
-        return x * layer.weight.view(shape) + layer.bias.view(shape) if layer.affine else x
+        with torch.no_grad():
+            var, mean = torch.var_mean(x, [0] + list(range(2, x.dim())), correction=0)
+            mean = self.weight * layer.running_mean + (1 - self.weight) * mean
+            var = self.weight * layer.running_var + (1 - self.weight) * var
+        return F.batch_norm(x, mean, var, layer.weight, layer.bias, False, 0.0, layer.eps)
 
     def __enter__(self):
         for layer in self.layers:
