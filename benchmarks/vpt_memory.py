@@ -12,6 +12,9 @@ Time: both configurations built in this process and stepped in turns (median ove
 after a warm-up step each), so that load from other work weighs on both alike.
 Target: at least 3x lower peak step memory at no more than 40% more time per step on CPU.
 Random weights: memory and time do not depend on their values.
+
+Measured on 2 shared CPU cores (torch 2.14, timm 1.0.31): 1,203 -> 209 MB (5.76x lower) at
+5.83 -> 7.08 s/step (+21%) with 2 threads; 5.75x at +25-27% with --threads 1.
 """
 
 from __future__ import annotations
