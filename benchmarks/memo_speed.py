@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 
 import numpy as np
 import torch
 from PIL import Image
+from timing import timed_in_turn
 from torchvision.transforms import v2
 
 from helpers.models import clip_classifier
@@ -53,19 +53,6 @@ def test_image(size: int = 224) -> torch.Tensor:
 
     pil = Image.fromarray(data.chelsea()).resize((size, size))
     return torch.from_numpy(np.asarray(pil)).permute(2, 0, 1).float() / 255
-
-
-def timed_in_turn(fns: dict, repeats: int) -> dict:
-    """Each function's times over ``repeats`` rounds, the functions taking turns."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def reference_memo(model, image: torch.Tensor, n_views: int, lr: float):

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import time
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
+from timing import timed_in_turn
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF1
 
@@ -132,18 +132,6 @@ def test_image(size: int) -> torch.Tensor:
 
     pil = Image.fromarray(data.chelsea()).resize((size, size))
     return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1).float() / 255
-
-
-def timed_in_turn(fns: dict, repeats: int) -> dict:
-    for fn in fns.values():  # warm-up
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def main():
