@@ -183,9 +183,9 @@ cases = fixed[:8] + broken[:8]
 if cases:
     short = lambda c: test_set.class_names[c].split(",")[0][:14]
     fig = plots.image_grid(torch.stack([tasks[c["data"]][c["index"]][0] for c in cases]),
-                           [f"{c['outcome']}: {c['data']}\\nMEMO {short(c['memo'])}\\nPLUS {short(c['memo_plus'])}"
+                           [f"{c['outcome']}: {c['data']}\\nlabel {short(c['label'])}\\nMEMO {short(c['memo'])}\\nPLUS {short(c['memo_plus'])}"
                             for c in cases], ncols=8, size=1.8,
-                           suptitle="Images where MEMO and MEMO_PLUS disagree on being right (label: see the table)")
+                           suptitle="Images where MEMO and MEMO_PLUS disagree on being right")
     plots.save(fig, figures_dir, "02_memo_plus_cases")
     display(pd.DataFrame(cases).assign(label=lambda d: d["label"].map(short)))"""),
     code("""# Sanity checks that keep the notebook honest under nbval.

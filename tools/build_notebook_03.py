@@ -24,7 +24,7 @@ We compare, on the same images: zero-shot CLIP (the model's own prompt templates
 | profile | models | data |
 |---|---|---|
 | `smoke` (defaults below) | small CLIP **trained here** (not OpenAI's) | three corruptions of FashionMNIST, a few dozen images |
-| `offline` | the same | FashionMNIST-C: 15 corruptions at severity 5, 500 images each |
+| `offline` | the same | FashionMNIST-C: 15 corruptions at severity 5, 300 images each |
 | `full` (GPU) | CLIP ViT-B/16 and ViT-B/32 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk, the TPT paper's setting |"""),
     code("""# Parameters: papermill injects a profile's values after this cell.
 profile = "smoke"
