@@ -80,16 +80,32 @@ def plan(profile_name: str, notebooks: list[Path]) -> list[tuple[Path, dict]]:
     return jobs
 
 
-def is_done(params: dict) -> bool:
-    """True when the notebook's results file exists and records the same parameters."""
-    file = Path(params.get("results_path", ""))
-    if not file.is_file():
-        return False
+def record_file(profile_name: str, nb: Path) -> Path:
+    """Where the runner records a notebook's last successful run (parameters, seconds)."""
+    return paths.RUNS / profile_name / f"{nb.stem}.done.json"
+
+
+def _record(file: Path, params: dict, seconds: float) -> None:
+    """Written atomically after a notebook succeeds: an interrupted write is never a record."""
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"parameters": params, "seconds": round(seconds, 1)}, indent=1))
+    os.replace(tmp, file)
+
+
+def _recorded(file: Path) -> dict:
     try:
-        recorded = json.loads(file.read_text()).get("parameters", {})
+        return json.loads(file.read_text())
     except (json.JSONDecodeError, OSError):
+        return {}
+
+
+def is_done(params: dict, record: Path) -> bool:
+    """True when the notebook's results file exists and the runner's record of its last
+    successful run holds the same injected parameters. The runner keeps this record itself,
+    since a notebook need not store every parameter it was given (paths, for instance)."""
+    if not Path(params.get("results_path", "")).is_file():
         return False
-    return all(recorded.get(k) == v for k, v in params.items())
+    return _recorded(record).get("parameters") == json.loads(json.dumps(params))
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -117,6 +133,9 @@ def summary(profile_name: str, jobs, failures: dict, seconds: dict | None = None
         parts.append(f"## {nb.stem}")
         if nb in seconds:
             parts += [f"_Ran in {seconds[nb]:.0f} s._", ""]
+        elif "seconds" in _recorded(record_file(profile_name, nb)):
+            earlier = _recorded(record_file(profile_name, nb))["seconds"]
+            parts += [f"_Ran in {earlier:.0f} s (an earlier run, resumed)._", ""]
         if nb in failures:
             parts += [f"**Failed**: {failures[nb]}", ""]
             continue
@@ -163,7 +182,7 @@ def run(profile_name: str, resume: bool = False, only: list[str] | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = []
     for nb, params in planned:
-        if resume and is_done(params):
+        if resume and is_done(params, record_file(profile_name, nb)):
             tqdm.write(f"skip {nb.name}: results exist for these parameters")
         else:
             todo.append((nb, params))
@@ -173,10 +192,12 @@ def run(profile_name: str, resume: bool = False, only: list[str] | None = None,
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         running = {pool.submit(execute, nb, params, out_dir / nb.name, kernel): nb
                    for nb, params in todo}
+        params_of = dict(todo)
         for future in as_completed(running):
             nb = running[future]
             try:
                 seconds[nb] = future.result()
+                _record(record_file(profile_name, nb), params_of[nb], seconds[nb])
                 tqdm.write(f"ok   {nb.name} in {seconds[nb]:.0f} s")
             except Exception as error:  # noqa: BLE001 - one failure must not stop the batch
                 last_line = (str(error).strip().splitlines() or [""])[-1]  # may be empty

@@ -99,15 +99,18 @@ def test_unknown_profile_lists_valid_profiles(repo):
 # ---------------------------------------------------------------- resume check
 
 
-def test_is_done_compares_recorded_parameters(tmp_path):
-    file = tmp_path / "r.json"
-    params = {"x": 2, "results_path": str(file)}
-    assert not batch.is_done(params)  # no results yet
-    file.write_text(json.dumps({"parameters": {**params, "extra": 1}}))
-    assert batch.is_done(params)
-    assert not batch.is_done({**params, "x": 3})
-    file.write_text('{"parameters": ')  # interrupted write
-    assert not batch.is_done(params)
+def test_is_done_compares_the_runners_record_of_the_parameters(tmp_path):
+    results, record = tmp_path / "r.json", tmp_path / "r.done.json"
+    params = {"x": 2, "results_path": str(results)}
+    batch._record(record, params, 12.34)
+    assert not batch.is_done(params, record)  # no results file
+    results.write_text("{}")  # the notebook need not record its parameters
+    assert batch.is_done(params, record)
+    assert json.loads(record.read_text())["seconds"] == 12.3
+    assert not batch.is_done({**params, "x": 3}, record)
+    assert not batch.is_done({**params, "y": 1}, record)
+    record.write_text('{"parameters": ')  # interrupted write
+    assert not batch.is_done(params, record)
 
 
 # ---------------------------------------------------------------- run
@@ -121,7 +124,8 @@ def counter(repo):
 def test_run_executes_all_reports_failures_and_resumes(repo, capsys):
     assert batch.run("smoke") == 1  # 01_broken fails, 02_good still runs after it
     runs = repo["runs"] / "smoke"
-    assert sorted(p.name for p in runs.iterdir()) == ["01_broken.ipynb", "02_good.ipynb"]
+    assert sorted(p.name for p in runs.iterdir()) == ["01_broken.ipynb", "02_good.done.json",
+                                                      "02_good.ipynb"]  # no record of a failure
     executed = nbformat.read(runs / "02_good.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "x = 2" in injected[0].source
@@ -139,6 +143,8 @@ def test_run_executes_all_reports_failures_and_resumes(repo, capsys):
     assert batch.run("smoke", resume=True, only=["02"]) == 0
     assert counter(repo) == 1
     assert "skip 02_good.ipynb" in capsys.readouterr().out
+    summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
+    assert "## 02_good\n_Ran in " in summary and "(an earlier run, resumed)" in summary
     # a changed parameter: run again, and the summary follows
     write_profile(repo, "smoke", {"defaults": {"x": 3}})
     assert batch.run("smoke", resume=True, only=["02"]) == 0
