@@ -54,11 +54,11 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from helpers import augment, cam, data, masks, paths, plots
+from helpers import augment, cam, data, paths, plots
 from helpers.evaluate import (ResultStore, changed_predictions, run_grid, run_info,
                               summary_rows, write_json)
 from helpers.models import build_classifier, default_device, describe
-from helpers.tta import build_method, method_factories
+from helpers.tta import method_factories
 from helpers.views import generator_for
 
 start = time.time()
@@ -103,26 +103,22 @@ plots.save(fig, figures_dir, "02_memo_plus_augmentations")"""),
 
 Grad-CAM of the predicted class at the model's last spatial layer (for CLIP's ViT, the last block's layer norm, its tokens reshaped to the patch grid). Each candidate mask is drawn with the share of the heat-map's mass it holds, its area, and its soft IoU with the heat-map; the starred one is the object's mask."""),
     code("""model = build_classifier(model_name, test_set.class_names, device)
-provider = masks.mask_provider(memo_plus["masks"], **memo_plus.get("mask_options", {}))
-heat = cam.heat_maps(model, image[None], method=memo_plus["cam_method"])[0]
-candidates = provider(image, heat)
-chosen, coverage = masks.object_mask(candidates, heat)
+# Each method's settings for this model: MEMO's, MEMO_PLUS's on top of them, per-model overrides.
+factories = method_factories(dict.fromkeys([*methods, "memo", "memo_plus"]),
+                             {"memo": memo, "memo_plus": {**memo, **memo_plus}},
+                             {"memo": memo_per_model, "memo_plus": memo_per_model})
+plus = factories["memo_plus"](model, model_name)
+_, heat, candidates, chosen, coverage = plus.find_object(image)  # what MEMO_PLUS does per image
 with torch.no_grad():
     predicted = model(image[None]).argmax(1).item()
 fig = plots.mask_candidates(image, heat, candidates, coverage, chosen,
                             title=f"{describe(model_name)}; predicted '{test_set.class_names[predicted]}' "
-                                  f"(label '{test_set.class_names[label]}'); masks: {provider.description}")
+                                  f"(label '{test_set.class_names[label]}'); masks: {plus.masks.description}")
 plots.save(fig, figures_dir, "02_memo_plus_masks")"""),
     md("""## MEMO_PLUS's views
 
 The first views are MEMO's AugMix views; the rest are object-focused, shared in turn between the kinds of focus."""),
-    code("""def method_settings(name):
-    options = {"memo": memo, "memo_plus": {**memo, **memo_plus}}
-    per_model = {"memo": memo_per_model, "memo_plus": memo_per_model}
-    return method_factories([name], options, per_model)[name].settings(model_name)
-
-plus = build_method("memo_plus", model, **method_settings("memo_plus"))
-views = plus.make_views(image, generator_for(seed, index)).cpu()
+    code("""views = plus.make_views(image, generator_for(seed, index)).cpu()
 n_ordinary = plus.ordinary.n_views if plus.ordinary else 0
 kinds = [kind for kind, n in plus.focused.counts.items() for _ in range(n)]
 fig = plots.image_grid(views, ["AugMix"] * n_ordinary + kinds, ncols=8,
@@ -132,10 +128,8 @@ plots.save(fig, figures_dir, "02_memo_plus_views")"""),
 
 One loop for every method (`helpers.evaluate`): accuracy, expected calibration error, mean confidence and seconds per image, the heat-map and the masks included for MEMO_PLUS. Finished cells are saved as they complete: an interrupted run resumes."""),
     code("""builders = {model_name: lambda: model}
-factories = method_factories(methods, {"memo": memo, "memo_plus": {**memo, **memo_plus}},
-                             {"memo": memo_per_model, "memo_plus": memo_per_model})
 store = ResultStore(results_path.with_suffix(".cells.json"), data_parameters)
-results = run_grid(builders, tasks, factories, store, batch_size)
+results = run_grid(builders, tasks, {name: factories[name] for name in methods}, store, batch_size)
 for r in results:
     r["severity"] = 0 if r["data"] == "clean" else int(r["data"].rsplit("/", 1)[1])
 table = pd.DataFrame(summary_rows(results, keys=("model", "data", "severity")))
@@ -168,7 +162,7 @@ def predicted_class(net):
 maps = {f"source: {predicted_class(model)}": cam.heat_maps(model, shown[None])[0]}
 for name in ("memo", "memo_plus"):
     if name in methods:
-        method = build_method(name, model, **method_settings(name))
+        method = factories[name](model, model_name)
         with method.adapted(shown, key=index) as adapted:
             maps[f"{name}: {predicted_class(adapted)}"] = cam.heat_maps(adapted, shown[None])[0]
 fig = plots.heat_map_row(shown, maps, title=f"{corrupted_name}, label '{test_set.class_names[shown_label]}': Grad-CAM of each model's predicted class")
@@ -192,7 +186,7 @@ if cases:
 assert all(0 <= r["accuracy"] <= 1 and r["n"] == len(base) for r in results)
 assert set(table["method"]) == set(methods)
 seconds = round(time.time() - start, 1)
-note = (f"{describe(model_name)}; data: {test_set.description}; masks: {provider.description}. "
+note = (f"{describe(model_name)}; data: {test_set.description}; masks: {plus.masks.description}. "
         f"{len(tasks)} tasks of {len(base)} images in {seconds} s.")
 summary = {
     "Source, MEMO and MEMO_PLUS (mean over the tasks)": means.reset_index().round(4).to_dict("records"),
