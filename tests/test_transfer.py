@@ -2,6 +2,7 @@ import copy
 import json
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -90,18 +91,20 @@ def test_cut_keeps_pretrained_layers_and_renews_or_removes_the_rest():
         new_layers(TINY, 1, "replace")
 
 
-def _tiny_problem(repeats=3, n=10, steps=4, batch=4):
+def _tiny_problem(repeats=3, n=10, steps=4, batch=4, channels=1):
     torch.manual_seed(0)
-    x, y = torch.randn(40, 1, 12, 12), torch.randint(0, 3, (40,))
+    x, y = torch.randn(40, channels, 12, 12), torch.randint(0, 3, (40,))
     indices = torch.stack([torch.randperm(40)[:n] for _ in range(repeats)])
     schedules = torch.stack([batch_schedule(n, batch, steps, torch.Generator().manual_seed(r))
                              for r in range(repeats)])
     return x, y, indices, schedules
 
 
-@pytest.mark.parametrize("frozen_prefix", [False, True])
-def test_repeats_trained_together_equal_training_them_one_by_one(frozen_prefix):
-    x, y, indices, schedules = _tiny_problem()
+@pytest.mark.parametrize("frozen_prefix, channels", [(False, 1), (False, 3), (True, 1)])
+def test_repeats_trained_together_equal_training_them_one_by_one(frozen_prefix, channels):
+    """Grey images take the stack's depthwise first layer, colour ones the grouped one."""
+    x, y, indices, schedules = _tiny_problem(channels=channels)
+    config = replace(TINY, in_channels=channels)
     if frozen_prefix:  # the dense part alone on a frozen prefix's features (N x F inputs)
         torch.manual_seed(5)
         x = build_cnn(TINY)[:2](x).flatten(1).detach()
@@ -110,7 +113,7 @@ def test_repeats_trained_together_equal_training_them_one_by_one(frozen_prefix):
         modules = []
         for seed in range(3):
             torch.manual_seed(seed)
-            modules.append(build_cnn(TINY))
+            modules.append(build_cnn(config))
     alone = [copy.deepcopy(m) for m in modules]
     for r, module in enumerate(alone):
         train_one(module, x, y, indices[r], schedules[r], lr=1e-3)

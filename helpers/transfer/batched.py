@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import stack_module_state
 
+from helpers.allocator import keep_freed_memory
+
 
 def batch_schedule(n: int, batch_size: int, steps: int, generator: torch.Generator):
     """Positions (steps x B) into a training set of ``n`` items: consecutive random
@@ -45,6 +47,16 @@ def train_one(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
         loss.backward()
         optimizer.step()
     return module.eval()
+
+
+def _repeat_channels(x: torch.Tensor, times: int) -> torch.Tensor:
+    """Channels-last N x C x H x W -> N x C*times x H x W, each channel ``times`` times in a
+    row: a grouped convolution with one input channel per group then runs as a depthwise one,
+    for which oneDNN has fast kernels (1.5x faster forward and backward than the grouped
+    kernel on the study's first layer)."""
+    n, c, h, w = x.shape
+    nhwc = x.permute(0, 2, 3, 1).unsqueeze(-1).expand(n, h, w, c, times)
+    return nhwc.reshape(n, h, w, c * times).permute(0, 3, 1, 2)
 
 
 class Stack:
@@ -74,8 +86,12 @@ class Stack:
 
     def _conv(self, name, conv: nn.Conv2d, x):
         weight, bias = self._weights(name)
+        groups = conv.groups * self.size
+        if conv.in_channels == conv.groups:  # one input channel per group (a grey image)
+            x = _repeat_channels(x, conv.out_channels // conv.groups)
+            groups = conv.out_channels * self.size
         return F.conv2d(x, weight.flatten(0, 1), None if bias is None else bias.flatten(),
-                        conv.stride, conv.padding, conv.dilation, conv.groups * self.size)
+                        conv.stride, conv.padding, conv.dilation, groups)
 
     def _linear(self, name, x):
         weight, bias = self._weights(name)
@@ -100,6 +116,8 @@ class Stack:
                 x = x.flatten(2)
             elif isinstance(layer, nn.Linear):
                 x = self._linear(name, x)
+            elif isinstance(layer, nn.ReLU):
+                x = torch.relu_(x)  # on a fresh output no backward needs (autograd checks)
             else:
                 x = layer(x)
         return x
@@ -120,6 +138,7 @@ def train_together(modules: list[nn.Module], inputs: torch.Tensor, labels: torch
     ``indices``: R x n (each model's training set, rows of ``inputs``); ``schedules``:
     R x steps x B positions into it (``batch_schedule``).
     """
+    keep_freed_memory()
     stack = Stack(modules)
     optimizer = torch.optim.Adam(stack.params.values(), lr=lr)
     schedules = schedules.to(indices.device)
