@@ -5,7 +5,8 @@ Markdown summary across notebooks to ``results/<profile>/SUMMARY.md``. A failing
 does not stop the others; ``--resume`` skips notebooks whose results exist for the same
 parameters. ``--jobs N`` runs N notebooks at once, each kernel with its share of the CPU
 threads: the small models of the offline profile run as fast on one thread as on two, so
-two notebooks side by side take about half the time of one after the other.
+two notebooks side by side take about half the time of one after the other; the longest
+start first (``longest_first``).
 """
 
 from __future__ import annotations
@@ -99,6 +100,18 @@ def _recorded(file: Path) -> dict:
         return {}
 
 
+def longest_first(todo: list, profile_name: str, minutes: dict) -> list:
+    """The notebooks to run, those expected to take longest first (the last run's seconds on
+    this machine, else the profile's ``minutes`` estimate, else name order last), so that
+    parallel jobs end together instead of one long notebook starting last."""
+    def expected(job):
+        nb = job[0]
+        return _recorded(record_file(profile_name, nb)).get("seconds") or \
+            60 * minutes.get(nb.stem, 0)
+
+    return sorted(todo, key=expected, reverse=True)
+
+
 def is_done(params: dict, record: Path) -> bool:
     """True when the notebook's results file exists and the runner's record of its last
     successful run holds the same injected parameters. The runner keeps this record itself,
@@ -186,6 +199,8 @@ def run(profile_name: str, resume: bool = False, only: list[str] | None = None,
             tqdm.write(f"skip {nb.name}: results exist for these parameters")
         else:
             todo.append((nb, params))
+    if jobs > 1:
+        todo = longest_first(todo, profile_name, profile.get("minutes") or {})
     share_threads(jobs)
     failures, seconds = {}, {}
     bar = tqdm(total=len(todo), desc=f"profile {profile_name}", unit="notebook")

@@ -182,6 +182,21 @@ def test_run_in_parallel_shares_the_cores_and_reports_times(repo, monkeypatch, c
     assert "**Failed**: PapermillExecutionError" in summary
 
 
+def test_parallel_runs_start_the_longest_notebooks_first(repo):
+    todo = [(nb, {}) for nb in notebooks(repo)]
+
+    def order(minutes):
+        return [nb.stem for nb, _ in batch.longest_first(todo, "smoke", minutes)]
+
+    assert order({}) == ["01_broken", "02_good"]  # no estimate: name order
+    assert order({"02_good": 3}) == ["02_good", "01_broken"]
+    record = batch.record_file("smoke", todo[0][0])  # this machine's last run outranks it
+    record.parent.mkdir(parents=True)
+    batch._record(record, {}, 400.0)
+    assert order({"02_good": 3}) == ["01_broken", "02_good"]
+    assert order({"02_good": 7}) == ["02_good", "01_broken"]
+
+
 # ---------------------------------------------------------------- markdown
 
 
