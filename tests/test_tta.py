@@ -201,6 +201,17 @@ def test_evaluate_is_bit_for_bit_reproducible(tiny_cnn, images):
     assert other_seed["confidences"] != first["confidences"]
 
 
+def test_batch_moments_match_var_mean_also_far_from_zero():
+    from helpers.tta.norm import batch_moments
+    torch.manual_seed(0)
+    for offset in (0.0, 1e3):  # a one-pass E[x^2] - E[x]^2 would lose the variance here
+        x = torch.randn(4, 3, 5, 6) * torch.tensor([0.01, 1.0, 5.0]).view(1, 3, 1, 1) + offset
+        mean, var = batch_moments(x)
+        ref_var, ref_mean = torch.var_mean(x.double(), [0, 2, 3], correction=0)
+        assert torch.allclose(mean.double(), ref_mean, rtol=1e-6)
+        assert torch.allclose(var.double(), ref_var, rtol=1e-3)
+
+
 def test_batchnorm_prior_interpolates_between_source_and_batch_statistics(tiny_cnn, images):
     import copy
 

@@ -83,6 +83,16 @@ class Tent(Episodic):
         return {**super().config(), "episodic": self.episodic, "steps": self.steps}
 
 
+def batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of N x C x ... over all but the channels, in
+    two passes (mean, then mean squared deviation: as stable as ``torch.var_mean``, whose
+    one-pass reduction over these dimensions is 10-15x slower on a CPU thread and was a
+    quarter of MEMO's time on EfficientNet-Lite0)."""
+    dims = [0, *range(2, x.dim())]
+    mean = x.mean(dims, keepdim=True)
+    return mean.flatten(), (x - mean).square_().mean(dims)
+
+
 class BatchNormPrior:
     """Within ``with``: every batch-norm layer normalises with a mix of its source
     statistics and those of the current input, weighted ``prior : 1`` (MEMO's single-point
@@ -98,7 +108,7 @@ class BatchNormPrior:
 
     def _forward(self, layer, x):
         with torch.no_grad():
-            var, mean = torch.var_mean(x, [0] + list(range(2, x.dim())), correction=0)
+            mean, var = batch_moments(x)
             mean = self.weight * layer.running_mean + (1 - self.weight) * mean
             var = self.weight * layer.running_var + (1 - self.weight) * var
         return F.batch_norm(x, mean, var, layer.weight, layer.bias, False, 0.0, layer.eps)
