@@ -1,8 +1,9 @@
 """Run every notebook on a profile with papermill: ``python -m helpers.batch --profile offline``.
 
 Executed notebooks go to ``runs/<profile>/``, results to ``results/<profile>/``, and a
-Markdown summary across notebooks to ``results/<profile>/SUMMARY.md``. A failing notebook
-does not stop the others; ``--resume`` skips notebooks whose results exist for the same
+Markdown summary across the profile's notebooks (also those ``--only`` leaves out, from their
+earlier results) to ``results/<profile>/SUMMARY.md``. A failing notebook does not stop the
+others; ``--resume`` skips notebooks whose results exist for the same
 parameters. ``--jobs N`` runs N notebooks at once, each kernel with its share of the CPU
 threads: the small models of the offline profile run as fast on one thread as on two, so
 two notebooks side by side take about half the time of one after the other; the longest
@@ -137,31 +138,45 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def summary(profile_name: str, jobs, failures: dict, seconds: dict | None = None) -> str:
-    """One section per notebook: its title, its run time, what made the numbers, its summary
-    tables."""
+def summary(profile_name: str, jobs, failures: dict, seconds: dict | None = None,
+            selected=None) -> str:
+    """One section per notebook of the whole profile, so that a run of a few (``--only``)
+    does not hide the others: its title, its run time, what made the numbers, its summary
+    tables. ``selected`` are the notebooks chosen this time (default: all); the others show
+    the results of their earlier run, or one line when they have never run."""
     parts = [f"# Summary of the `{profile_name}` profile", ""]
     seconds = seconds or {}
+    selected = {nb for nb, _ in jobs} if selected is None else set(selected)
     for nb, params in jobs:
         parts.append(f"## {nb.stem}")
-        if nb in seconds:
-            parts += [f"_Ran in {seconds[nb]:.0f} s._", ""]
-        elif "seconds" in _recorded(record_file(profile_name, nb)):
-            earlier = _recorded(record_file(profile_name, nb))["seconds"]
-            parts += [f"_Ran in {earlier:.0f} s (an earlier run, resumed)._", ""]
-        if nb in failures:
-            parts += [f"**Failed**: {failures[nb]}", ""]
-            continue
-        file = Path(params["results_path"])
-        if not file.exists():
-            parts += ["_(no results file)_", ""]
-            continue
-        results = json.loads(file.read_text())
-        if results.get("note"):
-            parts += [results["note"], ""]
-        for title, rows in (results.get("summary") or {}).items():
-            parts += [f"### {title}", "", markdown_table(rows), ""]
+        parts += _section(profile_name, nb, Path(params["results_path"]), failures,
+                          seconds, nb in selected)
     return "\n".join(parts)
+
+
+def _section(profile_name: str, nb: Path, file: Path, failures: dict, seconds: dict,
+             selected: bool) -> list[str]:
+    """A notebook's run time, then its failure or its results; one line if it never ran."""
+    earlier = _recorded(record_file(profile_name, nb)).get("seconds")
+    lines = []
+    if nb in seconds:
+        lines += [f"_Ran in {seconds[nb]:.0f} s._", ""]
+    elif earlier is not None:
+        how = "resumed" if selected else "left out by --only"
+        lines += [f"_Ran in {earlier:.0f} s (an earlier run, {how})._", ""]
+    elif nb not in failures and not file.exists():
+        return [f"_Not run yet: `python -m helpers.batch --profile {profile_name} "
+                f"--only {nb.stem}`._", ""]
+    if nb in failures:
+        return lines + [f"**Failed**: {failures[nb]}", ""]
+    if not file.exists():
+        return lines + ["_(no results file)_", ""]
+    results = json.loads(file.read_text())
+    if results.get("note"):
+        lines += [results["note"], ""]
+    for title, rows in (results.get("summary") or {}).items():
+        lines += [f"### {title}", "", markdown_table(rows), ""]
+    return lines
 
 
 def execute(nb: Path, params: dict, executed: Path, kernel: str) -> float:
@@ -181,6 +196,20 @@ def share_threads(jobs: int) -> None:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
 
 
+def select(planned: list, only: list[str] | None) -> list:
+    """The planned notebooks whose names start with one of the ``--only`` prefixes (all
+    without prefixes). A prefix that matches nothing is a typo, not an empty run: an error
+    that lists the notebooks, raised before anything runs."""
+    if not only:
+        return planned
+    names = [nb.stem for nb, _ in planned]
+    unmatched = [o for o in only if not any(name.startswith(o) for name in names)]
+    if unmatched:
+        raise SystemExit(f"--only {' '.join(unmatched)} matches no notebook; give a prefix of "
+                         f"one of: {', '.join(names)}.")
+    return [(nb, p) for nb, p in planned if any(nb.stem.startswith(o) for o in only)]
+
+
 def run(profile_name: str, resume: bool = False, only: list[str] | None = None,
         kernel: str = "python3", jobs: int | None = None) -> int:
     """Run the profile's notebooks, ``jobs`` at a time (default: the profile's ``jobs``,
@@ -188,13 +217,12 @@ def run(profile_name: str, resume: bool = False, only: list[str] | None = None,
     profile = load_profile(profile_name)
     # The whole profile is checked (it may name notebooks --only leaves out), then filtered.
     planned = plan(profile_name, sorted(paths.NOTEBOOKS.glob("[0-9]*.ipynb")))
-    if only:
-        planned = [(nb, p) for nb, p in planned if any(nb.stem.startswith(o) for o in only)]
+    selected = select(planned, only)
     jobs = max(1, jobs or profile.get("jobs") or 1)
     out_dir = paths.RUNS / profile_name
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = []
-    for nb, params in planned:
+    for nb, params in selected:
         if resume and is_done(params, record_file(profile_name, nb)):
             tqdm.write(f"skip {nb.name}: results exist for these parameters")
         else:
@@ -221,7 +249,8 @@ def run(profile_name: str, resume: bool = False, only: list[str] | None = None,
                 tqdm.write(f"FAIL {nb.name}: {failures[nb]}")
             bar.update()
     bar.close()
-    text = summary(profile_name, planned, failures, seconds)
+    text = summary(profile_name, planned, failures, seconds,
+                   [nb for nb, _ in selected])
     summary_file = paths.RESULTS / profile_name / "SUMMARY.md"
     summary_file.parent.mkdir(parents=True, exist_ok=True)
     summary_file.write_text(text)

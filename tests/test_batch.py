@@ -145,16 +145,44 @@ def test_run_executes_all_reports_failures_and_resumes(repo, capsys):
     assert "skip 02_good.ipynb" in capsys.readouterr().out
     summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
     assert "## 02_good\n_Ran in " in summary and "(an earlier run, resumed)" in summary
+    assert NOT_RUN_01 in summary  # its failure left no results
     # a changed parameter: run again, and the summary follows
     write_profile(repo, "smoke", {"defaults": {"x": 3}})
     assert batch.run("smoke", resume=True, only=["02"]) == 0
     assert counter(repo) == 2
     summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
-    assert "| a |\n|---|\n| 3 |" in summary and "01_broken" not in summary
+    assert "| a |\n|---|\n| 3 |" in summary and NOT_RUN_01 in summary
     # --only with a profile that names a notebook left out: that notebook is not an error
     write_profile(repo, "smoke", {"defaults": {"x": 4}, "notebooks": {"01_broken": {}}})
     assert batch.run("smoke", resume=True, only=["02"]) == 0
     assert counter(repo) == 3
+
+
+NOT_RUN_01 = ("## 01_broken\n"
+              "_Not run yet: `python -m helpers.batch --profile smoke --only 01_broken`._\n\n")
+
+
+def test_run_of_a_few_notebooks_keeps_the_whole_profile_in_the_summary(repo):
+    """The summary of ``--only 01`` still shows 02 from its earlier results (it used to hold
+    only the notebooks of the last run, overwriting the rest)."""
+    assert batch.run("smoke", only=["02"]) == 0
+    summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
+    assert summary.startswith("# Summary of the `smoke` profile\n\n" + NOT_RUN_01 + "## 02_good\n")
+    assert batch.run("smoke", only=["01"]) == 1
+    summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
+    assert summary.split("## 01_broken\n")[1].startswith("**Failed**: PapermillExecutionError")
+    earlier = json.loads((repo["runs"] / "smoke" / "02_good.done.json").read_text())["seconds"]
+    assert summary.split("## 02_good\n")[1] == (
+        f"_Ran in {earlier:.0f} s (an earlier run, left out by --only)._\n\n"
+        "### table\n\n| a |\n|---|\n| 2 |\n")
+
+
+def test_only_prefix_matching_no_notebook_is_an_error_before_anything_runs(repo):
+    with pytest.raises(SystemExit) as error:
+        batch.main(["--profile", "smoke", "--only", "02", "07"])
+    assert str(error.value) == ("--only 07 matches no notebook; give a prefix of one of: "
+                                "01_broken, 02_good.")
+    assert not repo["runs"].exists() and not repo["results"].exists() and counter(repo) == 0
 
 
 def test_run_survives_an_exception_without_message(repo, monkeypatch, capsys):
