@@ -123,7 +123,8 @@ def is_done(params: dict, record: Path) -> bool:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """A list of records as a Markdown table (floats to 3 decimals)."""
+    """A list of records as a Markdown table (floats to 3 decimals; "n/a" where a record has
+    no value, e.g. a method that does not apply to a model, so no cell looks forgotten)."""
     if not rows:
         return "_(no rows)_"
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -131,7 +132,7 @@ def markdown_table(rows: list[dict]) -> str:
     def cell(v):
         if isinstance(v, float):
             return f"{v:.3f}"
-        return "" if v is None else str(v)
+        return "n/a" if v is None else str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]

@@ -71,6 +71,13 @@ def confidence_histograms(results: list[dict], bins: int = 15, title: str = "", 
     grid = sns.displot(df, x="confidence", hue="outcome", col="method", row="model", bins=bins,
                        binrange=(0, 1), height=2.2, aspect=1.2, col_order=order,
                        hue_order=["correct", "wrong"], facet_kws={"sharey": False})
+    ran = set(zip(df["model"], df["method"]))
+    for (model, method), ax in grid.axes_dict.items():
+        if (model, method) not in ran:  # e.g. NormAdapt on a model without batch norm
+            ax.cla()
+            ax.set_axis_off()
+            ax.set_title(f"model = {model} | method = {method}", fontsize=8)
+            ax.text(0.5, 0.5, "does not apply", ha="center", va="center", color="grey")
     if title:
         grid.figure.suptitle(textwrap.fill(title, 140), fontsize=9)
     grid.figure.tight_layout()

@@ -233,6 +233,6 @@ def test_markdown_table_exact():
     assert batch.markdown_table(rows) == (
         "| method | acc | n | note |\n"
         "|---|---|---|---|\n"
-        "| memo | 0.812 | 3 |  |\n"
-        "| tent |  |  |  |")
+        "| memo | 0.812 | 3 | n/a |\n"
+        "| tent | n/a | n/a | n/a |")
     assert batch.markdown_table([]) == "_(no rows)_"

@@ -125,7 +125,7 @@ title = f"{note} Data: {test_set.description}."
 fig = plots.accuracy_per_corruption(results, title=title, methods=methods)
 plots.save(fig, figures_dir, "01_memo_accuracy_per_corruption")
 fig = plots.confidence_histograms(results, methods=methods,
-                                  title="Confidence of correct and wrong predictions")
+                                  title=f"Confidence of correct and wrong predictions. {title}")
 plots.save(fig, figures_dir, "01_memo_confidence")"""),
     md("""## Reading the results
 
