@@ -88,8 +88,14 @@ def test_heat_maps_of_a_clip_vit_zero_shot_classifier():
 
 
 def test_efficientnet_target_is_the_head_norm_and_unknown_method_is_refused(tiny_cnn):
+    from helpers.models import efficientnet_lite0
+    net = efficientnet_lite0(device="cpu")
+    layer, reshape = cam.target_layer(net)
+    assert layer is net.backbone._bn1 and reshape is None  # before pooling, 7x7 for 224 px
+    maps = cam.heat_maps(net, torch.rand(1, 3, 64, 64), classes=[281])
+    assert maps.shape == (1, 64, 64) and maps.max() > 0
     layer, _ = cam.target_layer(tiny_cnn)
-    assert layer is tiny_cnn.backbone.features[-2]  # the last batch norm
+    assert layer is tiny_cnn.backbone.features[-2]  # any other CNN: the last batch norm
     with pytest.raises(ValueError, match="valid: \\['eigencam', 'gradcam'"):
         cam.heat_maps(tiny_cnn, torch.rand(1, 3, 8, 8), method="gradcam3")
     with pytest.raises(ValueError, match="N x C x H x W"):

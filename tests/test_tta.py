@@ -60,6 +60,10 @@ def test_entropy_per_row():
 def test_memo_restores_every_tensor_bit_for_bit(tiny_cnn, images, optimizer, params):
     source = state(tiny_cnn)
     memo = Memo(tiny_cnn, n_views=8, steps=2, optimizer=optimizer, lr=0.5, params=params)
+    with memo.adapted(images[0]) as adapted:  # the restore below undoes a real change
+        changed = [k for k, v in adapted.state_dict().items() if not torch.equal(v, source[k])]
+    assert changed and all(k.endswith(("weight", "bias")) for k in changed)
+    assert_same_state(tiny_cnn, source)
     for i in range(3):
         memo(images[2 * i:2 * i + 2])
         assert_same_state(tiny_cnn, source)
