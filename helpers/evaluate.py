@@ -148,7 +148,9 @@ class ResultStore:
     """Finished cells of an experiment grid, rewritten atomically after each one, so that
     an interrupted notebook resumes where it stopped. The store is kept for the same
     ``parameters`` (data, seed); a cell is kept for the same ``settings`` (its method's
-    options for its model), so changing one method's options recomputes only its cells."""
+    options for its model), so changing one method's options recomputes only its cells.
+    Each cell keeps its per-sample predictions, labels and confidences and the ``run_info``
+    (versions, device, seed) of the run that computed it, which may be an earlier one."""
 
     def __init__(self, path, parameters: dict):
         self.path, self.parameters = Path(path), _plain(parameters)
@@ -162,7 +164,8 @@ class ResultStore:
         name, settings = " / ".join(map(str, key)), _plain(settings)
         cell = self.cells.get(name)
         if cell is None or cell.get("settings") != settings:
-            self.cells[name] = {**compute(), "settings": settings}
+            self.cells[name] = {**compute(), "settings": settings,
+                                "run": run_info(self.parameters.get("seed"))}
             write_json(self.path, {"parameters": self.parameters, "cells": self.cells})
         return self.cells[name]
 

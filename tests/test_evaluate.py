@@ -48,11 +48,12 @@ def test_result_store_resumes_only_for_the_same_parameters(tmp_path):
         return {"accuracy": 0.5}
 
     path = tmp_path / "cells.json"
-    ResultStore(path, {"n": 10}).run(("m", "d", "memo"), compute, {"lr": 0.1})
-    again = ResultStore(path, {"n": 10}).run(("m", "d", "memo"), compute, {"lr": 0.1})
-    assert again == {"accuracy": 0.5, "settings": {"lr": 0.1}}
+    first = ResultStore(path, {"n": 10, "seed": 3}).run(("m", "d", "memo"), compute, {"lr": 0.1})
+    again = ResultStore(path, {"n": 10, "seed": 3}).run(("m", "d", "memo"), compute, {"lr": 0.1})
+    assert again == first and again["accuracy"] == 0.5 and again["settings"] == {"lr": 0.1}
+    assert again["run"]["seed"] == 3 and again["run"]["torch"] == torch.__version__
     assert len(calls) == 1  # resumed from the file
-    ResultStore(path, {"n": 10}).run(("m", "d", "memo"), compute, {"lr": 0.2})
+    ResultStore(path, {"n": 10, "seed": 3}).run(("m", "d", "memo"), compute, {"lr": 0.2})
     assert len(calls) == 2  # other settings for this cell: recomputed
     ResultStore(path, {"n": 20}).run(("m", "d", "memo"), compute, {"lr": 0.2})
     assert len(calls) == 3  # other parameters: everything recomputed
