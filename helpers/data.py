@@ -113,10 +113,16 @@ def _resize_crop(image: Image.Image, size: int) -> torch.Tensor:
 
 
 def _readable(path: Path) -> bool:
-    """Cheap check (header and structure, no full decode) used while indexing folders."""
+    """Whether the file decodes to the end, checked while indexing folders. ``verify()`` alone
+    checks structure (and PNG checksums) but passes a truncated JPEG, which would then fail
+    mid-run in ``__getitem__``; so the file is reopened (verify leaves it unusable) and loaded,
+    in JPEG draft mode (1/8 scale), which still reads every byte at a fraction of the cost."""
     try:
         with Image.open(path) as image:
             image.verify()
+        with Image.open(path) as image:
+            image.draft(image.mode, (1, 1))
+            image.load()
         return True
     except Exception:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ...)
         return False
@@ -305,8 +311,11 @@ def imagenet_v2(root=None, size: int = 224, variant: str = "matched-frequency",
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Parse a gzip IDX file (the MNIST format): 2 zero bytes, type 0x08 (uint8), ndim, sizes."""
-    data = gzip.decompress(path.read_bytes())
+    """Parse an IDX file (the MNIST format), gzipped as published or unpacked as torchvision
+    leaves it: 2 zero bytes, type 0x08 (uint8), ndim, big-endian sizes, then the bytes."""
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":  # gzip's magic number
+        data = gzip.decompress(data)
     if data[:3] != b"\x00\x00\x08":
         raise ValueError(f"{path} is not a uint8 IDX file")
     ndim = data[3]
@@ -314,36 +323,69 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _fashion_mnist_dir(root, download: bool, files: list[str]) -> Path:
-    """First folder holding ``files``: ``root``, else paths.DATA/fashion-mnist, else Debian's."""
-    candidates = ([Path(root)] if root
-                  else [paths.DATA / "fashion-mnist", paths.DEBIAN_FASHION_MNIST])
-    for folder in candidates:
-        if all((folder / file).is_file() for file in files):
-            return folder
-    if download:
-        from torchvision.datasets import FashionMNIST
+def _idx_names(split: str) -> list[str]:
+    """The images and labels files of a split, named as in MNIST and FashionMNIST."""
+    prefix = "train" if _check_split(split) else "t10k"
+    return [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+
+
+def _idx_path(folder: Path, name: str) -> Path | None:
+    """``folder/name``, gzipped or not; None if absent."""
+    return next((p for p in (folder / f"{name}.gz", folder / name) if p.is_file()), None)
+
+
+def _idx_arrays(cls, candidates: list[Path], split: str, download: bool):
+    """(images, labels, folder) of a split from the first of ``candidates`` that holds it, or
+    None. If none does and ``download`` is set, torchvision's ``cls`` (MNIST, FashionMNIST,
+    which know their mirrors and checksums) tells what to fetch into the first candidate."""
+    names = _idx_names(split)
+    folder = next((f for f in candidates if all(_idx_path(f, n) for n in names)), None)
+    if folder is None and download:
         from torchvision.datasets.utils import download_url
-        for filename, md5 in FashionMNIST.resources:
-            download_url(FashionMNIST.mirrors[0] + filename, str(candidates[0]), filename, md5)
-        return candidates[0]
-    raise _not_found(
-        f"FashionMNIST {files[0]}", candidates[0],
-        f"Install it with `apt-get install -y dataset-fashion-mnist` (files in "
-        f"{paths.DEBIAN_FASHION_MNIST}), or call with download=True, or put the four "
-        "*-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist there.")
+        for filename, md5 in cls.resources:
+            download_url(cls.mirrors[0] + filename, str(candidates[0]), filename, md5)
+        folder = candidates[0]
+    if folder is None:
+        return None
+    images, labels = (_read_idx(_idx_path(folder, n)) for n in names)
+    return images, labels, folder
 
 
 def fashion_mnist(split: str = "test", root=None, download: bool = False) -> ImageTensorDataset:
-    """FashionMNIST 28x28 (Zalando), read from the original gzip IDX files with numpy."""
-    prefix = "train" if _check_split(split) else "t10k"
-    files = [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"]
-    folder = _fashion_mnist_dir(root, download, files)
-    images, labels = (_read_idx(folder / file) for file in files)
+    """FashionMNIST 28x28 (Zalando) from the original IDX files, read with numpy: in ``root``,
+    else paths.DATA/fashion-mnist, else where Debian's dataset-fashion-mnist puts them."""
+    from torchvision.datasets import FashionMNIST
+    candidates = ([Path(root)] if root
+                  else [paths.DATA / "fashion-mnist", paths.DEBIAN_FASHION_MNIST])
+    found = _idx_arrays(FashionMNIST, candidates, split, download)
+    if found is None:
+        raise _not_found(
+            f"FashionMNIST {_idx_names(split)[0]}.gz", candidates[0],
+            f"Install it with `apt-get install -y dataset-fashion-mnist` (files in "
+            f"{paths.DEBIAN_FASHION_MNIST}), or call with download=True, or put the four "
+            "*-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist there.")
+    images, labels, folder = found
     source = ("Debian package dataset-fashion-mnist" if folder == paths.DEBIAN_FASHION_MNIST
               else str(folder))
     return ImageTensorDataset(images, labels, FASHION_MNIST_CLASSES, f"fashion-mnist-{split}",
                               f"FashionMNIST {split} set ({source}), {len(labels):,} images")
+
+
+def mnist_full(split: str = "test", root=None, download: bool = False) -> ImageTensorDataset:
+    """The full MNIST, 60,000 train / 10,000 test digits 28x28, in torchvision's layout
+    ``root/MNIST/raw/`` (so a copy downloaded by torchvision.datasets.MNIST is found as is).
+    Same class names and pixels as :func:`mnist_digits`, its 5,000-digit offline stand-in."""
+    from torchvision.datasets import MNIST
+    folder = Path(root or paths.DATA) / "MNIST" / "raw"
+    found = _idx_arrays(MNIST, [folder], split, download)
+    if found is None:
+        raise _not_found(
+            f"MNIST {split} set ({_idx_names(split)[0]})", folder,
+            f"Call with download=True, or put the four *-ubyte.gz files from "
+            f"{MNIST.mirrors[0]} there (gzipped or unpacked).")
+    images, labels, _ = found
+    return ImageTensorDataset(images, labels, DIGIT_CLASSES, f"mnist-{split}",
+                              f"MNIST {split} set ({folder}), {len(labels):,} images")
 
 
 def mnist_digits() -> ImageTensorDataset:
@@ -397,7 +439,7 @@ def sample_photos(size: int = 224) -> ImageTensorDataset:
 
 DATASETS = {"cifar10": cifar10, "cifar100": cifar100, "imagenet-a": imagenet_a,
             "imagenet-v2": imagenet_v2, "fashion-mnist": fashion_mnist, "mnist": mnist_digits,
-            "digits": sklearn_digits, "photos": sample_photos}
+            "mnist-full": mnist_full, "digits": sklearn_digits, "photos": sample_photos}
 
 
 def load_dataset(name: str, split: str = "test", root=None, download: bool = False, **kw):

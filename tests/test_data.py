@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,9 +57,13 @@ def test_fashion_mnist_from_debian_package():
     assert images.max() == 1 and labels.tolist() == ds.labels[[0, 5, 9]].tolist()
 
 
-def _write_idx(path, array):
+def _write_idx(path, array, compress=True):
+    """A real IDX file: magic 0 0 8 (uint8) ndim, big-endian sizes, the bytes; gzipped as
+    published, or unpacked as torchvision leaves it."""
     header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+    content = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(content) if compress else content)
 
 
 def test_fashion_mnist_reads_idx_files_from_root(tmp_path):
@@ -70,6 +75,79 @@ def test_fashion_mnist_reads_idx_files_from_root(tmp_path):
     assert torch.equal(ds.images[:, 1], torch.tensor(images, dtype=torch.uint8))
     with pytest.raises(data.DatasetNotFoundError, match="train-images"):
         data.fashion_mnist("train", root=tmp_path)
+
+
+def _write_tiny_mnist(root):
+    """Both splits in torchvision's layout (root/MNIST/raw/, unpacked); returns them."""
+    rng = np.random.default_rng(0)
+    splits = {"train": (rng.integers(0, 256, (5, 28, 28)), np.array([7, 3, 0, 9, 3])),
+              "t10k": (rng.integers(0, 256, (2, 28, 28)), np.array([1, 7]))}
+    for prefix, (images, labels) in splits.items():
+        _write_idx(root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", images, compress=False)
+        _write_idx(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", labels, compress=False)
+    return splits
+
+
+def test_full_mnist_reads_torchvision_raw_layout(tmp_path):
+    from torchvision.datasets import MNIST
+
+    splits = _write_tiny_mnist(tmp_path)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        ds = data.load_dataset("mnist-full", split, root=tmp_path)
+        images, labels = splits[prefix]
+        assert isinstance(ds, data.ImageTensorDataset) and ds.name == f"mnist-{split}"
+        assert ds.labels.tolist() == labels.tolist()
+        assert ds.images.shape == (len(labels), 3, 28, 28)
+        assert torch.equal(ds.images[:, 2], torch.tensor(images, dtype=torch.uint8))
+        assert ds.class_names == data.mnist_digits().class_names == data.DIGIT_CLASSES
+        assert str(tmp_path / "MNIST" / "raw") in ds.description
+        # torchvision reads the same files the same way: the test files are its real layout.
+        reference = MNIST(str(tmp_path), train=split == "train")
+        assert torch.equal(ds.images[:, 0], reference.data)
+        assert torch.equal(ds.labels, reference.targets)
+
+
+def test_full_mnist_feeds_the_transfer_study_with_its_own_split(tmp_path):
+    from helpers.transfer import CnnConfig, task_data
+
+    splits = _write_tiny_mnist(tmp_path)
+    x, y = task_data("mnist-full", [7, 3], "train", CnnConfig(), root=tmp_path)
+    assert x.shape == (3, 1, 28, 28) and y.tolist() == [0, 1, 1]  # all of train's 7s and 3s
+    expected = torch.tensor(splits["train"][0][[0, 1, 4]], dtype=torch.float32) / 127.5 - 1
+    assert torch.allclose(x[:, 0], expected) and x.min() == -1 and x.max() == 1  # 0..255 -> ±1
+    x, y = task_data("mnist-full", [7, 3], "test", CnnConfig(), root=tmp_path)
+    assert y.tolist() == [0]  # the test file's one 7, not a share held out of train
+
+
+def test_full_mnist_download_fetches_torchvision_files_into_root(tmp_path, monkeypatch):
+    """Offline here: the download itself is replaced by writing the named gzip file."""
+    import torchvision.datasets.utils
+    from torchvision.datasets import MNIST
+
+    fetched = []
+
+    def fake_download(url, folder, filename, md5):
+        fetched.append(url)
+        labels = filename.startswith(("train-labels", "t10k-labels"))
+        _write_idx(Path(folder) / filename, np.zeros(4 if labels else (4, 28, 28), np.uint8))
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", fake_download)
+    ds = data.mnist_full("test", root=tmp_path, download=True)
+    assert len(ds) == 4 and fetched == [MNIST.mirrors[0] + f for f, _ in MNIST.resources]
+    data.mnist_full("train", root=tmp_path, download=True)  # present: not fetched again
+    assert len(fetched) == 4
+
+
+def test_missing_full_mnist_says_where_and_how(tmp_path):
+    from torchvision.datasets import MNIST
+
+    for root, folder in ((tmp_path, tmp_path / "MNIST" / "raw"),
+                         (None, paths.DATA / "MNIST" / "raw")):
+        with pytest.raises(data.DatasetNotFoundError) as error:
+            data.mnist_full("train", root=root)
+        message = str(error.value)
+        assert str(folder) in message and "train-images-idx3-ubyte" in message
+        assert "download=True" in message and MNIST.mirrors[0] in message
 
 
 def test_bundled_digit_sets():
@@ -118,10 +196,17 @@ def test_image_folder_skips_and_counts_corrupt_files(tmp_path):
     _save(root / "n01498041" / "b.png", 1, "PNG")
     _save(root / "n12267677" / "c.jpeg", 2, "JPEG")
     (root / "n12267677" / "broken.jpg").write_bytes(b"not an image at all")
+    _save(root / "n12267677" / "truncated.jpg", 3, "JPEG")
+    whole = (root / "n12267677" / "truncated.jpg").read_bytes()
+    (root / "n12267677" / "truncated.jpg").write_bytes(whole[:len(whole) // 2])
+    with Image.open(root / "n12267677" / "truncated.jpg") as image:
+        image.verify()  # passes: structure alone does not catch a truncated JPEG
     (root / "README.txt").write_text("ignored")
-    with pytest.warns(UserWarning, match="skipped 1"):
+    with pytest.warns(UserWarning, match="skipped 2"):
         ds = data.imagenet_a(root=tmp_path, size=32)
-    assert len(ds) == 3 and ds.skipped == 1 and "1 unreadable" in ds.description
+    assert len(ds) == 3 and ds.skipped == 2 and "2 unreadable" in ds.description
+    assert all(file.name not in ("broken.jpg", "truncated.jpg") for file in ds.files)
+    assert ds.batch(range(len(ds)))[0].shape == (3, 3, 32, 32)  # every indexed file decodes
     assert ds.labels.tolist() == [0, 0, 199]
     assert ds.class_names[0] == "stingray" and ds.class_names[199] == "acorn"
     assert ds.imagenet_indices[0] == 6 and ds.imagenet_indices[199] == 988
