@@ -8,6 +8,11 @@ of both and their ratio (target: together at least 3x faster for 8 repeats of th
 on 2 CPU cores), and checks that both give the same weights. Both are timed in turns, after a
 warm-up, each the fastest of ``--rounds``; both run with freed memory kept for reuse
 (``helpers.allocator``, which ``train_together`` sets), so the ratio is not the allocator's.
+
+Measured on 2 shared CPU cores (torch 2.14), 8 repeats, 30 steps, five runs: batch 64
+(n = 100 and 2,000) 2.7-3.3x (the spread is this machine's: one by one 1.05-1.5 s, together
+0.40-0.46 s); n = 20 3.7-4.1x; n = 5 4.6-6.3x; largest weight difference 1e-5. Before the
+allocator setting and the depthwise first layer, batch 64 was 1.4-2.0x.
 """
 
 from __future__ import annotations
