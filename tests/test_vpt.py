@@ -12,6 +12,7 @@ from helpers.vpt import (
     build_vit,
     expected_trainable,
     measure_step,
+    measure_steps,
     prompted_vit,
     train_step,
 )
@@ -198,3 +199,35 @@ def test_the_memory_meter_sees_a_larger_batch():
     assert small["peak_mb"] > 0 and small["seconds_per_step"] > 0
     assert large["peak_mb"] > small["peak_mb"]
     assert large["tokens"] == 1 + 10 + 64 and large["trainable"] == 2 * 10 * 64 + 64 * 10 + 10
+
+
+METER_BASE = dict(arch="vit_tiny_patch16_224", image_size=64, n_prompts=10, steps=1, threads=1,
+                  overrides=dict(patch_size=8, embed_dim=64, depth=2, num_heads=2))
+
+
+def test_configs_measured_in_one_process_read_as_each_in_a_fresh_one():
+    configs = [StepConfig(batch_size=64, mode="full", **{**METER_BASE, "n_prompts": 0}),
+               StepConfig(batch_size=1, **METER_BASE),
+               StepConfig(batch_size=64, attention="eager", **METER_BASE)]
+    together = measure_steps(configs)
+    for config, row in zip(configs, together):
+        alone = measure_step(config)
+        assert row["peak_mb"] == pytest.approx(alone["peak_mb"], rel=0.05, abs=0.5), config
+        assert (row["trainable"], row["tokens"]) == (alone["trainable"], alone["tokens"])
+
+
+def test_a_shared_backbone_keeps_no_gradients_between_configs():
+    from helpers.vpt.meter import measure_here
+
+    backbones, here = {}, {**METER_BASE, "threads": None}  # keep this process's threads
+    measure_here(StepConfig(batch_size=2, mode="full", **{**here, "n_prompts": 0}), backbones)
+    (backbone,) = backbones.values()
+    assert all(p.grad is None for p in backbone.parameters())
+    measure_here(StepConfig(batch_size=2, **here), backbones)
+    assert len(backbones) == 1 and all(p.grad is None for p in backbone.parameters())
+
+
+def test_a_failing_config_is_named_with_the_error():
+    with pytest.raises(RuntimeError, match="(?s)mode=.nope.*unknown mode 'nope'"):
+        measure_steps([StepConfig(batch_size=1, **METER_BASE),
+                       StepConfig(batch_size=1, mode="nope", **METER_BASE)])

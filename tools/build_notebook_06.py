@@ -101,7 +101,7 @@ del vit_b16, model
 print(pd.DataFrame(counts).to_string(index=False))"""),
     md("""## Part 1: peak memory and time of one training step
 
-Each configuration runs in a **fresh process** (on CPU): build the model, one warm-up step, then the timed steps; the peak is measured above the resident memory at rest, with glibc mapping each tensor on its own so that resident memory follows the live tensors (see `helpers.vpt.meter`). On CUDA: `torch.cuda.max_memory_allocated` above the allocated memory at rest. `0` prompts in VPT mode means nothing before the head trains, so no gradient flows through the backbone: the linear probe's step."""),
+The configurations run in a **fresh process** of their own (on CPU), one after another on one shared backbone (built once; its gradients are dropped after each configuration, and neither memory nor time depends on the weights): build the prompted model, one warm-up step, then the timed steps; the peak is measured above the resident memory at rest, with glibc mapping each tensor on its own so that resident memory follows the live tensors (see `helpers.vpt.meter`). On CUDA: `torch.cuda.max_memory_allocated` above the allocated memory at rest. `0` prompts in VPT mode means nothing before the head trains, so no gradient flows through the backbone: the linear probe's step."""),
     code("""base = StepConfig(mode=memory_mode, arch=memory_arch, overrides=memory_overrides,
                   image_size=memory_image_size, steps=timed_steps, device=device, threads=threads)
 per_batch = {int(b): counts for b, counts in prompt_counts_per_batch.items()}  # papermill passes keys as text

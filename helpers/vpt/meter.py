@@ -2,10 +2,13 @@
 
 On CUDA: ``torch.cuda.max_memory_allocated`` minus the allocated memory at rest. On CPU the
 process's peak resident memory cannot be trusted after other work in the same process (it
-only grows, and freed memory stays mapped), so each measurement runs in a fresh Python
-process: build the model, run a warm-up step (optimizer state, lazy kernels), release freed
-memory to the OS, read the resident memory at rest (VmRSS), reset the peak (Linux
-``/proc/self/clear_refs``, else a sampler thread) and read the peak over the timed steps.
+only grows, and freed memory stays mapped), so the measurements run in a fresh Python
+process of their own; for each configuration it builds the model, runs a warm-up step
+(optimizer state, lazy kernels), releases freed memory to the OS, reads the resident memory
+at rest (VmRSS), resets the peak (Linux ``/proc/self/clear_refs``, else a sampler thread)
+and reads the peak over the timed steps. Configurations of one backbone share it (built
+once, its gradients dropped after each): a random ViT-B/16 takes seconds to build, and
+neither memory nor time depends on the weights' values.
 
 That process starts with ``MALLOC_MMAP_THRESHOLD_=65536`` (``allocator="live"``): glibc then
 maps every allocation above 64 KB on its own and unmaps it when freed, so resident memory
@@ -24,6 +27,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -31,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .model import VIT_B16, prompted_vit, train_step
+from .model import VIT_B16, PromptedViT, build_vit, train_step
 
 MB = 2 ** 20
 LIVE_MEMORY_THRESHOLD = 64 * 1024  # bytes; see the module's docstring
@@ -105,13 +109,25 @@ def _release_freed_memory() -> None:
 
 # ---------------------------------------------------------------- the measurement
 
-def _build(config: StepConfig):
+def _backbone_key(config: StepConfig) -> str:
+    return json.dumps([config.arch, config.num_classes, config.weights_path,
+                       config.overrides, config.image_size, config.device], sort_keys=True)
+
+
+def _build(config: StepConfig, backbones: dict | None = None):
+    """Model, optimizer and one batch; the backbone comes from ``backbones`` (a cache keyed
+    by architecture, sizes, weights and device) when it holds one."""
+    backbones = {} if backbones is None else backbones
+    key = _backbone_key(config)
+    if key not in backbones:
+        torch.manual_seed(0)
+        backbones[key] = build_vit(config.arch, config.num_classes, config.weights_path,
+                                   **{**config.overrides, "img_size": config.image_size}
+                                   ).to(config.device)
     torch.manual_seed(0)
-    model = prompted_vit(config.mode, config.n_prompts, config.arch, config.num_classes,
-                         config.weights_path, attention=config.attention,
-                         checkpointing=config.checkpointing,
-                         **{**config.overrides, "img_size": config.image_size})
-    model = model.to(config.device).train()
+    n_prompts = config.n_prompts if config.mode.startswith("vpt") else 0
+    model = PromptedViT(backbones[key], config.mode, n_prompts, attention=config.attention,
+                        checkpointing=config.checkpointing).to(config.device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(config.batch_size, 3, config.image_size, config.image_size,
@@ -132,12 +148,13 @@ def _timed_steps(config, model, optimizer, images, labels) -> list[float]:
     return seconds
 
 
-def measure_here(config: StepConfig) -> dict:
+def measure_here(config: StepConfig, backbones: dict | None = None) -> dict:
     """Measure in this process: right on CUDA; on CPU only in a fresh process (see
-    :func:`measure_step`), since earlier work leaves memory mapped."""
+    :func:`measure_steps`), since earlier work leaves memory mapped. ``backbones``: a cache
+    shared by the configurations measured in turn (see :func:`_build`)."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    model, optimizer, images, labels = _build(config)
+    model, optimizer, images, labels = _build(config, backbones)
     cuda = config.device.startswith("cuda")
     train_step(model, optimizer, images, labels)  # warm-up: optimizer state, kernels
     optimizer.zero_grad(set_to_none=True)
@@ -151,38 +168,71 @@ def measure_here(config: StepConfig) -> dict:
         meter = _PeakRss()
     seconds = _timed_steps(config, model, optimizer, images, labels)
     peak = torch.cuda.max_memory_allocated() if cuda else meter.peak()
-    return {"peak_mb": (peak - rest) / MB, "rest_mb": rest / MB,
-            "seconds_per_step": statistics.median(seconds),
-            "trainable": model.trainable_parameters(), "tokens": model.tokens(config.image_size),
-            "weights": model.vit.weights, "threads": torch.get_num_threads()}
+    row = {"peak_mb": (peak - rest) / MB, "rest_mb": rest / MB,
+           "seconds_per_step": statistics.median(seconds),
+           "trainable": model.trainable_parameters(), "tokens": model.tokens(config.image_size),
+           "weights": model.vit.weights, "threads": torch.get_num_threads()}
+    for parameter in model.parameters():  # the shared backbone keeps none of this step's state
+        parameter.grad = None
+    return row
 
 
-def measure_step(config: StepConfig, allocator: str = "live") -> dict:
+def _measure_on_cuda(config: StepConfig, backbones: dict) -> dict:
+    try:
+        return {**asdict(config), **measure_here(config, backbones), "allocator": "cuda"}
+    except torch.OutOfMemoryError:  # a result too: this setting does not fit the GPU
+        torch.cuda.empty_cache()
+        return {**asdict(config), "peak_mb": float("nan"), "seconds_per_step": float("nan"),
+                "error": "out of memory", "allocator": "cuda"}
+
+
+# Run in the fresh process: one configuration per line in, one JSON row per line out.
+_CHILD = ("import json, sys; from helpers.vpt.meter import StepConfig, measure_here; "
+          "backbones = {}\n"
+          "for line in sys.stdin:\n"
+          "    row = measure_here(StepConfig(**json.loads(line)), backbones)\n"
+          "    print(json.dumps(row), flush=True)")
+
+
+def measure_steps(configs: list[StepConfig], allocator: str = "live", on_row=None) -> list[dict]:
     """Peak memory of a training step above the resting level (MB) and the median seconds
-    per step after a warm-up step; on CPU in a fresh Python process whose ``allocator`` is
-    "live" (resident memory follows the live tensors) or glibc's "default" (see above)."""
+    per step after a warm-up step, for each config; on CPU in one fresh Python process whose
+    ``allocator`` is "live" (resident memory follows the live tensors) or glibc's "default"
+    (see above). ``on_row`` is called with each row as it arrives (a progress bar)."""
     if allocator not in ("live", "default"):
         raise ValueError(f"allocator must be 'live' or 'default', not {allocator!r}")
-    if config.device.startswith("cuda"):
-        try:
-            return {**asdict(config), **measure_here(config), "allocator": "cuda"}
-        except torch.OutOfMemoryError:  # a result too: this setting does not fit the GPU
-            torch.cuda.empty_cache()
-            return {**asdict(config), "peak_mb": float("nan"), "seconds_per_step": float("nan"),
-                    "error": "out of memory", "allocator": "cuda"}
+    on_row = on_row or (lambda row: None)
+    rows = []
+    if any(config.device.startswith("cuda") for config in configs):
+        backbones = {}
+        for config in configs:
+            rows.append(_measure_on_cuda(config, backbones))
+            on_row(rows[-1])
+        return rows
     repo = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     if allocator == "live":
         env["MALLOC_MMAP_THRESHOLD_"] = str(LIVE_MEMORY_THRESHOLD)
-    code = ("import json, sys; from helpers.vpt.meter import StepConfig, measure_here; "
-            "print(json.dumps(measure_here(StepConfig(**json.loads(sys.argv[1])))))")
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(config))],
-                          capture_output=True, text=True, env=env)
-    if done.returncode:
-        raise RuntimeError(f"measuring {config} failed:\n{done.stderr[-3000:]}")
-    row = json.loads(done.stdout.strip().splitlines()[-1])
-    return {**asdict(config), **row, "allocator": allocator}
+    with tempfile.TemporaryFile("w+") as errors:
+        child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+        child.stdin.write("".join(json.dumps(asdict(c)) + "\n" for c in configs))
+        child.stdin.close()
+        for config, line in zip(configs, child.stdout):
+            rows.append({**asdict(config), **json.loads(line), "allocator": allocator})
+            on_row(rows[-1])
+        child.wait()
+        if child.returncode or len(rows) < len(configs):
+            errors.seek(0)
+            failed = configs[len(rows)] if len(rows) < len(configs) else configs[-1]
+            raise RuntimeError(f"measuring {failed} failed:\n{errors.read()[-3000:]}")
+    return rows
+
+
+def measure_step(config: StepConfig, allocator: str = "live") -> dict:
+    """:func:`measure_steps` of one config."""
+    return measure_steps([config], allocator)[0]
 
 
 def alternating_times(configs: list[StepConfig], rounds: int = 3) -> list[float]:
@@ -203,12 +253,12 @@ def alternating_times(configs: list[StepConfig], rounds: int = 3) -> list[float]
 
 
 def measure_grid(base: StepConfig, grid: list[dict], progress: bool = True) -> list[dict]:
-    """``measure_step`` for each change of ``base`` in ``grid`` (a list of field dicts)."""
+    """:func:`measure_steps` for each change of ``base`` in ``grid`` (a list of field dicts)."""
     from tqdm.auto import tqdm
 
-    rows = []
-    for change in tqdm(grid, desc="memory", disable=not progress):
-        row = measure_step(replace(base, **change))
+    with tqdm(total=len(grid), desc="memory", disable=not progress) as bar:
+        rows = measure_steps([replace(base, **change) for change in grid],
+                             on_row=lambda row: bar.update())
+    for row in rows:
         row.pop("overrides")
-        rows.append(row)
     return rows
