@@ -9,10 +9,12 @@ on 2 CPU cores), and checks that both give the same weights. Both are timed in t
 warm-up, each the fastest of ``--rounds``; both run with freed memory kept for reuse
 (``helpers.allocator``, which ``train_together`` sets), so the ratio is not the allocator's.
 
-Measured on 2 shared CPU cores (torch 2.14), 8 repeats, 30 steps, five runs: batch 64
-(n = 100 and 2,000) 2.7-3.3x (the spread is this machine's: one by one 1.05-1.5 s, together
-0.40-0.46 s); n = 20 3.7-4.1x; n = 5 4.6-6.3x; largest weight difference 1e-5. Before the
-allocator setting and the depthwise first layer, batch 64 was 1.4-2.0x.
+Measured on 2 shared CPU cores (torch 2.14, 2026-12-03), 8 repeats, 30 steps, three runs of
+five rounds: batch 64 (n = 100 and 2,000) 2.9-3.7x, median 3.3x (the spread is this machine's:
+one by one 1.4-1.7 s, together 0.45-0.53 s); n = 20 3.8-4.1x; n = 5 4.6-5.2x; largest weight
+difference 7e-6. Keeping the stacked parameters in one flat tensor (one Adam pass per step)
+took about 5% off the stacked time; before it, 2.7-3.3x at batch 64, and before the allocator
+setting and the depthwise first layer, 1.4-2.0x.
 """
 
 from __future__ import annotations

@@ -71,7 +71,12 @@ class Stack:
 
     def __init__(self, modules: list[nn.Module]):
         self.size = len(modules)
-        self.params, self.buffers = stack_module_state(modules)
+        params, self.buffers = stack_module_state(modules)
+        # All stacked parameters live in one flat tensor (``flat``, the one leaf the optimizer
+        # sees): each Adam step is then one pass of each element-wise operation instead of one
+        # per tensor, with the same numbers.
+        self.shapes = {name: p.shape for name, p in params.items()}
+        self.flat = torch.cat([p.detach().flatten() for p in params.values()]).requires_grad_()
         self.base = modules[0]
         self.leaves = [(name, m) for name, m in self.base.named_modules()
                        if not list(m.children())]
@@ -80,12 +85,18 @@ class Stack:
             if has_params and not isinstance(m, (nn.Conv2d, nn.Linear)):
                 raise NotImplementedError(f"cannot stack layer {name} ({type(m).__name__})")
 
-    def _weights(self, name):
-        prefix = f"{name}." if name else ""
-        return self.params[prefix + "weight"], self.params.get(prefix + "bias")
+    @property
+    def params(self) -> dict:
+        """The stacked parameters (R x ...) by name, as views of ``flat``."""
+        parts = self.flat.split([shape.numel() for shape in self.shapes.values()])
+        return {name: part.view(shape) for (name, shape), part in zip(self.shapes.items(), parts)}
 
-    def _conv(self, name, conv: nn.Conv2d, x):
-        weight, bias = self._weights(name)
+    def _weights(self, params, name):
+        prefix = f"{name}." if name else ""
+        return params[prefix + "weight"], params.get(prefix + "bias")
+
+    def _conv(self, params, name, conv: nn.Conv2d, x):
+        weight, bias = self._weights(params, name)
         groups = conv.groups * self.size
         if conv.in_channels == conv.groups:  # one input channel per group (a grey image)
             x = _repeat_channels(x, conv.out_channels // conv.groups)
@@ -93,8 +104,8 @@ class Stack:
         return F.conv2d(x, weight.flatten(0, 1), None if bias is None else bias.flatten(),
                         conv.stride, conv.padding, conv.dilation, groups)
 
-    def _linear(self, name, x):
-        weight, bias = self._weights(name)
+    def _linear(self, params, name, x):
+        weight, bias = self._weights(params, name)
         out = torch.bmm(x, weight.transpose(1, 2))
         return out if bias is None else out + bias.unsqueeze(1)
 
@@ -106,16 +117,17 @@ class Stack:
         spatial = x.dim() == 5
         if spatial:  # R x N x C x H x W -> N x R*C x H x W
             x = x.transpose(0, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
+        params = self.params
         for name, layer in self.leaves:
             if isinstance(layer, nn.Conv2d):
-                x = self._conv(name, layer, x)
+                x = self._conv(params, name, layer, x)
             elif isinstance(layer, nn.Flatten) and spatial:
                 x = x.reshape(x.shape[0], self.size, -1).transpose(0, 1)
                 spatial = False
             elif isinstance(layer, nn.Flatten):
                 x = x.flatten(2)
             elif isinstance(layer, nn.Linear):
-                x = self._linear(name, x)
+                x = self._linear(params, name, x)
             elif isinstance(layer, nn.ReLU):
                 x = torch.relu_(x)  # on a fresh output no backward needs (autograd checks)
             else:
@@ -140,7 +152,7 @@ def train_together(modules: list[nn.Module], inputs: torch.Tensor, labels: torch
     """
     keep_freed_memory()
     stack = Stack(modules)
-    optimizer = torch.optim.Adam(stack.params.values(), lr=lr)
+    optimizer = torch.optim.Adam([stack.flat], lr=lr)
     schedules = schedules.to(indices.device)
     for step in range(schedules.shape[1]):
         rows = indices.gather(1, schedules[:, step])           # R x B
