@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -124,15 +125,16 @@ def is_done(params: dict, record: Path) -> bool:
 
 def markdown_table(rows: list[dict]) -> str:
     """A list of records as a Markdown table (floats to 3 decimals; "n/a" where a record has
-    no value, e.g. a method that does not apply to a model, so no cell looks forgotten)."""
+    no value or NaN, e.g. a method that does not apply to a model or a per-channel score of a
+    dense layer, so no cell looks forgotten or broken)."""
     if not rows:
         return "_(no rows)_"
     columns = list(dict.fromkeys(k for row in rows for k in row))
 
     def cell(v):
-        if isinstance(v, float):
-            return f"{v:.3f}"
-        return "n/a" if v is None else str(v)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "n/a"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]

@@ -229,7 +229,8 @@ def test_parallel_runs_start_the_longest_notebooks_first(repo):
 
 
 def test_markdown_table_exact():
-    rows = [{"method": "memo", "acc": 0.81234, "n": 3}, {"method": "tent", "note": None}]
+    rows = [{"method": "memo", "acc": 0.81234, "n": 3},
+            {"method": "tent", "note": None, "acc": float("nan")}]
     assert batch.markdown_table(rows) == (
         "| method | acc | n | note |\n"
         "|---|---|---|---|\n"
