@@ -70,8 +70,9 @@ def plan(profile_name: str, notebooks: list[Path]) -> list[tuple[Path, dict]]:
         params = {k: v for k, v in profile["defaults"].items() if k in valid}
         params.update(profile["notebooks"].get(nb.stem) or {})
         params.setdefault("profile", profile_name)
-        params.setdefault("results_path", str(paths.RESULTS / profile_name / f"{nb.stem}.json"))
-        params.setdefault("figures_dir", str(paths.FIGURES / profile_name))
+        results_path, figures_dir = paths.notebook_outputs(nb.stem, profile_name)
+        params.setdefault("results_path", str(results_path))
+        params.setdefault("figures_dir", str(figures_dir))
         params = {k: v for k, v in params.items() if k in valid or k not in RUNNER_PARAMETERS}
         wrong = sorted(set(params) - set(valid))
         if wrong:

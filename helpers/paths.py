@@ -42,3 +42,12 @@ def resolve(path) -> Path:
     so that notebooks run by papermill (in notebooks/) and by hand agree."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else REPO / path
+
+
+def notebook_outputs(notebook: str, profile: str, results_path=None,
+                     figures_dir=None) -> tuple[Path, Path]:
+    """A notebook run's results file and figures folder: the given ones, else
+    ``RESULTS/<profile>/<notebook>.json`` and ``FIGURES/<profile>`` (the batch runner's
+    defaults too), so that ``TTA_RESULTS`` and ``TTA_FIGURES`` move a run by hand as well."""
+    return (resolve(results_path or RESULTS / profile / f"{notebook}.json"),
+            resolve(figures_dir or FIGURES / profile))

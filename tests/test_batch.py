@@ -76,6 +76,15 @@ def test_plan_injects_profile_and_runner_parameters_each_notebook_declares(repo)
     assert batch.plan("override", notebooks(repo))[1][1]["x"] == 7  # per notebook wins
 
 
+def test_notebook_outputs_default_to_the_runners_folders_and_keep_given_paths(repo):
+    """A notebook run by hand writes where the batch runner would (``TTA_RESULTS`` and
+    ``TTA_FIGURES`` move both); given paths win, relative ones from the repository."""
+    assert paths.notebook_outputs("02_good", "smoke") == (
+        repo["results"] / "smoke" / "02_good.json", repo["figures"] / "smoke")
+    assert paths.notebook_outputs("02_good", "smoke", "out/r.json", "/tmp/f") == (
+        paths.REPO / "out" / "r.json", paths.Path("/tmp/f"))
+
+
 def test_plan_rejects_unknown_parameter_listing_valid_ones(repo):
     with pytest.raises(SystemExit) as error:
         batch.plan("typo", notebooks(repo))

@@ -44,8 +44,8 @@ tent = {"lr": 0.001, "episodic": False}
 batch_size = 64
 photo_models = []              # e.g. ["efficientnet-lite0"]: also run on the corrupted sample photos
 seed = 0
-results_path = None            # default: results/<profile>/01_memo_cifar100.json
-figures_dir = None             # default: figures/<profile>/""", metadata={"tags": ["parameters"]}),
+results_path = None            # default: results/<profile>/01_memo_cifar100.json ($TTA_RESULTS)
+figures_dir = None             # default: figures/<profile>/ ($TTA_FIGURES)""", metadata={"tags": ["parameters"]}),
     code("""import torch
 import pandas as pd
 from IPython.display import Markdown, display
@@ -58,8 +58,8 @@ from helpers.views import AugMixViews, generator_for
 
 torch.manual_seed(seed)
 device = default_device()
-results_path = paths.resolve(results_path or f"results/{profile}/01_memo_cifar100.json")
-figures_dir = paths.resolve(figures_dir or f"figures/{profile}")
+results_path, figures_dir = paths.notebook_outputs("01_memo_cifar100", profile, results_path,
+                                                   figures_dir)
 parameters = dict(profile=profile, dataset=dataset, data_root=data_root, models=models,
                   corruptions=corruptions, severity=severity, n_images=n_images,
                   include_clean=include_clean, methods=methods, memo=memo,

@@ -45,8 +45,8 @@ memo_plus = {"focus": 0.5, "kinds": ["crop", "blur-background", "replace-backgro
 example = "coffee"             # the photo shown in the figures (a name of the sample photos, or an index)
 batch_size = 16
 seed = 0
-results_path = None            # default: results/<profile>/02_memo_plus_sam_gradcam.json
-figures_dir = None             # default: figures/<profile>/""", metadata={"tags": ["parameters"]}),
+results_path = None            # default: results/<profile>/02_memo_plus_sam_gradcam.json ($TTA_RESULTS)
+figures_dir = None             # default: figures/<profile>/ ($TTA_FIGURES)""", metadata={"tags": ["parameters"]}),
     code("""import time
 from collections import Counter
 
@@ -64,8 +64,8 @@ from helpers.views import generator_for
 start = time.time()
 torch.manual_seed(seed)
 device = default_device()
-results_path = paths.resolve(results_path or f"results/{profile}/02_memo_plus_sam_gradcam.json")
-figures_dir = paths.resolve(figures_dir or f"figures/{profile}")
+results_path, figures_dir = paths.notebook_outputs("02_memo_plus_sam_gradcam", profile, results_path,
+                                                   figures_dir)
 parameters = dict(profile=profile, model_name=model_name, dataset=dataset, data_root=data_root,
                   n_images=n_images, corruptions=corruptions, severities=severities,
                   include_clean=include_clean, methods=methods, memo=memo,

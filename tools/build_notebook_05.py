@@ -42,8 +42,8 @@ clustering = {"n_samples": 200, "n_subsets": 1, "per_channel": True}
 data_root = None               # folder holding the data sets (default: data/, or $TTA_DATA)
 download = False               # fetch a missing MNIST / FashionMNIST / CIFAR-10 when online
 seed = 0
-results_path = None            # default: results/<profile>/05_transfer_cuts_clustering.json
-figures_dir = None             # default: figures/<profile>/""", metadata={"tags": ["parameters"]}),
+results_path = None            # default: results/<profile>/05_transfer_cuts_clustering.json ($TTA_RESULTS)
+figures_dir = None             # default: figures/<profile>/ ($TTA_FIGURES)""", metadata={"tags": ["parameters"]}),
     code("""import time
 
 import pandas as pd
@@ -58,8 +58,8 @@ from helpers.transfer import (clustering_ari, gain_over_baseline, layer_shapes, 
 
 start = time.time()
 torch.manual_seed(seed)
-results_path = paths.resolve(results_path or f"results/{profile}/05_transfer_cuts_clustering.json")
-figures_dir = paths.resolve(figures_dir or f"figures/{profile}")
+results_path, figures_dir = paths.notebook_outputs("05_transfer_cuts_clustering", profile, results_path,
+                                                   figures_dir)
 series_dir = paths.RESULTS / profile / "05_transfer"
 parameters = dict(profile=profile, series=series, pretrain_classes=pretrain_classes,
                   finetune_classes=finetune_classes, allow_overlap=allow_overlap, cnn=cnn,

@@ -55,8 +55,8 @@ vpt_prompts = 10
 finetune = {"steps": 30, "batch_size": 64}   # helpers.vpt.small.FinetuneConfig fields
 device = None                                # None: cuda when available
 seed = 0
-results_path = None            # default: results/<profile>/06_vpt_memory.json
-figures_dir = None             # default: figures/<profile>/""", metadata={"tags": ["parameters"]}),
+results_path = None            # default: results/<profile>/06_vpt_memory.json ($TTA_RESULTS)
+figures_dir = None             # default: figures/<profile>/ ($TTA_FIGURES)""", metadata={"tags": ["parameters"]}),
     code("""import time
 from dataclasses import asdict
 
@@ -72,8 +72,8 @@ from helpers.vpt import small
 start = time.time()
 torch.manual_seed(seed)
 device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-results_path = paths.resolve(results_path or f"results/{profile}/06_vpt_memory.json")
-figures_dir = paths.resolve(figures_dir or f"figures/{profile}")
+results_path, figures_dir = paths.notebook_outputs("06_vpt_memory", profile, results_path,
+                                                   figures_dir)
 parameters = dict(profile=profile, memory_arch=memory_arch, memory_overrides=memory_overrides,
                   memory_image_size=memory_image_size, memory_mode=memory_mode, attentions=attentions,
                   checkpointing=checkpointing, prompt_counts=prompt_counts, batch_sizes=batch_sizes,
