@@ -24,7 +24,7 @@ We compare, on the same images: zero-shot CLIP (the model's own prompt templates
 | profile | models | data |
 |---|---|---|
 | `smoke` (defaults below) | small CLIP **trained here** (not OpenAI's) | three corruptions of FashionMNIST, a few dozen images |
-| `offline` | the same | FashionMNIST-C: 15 corruptions at severity 5, 300 images each |
+| `offline` | the same | FashionMNIST-C: 15 corruptions at severity 5, 500 images each |
 | `full` (GPU) | CLIP ViT-B/16 and ViT-B/32 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk, the TPT paper's setting |"""),
     code("""# Parameters: papermill injects a profile's values after this cell.
 profile = "smoke"
@@ -45,8 +45,8 @@ sweep_selection = [0.1, 0.3, 1.0]  # accuracy vs selection ratio (at tpt's numbe
 sweep_images = 16              # images of the first task used by the sweeps (0: no sweep)
 batch_size = 64
 seed = 0
-results_path = None            # default: results/<profile>/03_tpt.json
-figures_dir = None             # default: figures/<profile>/""", metadata={"tags": ["parameters"]}),
+results_path = None            # default: results/<profile>/03_tpt.json ($TTA_RESULTS)
+figures_dir = None             # default: figures/<profile>/ ($TTA_FIGURES)""", metadata={"tags": ["parameters"]}),
     code("""import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -59,8 +59,8 @@ from helpers.tta import build_method, method_factories
 
 torch.manual_seed(seed)
 device = default_device()
-results_path = paths.resolve(results_path or f"results/{profile}/03_tpt.json")
-figures_dir = paths.resolve(figures_dir or f"figures/{profile}")
+results_path, figures_dir = paths.notebook_outputs("03_tpt", profile, results_path,
+                                                   figures_dir)
 parameters = dict(profile=profile, datasets=datasets, data_root=data_root, models=models,
                   corruptions=corruptions, severity=severity, n_images=n_images,
                   include_clean=include_clean, methods=methods, ctx_file=ctx_file, tpt=tpt,

@@ -23,7 +23,7 @@ Every member's results are shown beside the ensemble's; the rules only combine t
 | profile | models | data |
 |---|---|---|
 | `smoke` (defaults below) | small CLIP **trained here** (not OpenAI's) | three corruptions of FashionMNIST, a few dozen images |
-| `offline` | the same | FashionMNIST-C: 15 corruptions at severity 5, 200 test images each (plus 100 held out) |
+| `offline` | the same | FashionMNIST-C: 15 corruptions at severity 5, 500 test images each (plus 100 held out) |
 | `full` (GPU) | CLIP ViT-B/16 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk |"""),
     code("""# Parameters: papermill injects a profile's values after this cell.
 profile = "smoke"
@@ -42,8 +42,8 @@ memo = {"n_views": 16, "steps": 1, "optimizer": "sgd", "lr": 1e-5, "params": "al
 memo_per_model = {"small-clip": {"lr": 0.001}}
 batch_size = 64
 seed = 0
-results_path = None            # default: results/<profile>/04_ensemble.json
-figures_dir = None             # default: figures/<profile>/""", metadata={"tags": ["parameters"]}),
+results_path = None            # default: results/<profile>/04_ensemble.json ($TTA_RESULTS)
+figures_dir = None             # default: figures/<profile>/ ($TTA_FIGURES)""", metadata={"tags": ["parameters"]}),
     code("""import pandas as pd
 import torch
 from IPython.display import Markdown, display
@@ -55,8 +55,8 @@ from helpers.tta import disagreement, ensemble_grid, method_factories
 
 torch.manual_seed(seed)
 device = default_device()
-results_path = paths.resolve(results_path or f"results/{profile}/04_ensemble.json")
-figures_dir = paths.resolve(figures_dir or f"figures/{profile}")
+results_path, figures_dir = paths.notebook_outputs("04_ensemble", profile, results_path,
+                                                   figures_dir)
 parameters = dict(profile=profile, datasets=datasets, data_root=data_root, models=models,
                   corruptions=corruptions, severity=severity, n_images=n_images,
                   n_held_out=n_held_out, include_clean=include_clean, members=members,
