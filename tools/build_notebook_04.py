@@ -23,7 +23,7 @@ Every member's results are shown beside the ensemble's; the rules only combine t
 | profile | models | data |
 |---|---|---|
 | `smoke` (defaults below) | small CLIP **trained here** (not OpenAI's) | three corruptions of FashionMNIST, a few dozen images |
-| `offline` | the same | FashionMNIST-C: 15 corruptions at severity 5, 500 test images each (plus 100 held out) |
+| `offline` | the same | FashionMNIST-C: 15 corruptions at severity 5, 200 test images each (plus 100 held out) |
 | `full` (GPU) | CLIP ViT-B/16 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk |"""),
     code("""# Parameters: papermill injects a profile's values after this cell.
 profile = "smoke"
