@@ -164,8 +164,11 @@ def cut_diagram(layer_names, shapes, title: str = ""):
 
 
 def _per_series_and_variant(grid, ylabel: str, title: str):
-    """Short panel titles (series · variant), axis labels and the figure's title."""
+    """Short panel titles (series · variant), axis labels, the figure's title, and the legend
+    outside the panels (tight_layout would otherwise draw it over the last column)."""
     grid.set_titles("{row_name} · {col_name}", size=9)
+    if grid.legend is not None:
+        sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.95))
     grid.set_axis_labels("fraction of the fine-tuning data", ylabel)
     if title:
         grid.figure.suptitle(textwrap.fill(title, 140), fontsize=9)
