@@ -100,20 +100,22 @@ def _tiny_problem(repeats=3, n=10, steps=4, batch=4, channels=1):
     return x, y, indices, schedules
 
 
-@pytest.mark.parametrize("frozen_prefix, channels", [(False, 1), (False, 3), (True, 1)])
-def test_repeats_trained_together_equal_training_them_one_by_one(frozen_prefix, channels):
-    """Grey images take the stack's depthwise first layer, colour ones the grouped one."""
+@pytest.mark.parametrize("frozen, channels", [
+    (None, 1), (None, 3),  # whole networks: grey images take the depthwise first layer
+    ((1, "reinit"), 1),    # on a frozen prefix's feature maps: convolution first
+    ((1, "truncate"), 1),  # ... flatten first
+    ((2, "reinit"), 1),    # ... dense layers only
+], ids=["grey", "colour", "features-conv", "features-flatten", "features-dense"])
+def test_repeats_trained_together_equal_training_them_one_by_one(frozen, channels):
     x, y, indices, schedules = _tiny_problem(channels=channels)
     config = replace(TINY, in_channels=channels)
-    if frozen_prefix:  # the dense part alone on a frozen prefix's features (N x F inputs)
+    modules = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        modules.append(new_layers(TINY, *frozen) if frozen else build_cnn(config))
+    if frozen:  # the new layers alone, on the prefix's outputs (computed once, as the study)
         torch.manual_seed(5)
-        x = build_cnn(TINY)[:2](x).flatten(1).detach()
-        modules = [new_layers(TINY, 2, "reinit") for _ in range(3)]
-    else:
-        modules = []
-        for seed in range(3):
-            torch.manual_seed(seed)
-            modules.append(build_cnn(config))
+        x = build_cnn(TINY)[:frozen[0]](x).detach()
     alone = [copy.deepcopy(m) for m in modules]
     for r, module in enumerate(alone):
         train_one(module, x, y, indices[r], schedules[r], lr=1e-3)
@@ -131,7 +133,7 @@ def test_repeats_trained_together_equal_training_them_one_by_one(frozen_prefix, 
             own = (module(x[indices[r]]).argmax(1) == y[indices[r]]).float().mean()
         assert accuracy_together(stack, x, y, chunk=16)[r] == pytest.approx(float(test))
         assert accuracy_together(stack, x, y, indices, chunk=3)[r] == pytest.approx(float(own))
-    assert moved or frozen_prefix
+    assert moved
 
 
 def test_batch_schedule_visits_every_item_once_per_epoch():

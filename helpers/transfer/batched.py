@@ -33,6 +33,13 @@ def batch_schedule(n: int, batch_size: int, steps: int, generator: torch.Generat
     return order[:steps * size].view(steps, size)
 
 
+def take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``tensor[rows]`` for an index tensor of any shape, by ``index_select``: on a CPU the
+    same gather 4-8x faster than advanced indexing (512 rows of 1,568 floats: 0.05 vs
+    0.43 ms), which showed in the training steps of the small networks."""
+    return tensor.index_select(0, rows.flatten()).view(*rows.shape, *tensor.shape[1:])
+
+
 def train_one(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
               indices: torch.Tensor, schedule: torch.Tensor, lr: float,
               optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
@@ -42,7 +49,7 @@ def train_one(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
     module.train()
     for positions in schedule.to(indices.device):
         rows = indices[positions]
-        loss = F.cross_entropy(module(inputs[rows]), labels[rows])
+        loss = F.cross_entropy(module(take_rows(inputs, rows)), take_rows(labels, rows))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -57,6 +64,14 @@ def _repeat_channels(x: torch.Tensor, times: int) -> torch.Tensor:
     n, c, h, w = x.shape
     nhwc = x.permute(0, 2, 3, 1).unsqueeze(-1).expand(n, h, w, c, times)
     return nhwc.reshape(n, h, w, c * times).permute(0, 3, 1, 2)
+
+
+def _channels_layout(x: torch.Tensor) -> torch.Tensor:
+    """Per-model images R x N x C x H x W as the stack's layout N x R*C x H x W in
+    channels-last memory (N x H x W x R x C), in one copy."""
+    r, n, c, h, w = x.shape
+    nhwc = x.permute(1, 3, 4, 0, 2).reshape(n, h, w, r * c)
+    return nhwc.permute(0, 3, 1, 2)
 
 
 class Stack:
@@ -104,27 +119,51 @@ class Stack:
         return F.conv2d(x, weight.flatten(0, 1), None if bias is None else bias.flatten(),
                         conv.stride, conv.padding, conv.dilation, groups)
 
-    def _linear(self, params, name, x):
+    def _shared_conv(self, params, name, conv: nn.Conv2d, x):
+        """The first convolution of every model on the same images (N x C x H x W): one dense
+        convolution with the models' filters side by side, straight into the channels layout
+        (no copy of the images per model; for evaluating on a shared test set)."""
         weight, bias = self._weights(params, name)
-        out = torch.bmm(x, weight.transpose(1, 2))
-        return out if bias is None else out + bias.unsqueeze(1)
+        out = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight.flatten(0, 1),
+                       None if bias is None else bias.flatten(), conv.stride, conv.padding,
+                       conv.dilation)
+        # A grey image is as much channels-last as not, and then so is the output, which the
+        # next layers would run on in the slower layout.
+        return out.contiguous(memory_format=torch.channels_last)
+
+    def _linear(self, params, name, x):
+        """R x N x in -> R x N x out, computed transposed (weight @ x^T) so that autograd
+        forms the weight's gradient as grad^T @ x, in the weight's own shape: for a
+        1,568-feature input 5x faster than x^T @ grad."""
+        weight, bias = self._weights(params, name)
+        out = torch.bmm(weight, x.transpose(1, 2))             # R x out x N
+        if bias is not None:
+            out = out + bias.unsqueeze(2)
+        return out.transpose(1, 2)
 
     def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
         """Logits R x N x classes, from per-model inputs (R x N x ...) or, with ``shared``,
         the same inputs (N x ...) for every model."""
-        if shared:
-            x = x.unsqueeze(0).expand(self.size, *x.shape)
-        spatial = x.dim() == 5
-        if spatial:  # R x N x C x H x W -> N x R*C x H x W
-            x = x.transpose(0, 1).flatten(1, 2).contiguous(memory_format=torch.channels_last)
         params = self.params
-        for name, layer in self.leaves:
+        layers = self.leaves
+        first = layers[0][1]
+        if shared and isinstance(first, nn.Conv2d) and first.groups == 1:
+            x = self._shared_conv(params, layers[0][0], first, x)
+            layers = layers[1:]
+        elif shared:
+            x = x.unsqueeze(0).expand(self.size, *x.shape)
+        for name, layer in layers:
             if isinstance(layer, nn.Conv2d):
+                if x.dim() == 5:
+                    x = _channels_layout(x)
                 x = self._conv(params, name, layer, x)
-            elif isinstance(layer, nn.Flatten) and spatial:
+            elif isinstance(layer, nn.Flatten) and x.dim() == 4:  # channels layout
+                # The reshape's gradient comes back in NCHW order; the pooling and ReLU before
+                # it take their gradient 4-5x slower in a layout other than their input's.
+                if x.requires_grad:
+                    x.register_hook(lambda g: g.contiguous(memory_format=torch.channels_last))
                 x = x.reshape(x.shape[0], self.size, -1).transpose(0, 1)
-                spatial = False
-            elif isinstance(layer, nn.Flatten):
+            elif isinstance(layer, nn.Flatten):  # a frozen prefix's features, R x N x ...
                 x = x.flatten(2)
             elif isinstance(layer, nn.Linear):
                 x = self._linear(params, name, x)
@@ -156,8 +195,9 @@ def train_together(modules: list[nn.Module], inputs: torch.Tensor, labels: torch
     schedules = schedules.to(indices.device)
     for step in range(schedules.shape[1]):
         rows = indices.gather(1, schedules[:, step])           # R x B
-        logits = stack(inputs[rows])                           # R x B x classes
-        losses = F.cross_entropy(logits.flatten(0, 1), labels[rows].flatten(), reduction="none")
+        logits = stack(take_rows(inputs, rows))                # R x B x classes
+        losses = F.cross_entropy(logits.flatten(0, 1), take_rows(labels, rows).flatten(),
+                                 reduction="none")
         loss = losses.view(rows.shape).mean(1).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,9 +207,10 @@ def train_together(modules: list[nn.Module], inputs: torch.Tensor, labels: torch
 
 @torch.no_grad()
 def accuracy_together(stack: Stack, inputs: torch.Tensor, labels: torch.Tensor,
-                      indices: torch.Tensor | None = None, chunk: int = 512) -> torch.Tensor:
+                      indices: torch.Tensor | None = None, chunk: int = 128) -> torch.Tensor:
     """Accuracy of each stacked model (R values): on its own rows ``indices[r]`` of
-    ``inputs``, or on all of them (a shared test set) when ``indices`` is None."""
+    ``inputs``, or on all of them (a shared test set) when ``indices`` is None. In chunks of
+    ``chunk`` rows: 128 keeps a chunk's activations small (512 was 1.4-1.7x slower)."""
     hits = torch.zeros(stack.size)
     total = len(inputs) if indices is None else indices.shape[1]
     for start in range(0, total, chunk):
@@ -178,6 +219,6 @@ def accuracy_together(stack: Stack, inputs: torch.Tensor, labels: torch.Tensor,
             y = labels[start:start + chunk].expand(stack.size, -1)
         else:
             rows = indices[:, start:start + chunk]
-            logits, y = stack(inputs[rows]), labels[rows]
+            logits, y = stack(take_rows(inputs, rows)), take_rows(labels, rows)
         hits += (logits.argmax(-1) == y).float().sum(1).cpu()
     return hits / total
