@@ -259,20 +259,26 @@ class SeriesConfig:
             return tuple(range(1, self.network().n_layers))
         return tuple(self.cuts)
 
+    def settings(self) -> list[tuple[str, int]]:
+        """(variant, cut) of every training of a fraction: the baseline (cut 0) first."""
+        settings = [("baseline", 0)] if self.baselines else []
+        return settings + [(v, c) for v in self.variants for c in self.cut_points()]
+
     def steps(self, n: int) -> int:
         batch = min(self.batch_size, n)
         return min(self.max_steps, max(self.min_steps, math.ceil(self.epochs * n / batch)))
 
 
-class _Inputs:
-    """The fine-tuning pool and test set, raw and through each frozen prefix (computed once
-    per cut: a frozen prefix without batch norm is a fixed function)."""
+class PrefixInputs:
+    """The fine-tuning pool and test set as a setting's trainable layers read them: raw, or
+    through the frozen prefix (computed once per cut: a frozen prefix without batch norm is a
+    fixed function)."""
 
     def __init__(self, net, train, test):
         self.net, self.raw, self.cache = net, (train, test), {}
 
-    def __call__(self, cut: int, frozen: bool):
-        if not frozen:
+    def __call__(self, variant: str, cut: int):
+        if variant == "baseline" or not parse_variant(variant)[1]:
             return self.raw
         if cut not in self.cache:
             with torch.no_grad():
@@ -283,7 +289,7 @@ class _Inputs:
         return self.cache[cut]
 
 
-def _modules(config: SeriesConfig, net, variant: str, cut: int, repeats: int):
+def fresh_modules(config: SeriesConfig, net, variant: str, cut: int, repeats: int):
     """Fresh trainable modules, one per repeat (the new layers drawn from the repeat's seed)."""
     modules = []
     for repeat in range(repeats):
@@ -324,9 +330,7 @@ def run_series(config: SeriesConfig, path, verbose: bool = True, device=None, ro
         config.dataset, config.classes, "train", cnn, config.n_train, config.seed, root, download))
     test_x, test_y = (t.to(device) for t in task_data(
         config.dataset, config.classes, "test", cnn, config.n_test, config.seed, root, download))
-    inputs = _Inputs(net, train_x, test_x)
-    settings = [("baseline", 0)] if config.baselines else []
-    settings += [(v, c) for v in config.variants for c in config.cut_points()]
+    inputs = PrefixInputs(net, train_x, test_x)
     names = cnn.layer_names()
     for lr in config.learning_rates:
         for fraction in config.fractions:
@@ -334,16 +338,15 @@ def run_series(config: SeriesConfig, path, verbose: bool = True, device=None, ro
             subsets, schedules, steps = _subsets_and_schedules(config, train_y.cpu(), fraction,
                                                                repeats)
             subsets = subsets.to(device)
-            for variant, cut in settings:
+            for variant, cut in config.settings():
                 todo = [r for r in range(repeats)
                         if not log.has(lr=lr, fraction=fraction, variant=variant, cut=cut,
                                        repeat=r)]
                 if not todo:
                     continue
-                frozen = variant != "baseline" and parse_variant(variant)[1]
-                x_train, x_test = inputs(cut, frozen)
+                x_train, x_test = inputs(variant, cut)
                 start = time.time()
-                modules = [m.to(device) for m in _modules(config, net, variant, cut, repeats)]
+                modules = [m.to(device) for m in fresh_modules(config, net, variant, cut, repeats)]
                 stack = train_together(modules, x_train, train_y, subsets, schedules, lr)
                 train_acc = accuracy_together(stack, x_train, train_y, subsets)
                 test_acc = accuracy_together(stack, x_test, test_y)
