@@ -122,7 +122,8 @@ class Stack:
     def _shared_conv(self, params, name, conv: nn.Conv2d, x):
         """The first convolution of every model on the same images (N x C x H x W): one dense
         convolution with the models' filters side by side, straight into the channels layout
-        (no copy of the images per model; for evaluating on a shared test set)."""
+        (no copy of the images per model; for evaluating on a shared test set). Only for
+        ``groups == 1``, where every filter reads all of the input's channels."""
         weight, bias = self._weights(params, name)
         out = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight.flatten(0, 1),
                        None if bias is None else bias.flatten(), conv.stride, conv.padding,
