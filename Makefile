@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= offline
 
-.PHONY: setup data report test benchmark lint clean
+.PHONY: setup data report readme notebooks test benchmark lint clean
 
 setup: $(VENV)/.installed data
 
@@ -23,8 +23,21 @@ data: $(VENV)/.installed
 	  fi; \
 	fi
 
+# The batch, then the published report (report/, the README block) from what finished, even
+# when a notebook failed (the exit status is the batch's).
 report: setup
-	$(PY) -m helpers.batch --profile $(PROFILE) --resume
+	$(PY) -m helpers.batch --profile $(PROFILE) --resume; status=$$?; \
+	$(PY) -m helpers.report --profile $(PROFILE) && exit $$status
+
+# The README's results block again, from the committed report/.
+readme: setup
+	$(PY) -m helpers.report --readme
+
+# After editing a notebook (either file of the pair): sync the pair, run it at its defaults
+# and keep the outputs nbval checks.
+notebooks: setup
+	$(VENV)/bin/jupytext --sync notebooks/[0-9]*.py
+	$(PY) tools/checked_outputs.py
 
 test: setup
 	$(PY) -m pytest
@@ -34,7 +47,7 @@ benchmark: setup
 	for script in $(filter-out benchmarks/timing.py,$(wildcard benchmarks/*.py)); do echo "== $$script"; $(PY) $$script || exit 1; done
 
 lint: setup
-	$(VENV)/bin/ruff check helpers tests benchmarks tools
+	$(VENV)/bin/ruff check helpers tests benchmarks tools notebooks
 
 clean:
 	rm -rf runs results/smoke figures/smoke .pytest_cache

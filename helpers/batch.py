@@ -178,6 +178,8 @@ def _section(profile_name: str, nb: Path, file: Path, failures: dict, seconds: d
     results = json.loads(file.read_text())
     if results.get("note"):
         lines += [results["note"], ""]
+    if results.get("findings"):
+        lines += ["### Findings", "", *(f"- {line}" for line in results["findings"]), ""]
     for title, rows in (results.get("summary") or {}).items():
         lines += [f"### {title}", "", markdown_table(rows), ""]
     return lines

@@ -443,7 +443,9 @@ DATASETS = {"cifar10": cifar10, "cifar100": cifar100, "imagenet-a": imagenet_a,
 
 
 def load_dataset(name: str, split: str = "test", root=None, download: bool = False, **kw):
-    """Load a data set by name; options a loader does not have must be left at their default."""
+    """Load a data set by name; options a loader does not have must be left at their default,
+    except ``download``, which means nothing for sets that ship inside a package (photos,
+    digits), so notebooks can always pass it."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     loader = DATASETS[name]
@@ -452,7 +454,7 @@ def load_dataset(name: str, split: str = "test", root=None, download: bool = Fal
                                    ("download", download, False)):
         if option in accepted:
             kw[option] = value
-        elif value != default:
+        elif value != default and option != "download":
             raise ValueError(f"dataset {name!r} has no {option!r} option")
     return loader(**kw)
 

@@ -86,6 +86,7 @@ def evaluate(adapter, dataset, batch_size: int = 64, device=None, progress: bool
         "config": adapter.config(),
         "predictions": preds.tolist(),
         "labels": labels.tolist(),
+        "correct": correct.astype(int).tolist(),
         "confidences": [round(c, 6) for c in confs.tolist()],
     }
     adapter.reset()

@@ -26,7 +26,8 @@ def _dir(env: str, default: Path) -> Path:
 
 REPO = _repo_root()
 NOTEBOOKS = REPO / "notebooks"
-PROFILES = NOTEBOOKS / "profiles"
+# Shipped inside the package, so that a notebook installed by pip (Colab) finds them too.
+PROFILES = Path(__file__).resolve().parent / "profiles"
 DATA = _dir("TTA_DATA", REPO / "data")
 CHECKPOINTS = _dir("TTA_CHECKPOINTS", REPO / "checkpoints")
 CACHE = _dir("TTA_CACHE", REPO / ".cache")

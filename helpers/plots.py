@@ -31,7 +31,7 @@ def image_grid(images, titles=None, ncols: int = 8, size: float = 1.4, suptitle=
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
+        fig.suptitle(textwrap.fill(suptitle, int(16 * ncols * size)), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -109,14 +109,18 @@ def selected_views(batch, entropies, kept, show: int = 8, title: str = ""):
 
 
 def sweep(rows: list[dict], x: str, y: str = "accuracy", hue: str | None = None,
-          title: str = "", ax=None):
-    """A metric against a setting (views, selection ratio), one line per ``hue``."""
+          title: str = "", ax=None, style: str | None = None):
+    """A metric against a setting (views, selection ratio), one line per ``hue`` (and
+    ``style``)."""
     import pandas as pd
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=(4.2, 3))
-    sns.lineplot(data=pd.DataFrame(rows), x=x, y=y, hue=hue, marker="o", ax=ax)
-    ax.set_title(title, fontsize=9)
+        fig, ax = plt.subplots(figsize=(4.8 if style else 4.2, 3))
+    sns.lineplot(data=pd.DataFrame(rows), x=x, y=y, hue=hue, style=style, marker="o", ax=ax,
+                 errorbar=None)
+    if ax.get_legend() is not None and style:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    ax.set_title(textwrap.fill(title, 55), fontsize=9)
     ax.figure.tight_layout()
     return ax.figure
 
@@ -251,7 +255,7 @@ def mask_candidates(image, heat, candidates, coverage, chosen, title: str = "", 
         _overlay(ax, image, heat * candidates[i].mask, candidates[i].mask,
                  f"{star}{candidates[i].source}\nmass {c['mass_share']:.2f}, area {c['area']:.2f}"
                  f"\nsoft IoU {c['soft_iou']:.2f}")
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(textwrap.fill(title, int(25 * (2 + len(shown)))), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -262,7 +266,7 @@ def heat_map_row(image, heat_maps: dict, title: str = ""):
                              squeeze=False)
     for ax, (name, heat) in zip(axes[0], heat_maps.items()):
         _overlay(ax, image, heat, title=name)
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(textwrap.fill(title, 30 * len(heat_maps)), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -310,5 +314,32 @@ def accuracy_vs_cost(rows, title: str = ""):
     sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     if title:
         fig.suptitle(textwrap.fill(title, 120), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def changes(rows, title: str = "", panel: str = "model", label: str = "method"):
+    """Each method's change in accuracy against its baseline with its 95% interval (rows of
+    ``findings.compare``), one panel per ``panel`` value, on an axis zoomed to the intervals:
+    differences of a point stay visible, and an interval crossing zero reads as no effect."""
+    panels = list(dict.fromkeys(r[panel] for r in rows))
+    height = max(len({r[label] for r in rows if r[panel] == p}) for p in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 0.9 + 0.38 * height),
+                             squeeze=False, sharex=True)
+    for ax, name in zip(axes[0], panels):
+        part = [r for r in rows if r[panel] == name]
+        y = np.arange(len(part))[::-1]
+        for row, height in zip(part, y):
+            colour = ("tab:green" if row["ci_low"] > 0 else "tab:red" if row["ci_high"] < 0
+                      else "tab:grey")
+            ax.errorbar(row["change"], height, xerr=[[row["change"] - row["ci_low"]],
+                                                     [row["ci_high"] - row["change"]]],
+                        fmt="o", color=colour, capsize=3)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(y, [f"{r[label]} vs {r['baseline']}" for r in part], fontsize=8)
+        ax.set_title(textwrap.fill(str(name), 40), fontsize=9)
+        ax.set_xlabel("change in mean accuracy (95% CI)", fontsize=8)
+    if title:
+        fig.suptitle(textwrap.fill(title, 30 * len(panels) + 40), fontsize=9)
     fig.tight_layout()
     return fig

@@ -280,6 +280,10 @@ def test_load_dataset_dispatch():
     assert len(data.load_dataset("digits")) == 1797
     with pytest.raises(ValueError, match="split"):
         data.load_dataset("digits", split="train")
+    with pytest.raises(ValueError, match="'root'"):
+        data.load_dataset("digits", root="/somewhere")
+    # Notebooks pass download=True to any set; one shipped in a package has nothing to fetch.
+    assert len(data.load_dataset("digits", download=True)) == 1797
 
 
 # ---------------------------------------------------------------- corruptions

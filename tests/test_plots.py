@@ -21,3 +21,20 @@ def test_confidence_histograms_mark_methods_that_do_not_apply():
     assert not empty.axison and not empty.patches
     counts = sum(p.get_height() for p in axes["model = cnn | method = source"].patches)
     assert counts == 3  # three predictions in the histogram bars (correct and wrong)
+
+
+def test_changes_draws_each_interval_coloured_by_its_verdict_on_a_zoomed_axis():
+    rows = [{"model": "cnn", "method": m, "baseline": "source", "change": c, "ci_low": lo,
+             "ci_high": hi} for m, c, lo, hi in (("tent", 0.2, 0.15, 0.25),
+                                                 ("memo", -0.03, -0.05, -0.01),
+                                                 ("memo_plus", 0.01, -0.01, 0.03))]
+    fig = plots.changes(rows, title="a long title " * 20)
+    (ax,) = fig.axes
+    ticks = dict(zip(ax.get_yticks(), (t.get_text() for t in ax.get_yticklabels())))
+    assert ticks == {2: "tent vs source", 1: "memo vs source", 0: "memo_plus vs source"}
+    lines = [line for line in ax.lines if line.get_marker() == "o"]  # the points, not the caps
+    colours = {tuple(line.get_xdata()): line.get_color() for line in lines}
+    assert colours == {(0.2,): "tab:green", (-0.03,): "tab:red", (0.01,): "tab:grey"}
+    low, high = ax.get_xlim()
+    assert -0.1 < low < -0.05 and 0.25 < high < 0.35  # zoomed to the intervals, not from 0 to 1
+    assert "\n" in fig._suptitle.get_text()  # wrapped, never cut

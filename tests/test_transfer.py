@@ -4,6 +4,7 @@ import math
 import warnings
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,7 @@ from helpers.transfer import (
     repeats_for,
     run_series,
     series_config,
+    setting_scores,
     stratified_subset,
     study,
     task_data,
@@ -268,3 +270,24 @@ def test_kmeans_ari_is_one_on_separated_clusters_and_rows_cover_every_layer():
     best = [r["ari"] for r in rows if r["unit"] == "channel best"]
     mean = [r["ari"] for r in rows if r["unit"] == "channel mean"]
     assert all(b >= m for b, m in zip(best, mean))
+
+
+def test_gain_is_a_paired_difference_over_repeats_with_a_t_interval():
+    def run(variant, cut, repeat, accuracy, fraction=0.5):
+        return {"series": "s", "lr": 1e-3, "fraction": fraction, "variant": variant, "cut": cut,
+                "cut_after": "conv1" if cut else "input", "repeat": repeat,
+                "test_accuracy": accuracy}
+
+    runs = ([run("baseline", 0, r, a) for r, a in enumerate([0.5, 0.6, 0.7])]
+            + [run("reinit/frozen", 1, r, a) for r, a in enumerate([0.6, 0.8, 0.9])]
+            + [run("baseline", 0, 0, 0.5, 1.0), run("reinit/frozen", 1, 0, 0.4, 1.0)])
+    gains = {g["fraction"]: g for g in gain_over_baseline(runs)}
+    half = 4.302652729911275 * np.std([0.1, 0.2, 0.2], ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    assert gains[0.5]["gain"] == pytest.approx(0.5 / 3)
+    assert gains[0.5]["ci_low"] == pytest.approx(0.5 / 3 - half)
+    assert gains[0.5]["ci_high"] == pytest.approx(0.5 / 3 + half)
+    assert gains[0.5]["repeats"] == 3 and gains[0.5]["baseline"] == pytest.approx(0.6)
+    assert np.isnan(gains[1.0]["ci_low"])  # one repeat: no interval
+    (score,) = setting_scores(list(gains.values()))
+    assert (score["cells"], score["better"], score["worse"]) == (2, 1, 0)
+    assert score["lowest_gain"] == pytest.approx(-0.1)

@@ -25,6 +25,7 @@ from .study import (
     repeats_for,
     run_series,
     series_config,
+    setting_scores,
     stratified_subset,
     task_data,
 )
@@ -33,5 +34,6 @@ __all__ = ["AFTER_CUT", "FRACTIONS", "VARIANTS", "CnnConfig", "PretrainConfig", 
            "Stack", "accuracy_together", "batch_schedule", "build_cnn", "check_cut",
            "check_fractions", "clustering_ari", "gain_over_baseline", "kept_layers", "kmeans_ari",
            "layer_activations", "layer_shapes", "new_layers", "parse_variant", "pretrained",
-           "repeats_for", "run_series", "series_config", "stratified_subset", "task_data",
+           "repeats_for", "run_series", "series_config", "setting_scores", "stratified_subset",
+           "task_data",
            "train_one", "train_together"]

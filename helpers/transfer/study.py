@@ -377,17 +377,43 @@ def series_config(spec, cnn: dict, pretrain: dict, finetune: dict, **options) ->
                         **options)
 
 
-def gain_over_baseline(runs: list[dict]) -> list[dict]:
+def gain_over_baseline(runs: list[dict], level: float = 0.95) -> list[dict]:
     """Per series, learning rate, variant, cut and fraction: mean test accuracy over the
-    repeats, the baseline's on the same subsets, and the gain (difference)."""
+    repeats, the baseline's on the same subsets, and the gain (difference) with its interval.
+    Repeat r of a setting and of the baseline train on the same subset in the same batch order,
+    so the gain is a paired difference per repeat; its ``level`` interval is Student's t over
+    the repeats (none with a single repeat)."""
     import pandas as pd
+    from scipy.stats import t
 
     df = pd.DataFrame(runs)
     keys = ["series", "lr", "fraction"]
-    base = (df[df["variant"] == "baseline"].groupby(keys)["test_accuracy"].mean()
-            .rename("baseline"))
-    mean = (df[df["variant"] != "baseline"].groupby(keys + ["variant", "cut", "cut_after"])
-            ["test_accuracy"].agg(["mean", "std", "count"]).reset_index())
-    out = mean.join(base, on=keys)
-    out["gain"] = out["mean"] - out["baseline"]
-    return out.rename(columns={"mean": "test_accuracy", "count": "repeats"}).to_dict("records")
+    base = (df[df["variant"] == "baseline"][[*keys, "repeat", "test_accuracy"]]
+            .rename(columns={"test_accuracy": "baseline_run"}))
+    paired = df[df["variant"] != "baseline"].merge(base, on=[*keys, "repeat"])
+    paired["difference"] = paired["test_accuracy"] - paired["baseline_run"]
+    out = (paired.groupby([*keys, "variant", "cut", "cut_after"])
+           .agg(test_accuracy=("test_accuracy", "mean"), std=("test_accuracy", "std"),
+                repeats=("test_accuracy", "count"), baseline=("baseline_run", "mean"),
+                gain=("difference", "mean"), gain_sd=("difference", "std"))
+           .reset_index())
+    half = (t.ppf((1 + level) / 2, out["repeats"].clip(lower=2) - 1) * out["gain_sd"]
+            / out["repeats"] ** 0.5).where(out["repeats"] > 1)
+    out["ci_low"], out["ci_high"] = out["gain"] - half, out["gain"] + half
+    return out.drop(columns="gain_sd").to_dict("records")
+
+
+def setting_scores(gains: list[dict]) -> list[dict]:
+    """Per setting (variant, cut), over the (series, fraction) cells of ``gain_over_baseline``:
+    in how many its gain's interval lies above zero (better than the baseline from scratch)
+    and below zero (worse), and its mean, lowest and highest gain; best settings first."""
+    import pandas as pd
+
+    df = pd.DataFrame(gains)
+    df["better"], df["worse"] = df["ci_low"] > 0, df["ci_high"] < 0
+    scores = (df.groupby(["variant", "cut", "cut_after"])
+              .agg(cells=("gain", "size"), better=("better", "sum"), worse=("worse", "sum"),
+                   mean_gain=("gain", "mean"), lowest_gain=("gain", "min"),
+                   highest_gain=("gain", "max"))
+              .reset_index().sort_values(["better", "mean_gain"], ascending=False))
+    return scores.to_dict("records")

@@ -1,0 +1,173 @@
+"""Findings computed from the numbers: how much a method changes accuracy against a baseline on
+the same test images, with a 95% paired-bootstrap interval, and on how many data sets the
+change is significant by McNemar's exact test.
+
+Notebooks and the README print these rows and sentences instead of prose typed by hand, so
+that every claim of the report moves with its results, and a difference of a point can be
+told from noise.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from scipy.stats import binomtest
+
+LEVEL = 0.95
+RESAMPLES = 10_000
+SIGNIFICANCE = 0.05
+
+
+def correct_per_image(result: dict) -> np.ndarray:
+    """1.0 where a cell's prediction counts as right (a task's acceptable classes included,
+    as ``evaluate`` records it), else 0.0. Records without ``correct`` (older results files)
+    compare the predictions with the labels."""
+    if "correct" in result:
+        return np.asarray(result["correct"], dtype=np.float64)
+    return (np.asarray(result["predictions"]) == np.asarray(result["labels"])).astype(np.float64)
+
+
+def paired_bootstrap(groups: list[np.ndarray], level: float = LEVEL,
+                     resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    """The mean over tasks of each task's mean paired difference, and its percentile bootstrap
+    interval. ``groups`` are arrays (tasks x images) of per-image differences (method minus
+    baseline); the tasks of one group hold the same test images (a clean sample and its
+    corruptions), so an image is resampled with all its tasks: the corruptions of one image are
+    not independent evidence. Groups are resampled independently (strata)."""
+    rng = np.random.default_rng(seed)
+    n_tasks = sum(len(g) for g in groups)
+    estimate = sum(g.mean(1).sum() for g in groups) / n_tasks
+    resampled = np.zeros(resamples)
+    for group in groups:
+        per_image = group.mean(0)
+        picks = rng.integers(0, len(per_image), size=(resamples, len(per_image)))
+        resampled += per_image[picks].mean(1) * len(group)
+    low, high = np.quantile(resampled / n_tasks, [(1 - level) / 2, (1 + level) / 2])
+    return float(estimate), float(low), float(high)
+
+
+def mcnemar_p(baseline: np.ndarray, method: np.ndarray) -> float:
+    """Two-sided exact McNemar test on paired right/wrong outcomes: a binomial test of the
+    images only one of the two gets right (1.0 when there are none)."""
+    gained = int(np.sum((method == 1) & (baseline == 0)))
+    lost = int(np.sum((method == 0) & (baseline == 1)))
+    return 1.0 if gained + lost == 0 else float(binomtest(gained, gained + lost, 0.5).pvalue)
+
+
+def proportion_interval(accuracy: float, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy measured on ``n`` test images (scipy's
+    ``binomtest``): how far the same model could land on another sample of the same size."""
+    hits = round(accuracy * n)
+    interval = binomtest(hits, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def _image_groups(cells: dict[str, dict]) -> list[list[str]]:
+    """Tasks grouped by their label sequence: the corruptions of one sample share it (and its
+    images); different samples or data sets almost never do."""
+    groups = defaultdict(list)
+    for task, cell in cells.items():
+        groups[tuple(cell["labels"])].append(task)
+    return list(groups.values())
+
+
+def compare(results: list[dict], method: str, baseline: str = "source", by=("model",),
+            seed: int = 0) -> list[dict]:
+    """For every value of ``by`` (e.g. each model): ``method`` against ``baseline`` on the tasks
+    both ran, as one row: mean accuracies, the change with its 95% paired-bootstrap interval,
+    the number of tasks where McNemar's test finds it significant in each direction, ECE and
+    seconds per image of both."""
+    rows = []
+    for key, cells in _by_key(results, by).items():
+        base, other = cells.get(baseline, {}), cells.get(method, {})
+        tasks = [t for t in base if t in other]
+        if tasks:
+            rows.append({**dict(zip(by, key)),
+                         **_compare_cells({t: base[t] for t in tasks},
+                                          {t: other[t] for t in tasks}, method, baseline, seed)})
+    return rows
+
+
+def _by_key(results, by) -> dict:
+    """results -> {key: {method: {task: cell}}}."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for r in results:
+        out[tuple(r[k] for k in by)][r["method"]][r["data"]] = r
+    return out
+
+
+def _compare_cells(base: dict, other: dict, method: str, baseline: str, seed: int) -> dict:
+    correct = {t: (correct_per_image(base[t]), correct_per_image(other[t])) for t in base}
+    groups = _image_groups(base)
+    change, low, high = paired_bootstrap(
+        [np.stack([correct[t][1] - correct[t][0] for t in g]) for g in groups], seed=seed)
+    significant = {t: mcnemar_p(*correct[t]) < SIGNIFICANCE for t in base}
+    better = [t for t in base if significant[t] and correct[t][1].mean() > correct[t][0].mean()]
+    worse = [t for t in base if significant[t] and correct[t][1].mean() < correct[t][0].mean()]
+
+    def mean(cells, field):
+        return float(np.mean([c[field] for c in cells.values()]))
+
+    return {"method": method, "baseline": baseline, "tasks": len(base),
+            "images": sum(len(base[g[0]]["labels"]) for g in groups),
+            "baseline_accuracy": mean(base, "accuracy"), "accuracy": mean(other, "accuracy"),
+            "change": change, "ci_low": low, "ci_high": high,
+            "better_on": len(better), "worse_on": len(worse), "better_tasks": better,
+            "worse_tasks": worse, "baseline_ece": mean(base, "ece"), "ece": mean(other, "ece"),
+            "baseline_seconds": mean(base, "seconds_per_sample"),
+            "seconds": mean(other, "seconds_per_sample")}
+
+
+def compare_all(results: list[dict], baseline: str = "source", methods=None, by=("model",),
+                seed: int = 0) -> list[dict]:
+    """``compare`` for every method but the baseline, grouped by ``by`` (e.g. one model's rows
+    together), methods in the order of ``methods`` (else of first appearance)."""
+    methods = methods or list(dict.fromkeys(r["method"] for r in results))
+    rows = [row for m in methods if m != baseline for row in compare(results, m, baseline, by,
+                                                                     seed)]
+    keys = list(dict.fromkeys(tuple(r[k] for k in by) for r in results))
+    return sorted(rows, key=lambda row: keys.index(tuple(row[k] for k in by)))  # stable
+
+
+def verdict(row: dict) -> str:
+    """'gain' or 'loss' when the interval excludes zero, else 'no detectable change'."""
+    if row["ci_low"] > 0:
+        return "gain"
+    if row["ci_high"] < 0:
+        return "loss"
+    return "no detectable change"
+
+
+def sentence(row: dict, subject: str | None = None) -> str:
+    """One Markdown line of a finding, every number formatted from the row."""
+    who = subject or " · ".join(str(row[k]) for k in row if k in ("model", "recipe", "data"))
+    tasks = row["tasks"]
+    sets = f"{tasks} data sets" if tasks > 1 else "1 data set"
+    return (
+        f"**{row['method']}** vs {row['baseline']}{f' ({who})' if who else ''}: mean accuracy "
+        f"{row['baseline_accuracy']:.3f} → {row['accuracy']:.3f}, change "
+        f"{row['change']:+.3f} (95% CI {row['ci_low']:+.3f} to {row['ci_high']:+.3f}; "
+        f"{row['images']:,} test images × {sets}): **{verdict(row)}**. "
+        f"Significant on {row['better_on'] + row['worse_on']} of {tasks} (McNemar, "
+        f"p < {SIGNIFICANCE}): better on {row['better_on']}, worse on {row['worse_on']}. "
+        f"ECE {row['baseline_ece']:.3f} → {row['ece']:.3f}; {row['seconds']:.3f} s per image "
+        f"({row['baseline']} {row['baseline_seconds']:.3f} s).")
+
+
+def lines(rows: list[dict], subject=None) -> list[str]:
+    """One sentence per row (``subject(row)`` names what a row is about): what a notebook shows
+    as its findings and its results file keeps for the README."""
+    return [sentence(r, subject(r) if subject else None) for r in rows]
+
+
+def markdown(text_lines: list[str]) -> str:
+    """Findings as a Markdown list."""
+    if not text_lines:
+        return "_Nothing to compare: no method ran beside its baseline._"
+    return "\n".join(f"- {line}" for line in text_lines)
+
+
+def table(rows: list[dict]) -> list[dict]:
+    """The rows without their per-task lists, for tables and results files."""
+    return [{k: v for k, v in r.items() if not k.endswith("_tasks")} for r in rows]

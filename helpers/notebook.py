@@ -1,0 +1,119 @@
+"""What every notebook does around its experiment, in one place: the Colab set-up, the seed,
+the device, where its results and figures go, the versions that made them, its store of
+finished cells, and its results file.
+
+A notebook calls ``start`` after its parameters cell and ``NotebookRun.save`` at the end; what
+lies between is the experiment and its story.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import findings, paths
+from .evaluate import ResultStore, run_info, write_json
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def colab_setup(notebook: str) -> dict:
+    """Tell a Colab user what this runtime offers (GPU or not) and which parameters the
+    ``full`` profile gives this notebook, to paste into the parameters cell for the papers'
+    scale; returns those parameters."""
+    from .batch import load_profile
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    print(f"GPU: {gpu}" if gpu else
+          "No GPU in this runtime: the defaults below run on the CPU in minutes; for the full "
+          "profile choose Runtime > Change runtime type > GPU.")
+    full = load_profile("full")["notebooks"].get(notebook, {})
+    print(f"The full profile's parameters for {notebook} (paste into the parameters cell):")
+    for name, value in full.items():
+        print(f"{name} = {value!r}")
+    return full
+
+
+@dataclass
+class NotebookRun:
+    """One run of a notebook: its parameters and where its outputs go."""
+
+    name: str
+    parameters: dict
+    results_path: Path
+    figures_dir: Path
+    device: torch.device
+    info: dict
+    started: float = field(default_factory=time.time)
+    finding_lines: list = field(default_factory=list)
+    comparisons: list = field(default_factory=list)
+    findings_figure: str | None = None
+
+    def store(self, method_settings=()) -> ResultStore:
+        """The store of finished grid cells beside the results file, kept while the parameters
+        the cells depend on stay the same: all but ``method_settings`` (the names of the
+        methods' own options, which each cell records and compares itself, so that changing
+        one method's options recomputes only its cells)."""
+        kept = {k: v for k, v in self.parameters.items() if k not in set(method_settings)}
+        return ResultStore(self.results_path.with_suffix(".cells.json"), kept)
+
+    def figure(self, fig, name: str) -> Path:
+        """Save a figure as ``<figures_dir>/<name>.png`` (and keep showing it inline)."""
+        from .plots import save
+
+        return save(fig, self.figures_dir, name)
+
+    def show_findings(self, rows=(), lines=None, figure: str | None = None,
+                      title: str = "Change in mean accuracy (95% paired-bootstrap intervals)"):
+        """Show the findings as Markdown (one sentence per comparison row of
+        ``findings.compare``, or the given ``lines``) and, as figure ``figure``, the rows'
+        changes with their intervals; both are kept for the results file. Returns the lines."""
+        from IPython.display import Markdown, display
+
+        from .plots import changes
+
+        self.comparisons = findings.table(list(rows))
+        self.finding_lines = list(lines) if lines is not None else findings.lines(list(rows))
+        display(Markdown(findings.markdown(self.finding_lines)))
+        if rows and figure:
+            self.figure(changes(list(rows), title=title), figure)
+            self.findings_figure = figure
+        return self.finding_lines
+
+    def save(self, summary: dict, note: str = "", headline_table: str | None = None,
+             headline_figure: str | None = None, **extra) -> Path:
+        """Write the results file atomically: what made the numbers (parameters, versions,
+        device, seed), the note on models and data, the summary tables the batch summary and
+        the README show, the findings shown (sentences with their intervals, and the
+        comparison rows behind them), the headline the README shows (a title of ``summary``
+        and a figure's name: the findings figure unless given), and anything else given."""
+        seconds = round(time.time() - self.started, 1)
+        headline = {"table": headline_table, "figure": headline_figure or self.findings_figure}
+        path = write_json(self.results_path, {
+            "notebook": self.name, "parameters": self.parameters, "run": self.info,
+            "note": note, "summary": summary, "findings": self.finding_lines,
+            "comparisons": self.comparisons, "headline": headline, "seconds": seconds,
+            **extra})
+        print(f"results: {path}\nfigures: {self.figures_dir}\n{seconds} s")
+        return path
+
+
+def start(name: str, parameters: dict, results_path=None, figures_dir=None,
+          device=None) -> NotebookRun:
+    """Seed torch with ``parameters["seed"]``, pick the device (CUDA when present), resolve the
+    outputs (``paths.notebook_outputs``: the runner's folders unless given) and print the
+    versions, so every notebook starts the same way."""
+    torch.manual_seed(parameters.get("seed", 0))
+    results_path, figures_dir = paths.notebook_outputs(name, parameters.get("profile", "smoke"),
+                                                       results_path, figures_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    info = run_info(parameters.get("seed"))
+    print(f"device: {info['device']}, torch {info['torch']}, clip {info['clip']}, "
+          f"threads {info['threads']}")
+    return NotebookRun(name, parameters, results_path, figures_dir, device, info)

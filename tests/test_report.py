@@ -1,0 +1,98 @@
+"""The published report (report/) and the README's results block: written from results files,
+complete for every notebook, within its size budget, and stable when nothing changed."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers import batch, paths, report
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9]*.py"))
+BUDGET_MB = 15
+
+
+def test_readme_block_is_what_the_report_writes():
+    """`python -m helpers.report --readme` rewrites it; edit notebooks, never the block."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index(report.BEGIN):text.index(report.END) + len(report.END)]
+    assert block == report.readme_block(ROOT / "report", ROOT)
+
+
+def test_report_stays_within_its_budget():
+    size = sum(f.stat().st_size for f in (ROOT / "report").rglob("*") if f.is_file())
+    assert size < BUDGET_MB * 2**20, f"report/ is {size / 2**20:.1f} MB"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_notebook_is_published_with_its_tables_figures_and_findings(name):
+    notebook = nbformat.read(ROOT / "report" / f"{name}.ipynb", as_version=4)
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure"
+    assert any("<table" in o.get("data", {}).get("text/html", "") for o in outputs), "no table"
+    assert any("## Findings" in c.source for c in notebook.cells if c.cell_type == "markdown")
+    results = json.loads((ROOT / "report" / "results" / f"{name}.json").read_text())
+    assert results["findings"] and results["headline"]["figure"]
+    assert (ROOT / "figures" / f"{results['headline']['figure']}.png").is_file()
+    assert (ROOT / "report" / f"{name}.html").is_file()
+    assert f'href="{name}.html"' in (ROOT / "report" / "index.html").read_text()
+
+
+@pytest.fixture
+def batch_run(tmp_path, monkeypatch):
+    """A finished batch run of one notebook in a temporary runs/ and results/."""
+    monkeypatch.setattr(paths, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(paths, "RESULTS", tmp_path / "results")
+    code = nbformat.v4.new_code_cell("print(1)", outputs=[nbformat.v4.new_output(
+        "stream", text="1\n")], metadata={"papermill": {"duration": 1.5},
+                                          "execution": {"iopub.execute_input": "2026"}})
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 01 · A test"),
+                                               code], metadata={"papermill": {"duration": 3}})
+    executed = tmp_path / "runs" / "offline" / "01_test.ipynb"
+    executed.parent.mkdir(parents=True)
+    nbformat.write(notebook, executed)
+    results = {"note": "a note", "findings": ["**memo** vs source: a finding"], "seconds": 120,
+               "summary": {"Means": [{"method": "memo", "accuracy": 0.5}]},
+               "headline": {"table": "Means", "figure": "01_test_findings"}}
+    (tmp_path / "results" / "offline").mkdir(parents=True)
+    (tmp_path / "results" / "offline" / "01_test.json").write_text(json.dumps(results))
+    (tmp_path / "results" / "offline" / "SUMMARY.md").write_text("# Summary")
+    return tmp_path
+
+
+def test_publish_writes_stable_notebooks_html_results_and_index(batch_run):
+    out = batch_run / "report"
+    assert report.publish("offline", out) == []  # no run record: the run did not finish
+    batch.record_file("offline", Path("01_test.ipynb")).write_text("{}")
+    assert report.publish("offline", out) == ["01_test"]
+    published = nbformat.read(out / "01_test.ipynb", as_version=4)
+    assert published.cells[1].outputs[0].text == "1\n"  # outputs kept
+    assert "papermill" not in published.cells[1].metadata and "papermill" not in published.metadata
+    assert "execution" not in published.cells[1].metadata
+    index = (out / "index.html").read_text()
+    assert 'href="01_test.html"' in index and "a finding" in index
+    assert (out / "results" / "01_test.json").is_file() and (out / "SUMMARY.md").is_file()
+    before = {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()}
+    report.publish("offline", out)  # nothing changed: no file is written again
+    assert {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()} == before
+
+
+def test_readme_block_replaces_only_the_marked_part_and_needs_the_markers(batch_run):
+    out = batch_run / "report"
+    batch.record_file("offline", Path("01_test.ipynb")).write_text("{}")
+    report.publish("offline", out)
+    readme = batch_run / "README.md"
+    readme.write_text(f"intro\n{report.BEGIN}\nstale\n{report.END}\nend\n")
+    assert report.update_readme(readme, out)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("end\n") and "stale" not in text
+    assert "### 01 · A test" in text and "- **memo** vs source: a finding" in text
+    assert "| memo | 0.500 |" in text
+    assert "![01_test_findings](figures/01_test_findings.png)" in text
+    assert not report.update_readme(readme, out)  # the same block again: unchanged
+    readme.write_text("no markers")
+    with pytest.raises(SystemExit, match="no results block"):
+        report.update_readme(readme, out)
