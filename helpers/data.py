@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import warnings
+from collections import Counter
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
@@ -409,12 +410,35 @@ def sklearn_digits() -> ImageTensorDataset:
                               f"scikit-learn 8x8 digits, {len(digits.target):,} images")
 
 
+FOOLBOX_VERSION = "3.3.4"
+PHOTO_SOURCES = {"skimage": "scikit-image", "sklearn": "scikit-learn",
+                 "foolbox": f"the foolbox {FOOLBOX_VERSION} wheel"}
+
+
+def _foolbox_photo(file: str) -> np.ndarray:
+    """A photo of the foolbox wheel's ``foolbox/data`` folder, found through the installed
+    distribution's metadata: importing foolbox (eagerpy, GitPython, ...) is not needed."""
+    from importlib import metadata
+
+    try:
+        path = Path(metadata.distribution("foolbox").locate_file(f"foolbox/data/{file}"))
+    except metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise _not_found(f"The photo {file} of the foolbox wheel", path or Path("foolbox/data"),
+                         f"pip install foolbox=={FOOLBOX_VERSION} (its wheel ships the photos).")
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def _load_photo(loader: str) -> np.ndarray:
     library, name = loader.split(":")
     if library == "skimage":
         import skimage.data
         image = getattr(skimage.data, name)()
         return image[0] if isinstance(image, tuple) else image  # stereo pairs: left view
+    if library == "foolbox":
+        return _foolbox_photo(name)
     from sklearn.datasets import load_sample_image
     return load_sample_image(name)
 
@@ -425,15 +449,19 @@ def sample_photo_names() -> list[str]:
 
 
 def sample_photos(size: int = 224) -> ImageTensorDataset:
-    """A handful of real photos bundled with scikit-image / scikit-learn, labelled with
-    ImageNet-1k indices; ``acceptable`` lists the other classes that count as right."""
+    """26 real photos labelled with ImageNet-1k indices: 6 bundled with scikit-image and
+    scikit-learn, then the 20 ImageNet photos of the foolbox wheel. ``acceptable`` lists the
+    other classes each photo also shows, which count as right. ``size``: the classifier's
+    input size (224 for EfficientNet-Lite0, 240 and 260 for Lite1 and Lite2), so that the
+    corruptions act on the pixels the model sees."""
     photos = _resource("sample_photos.json")["photos"]
     images = torch.stack([_resize_crop(Image.fromarray(_load_photo(p["loader"])), size)
                           for p in photos])
+    counts = Counter(p["loader"].split(":")[0] for p in photos)
+    sources = ", ".join(f"{n} from {PHOTO_SOURCES[library]}" for library, n in counts.items())
     return ImageTensorDataset(
         images, [p["label"] for p in photos], imagenet_class_names(), "sample-photos",
-        f"{len(photos)} photos bundled with scikit-image and scikit-learn "
-        f"({', '.join(p['name'] for p in photos)}), ImageNet-1k labels",
+        f"{len(photos)} real photos with ImageNet-1k labels ({sources}), {size}x{size}",
         imagenet_indices=list(range(1000)), acceptable=[list(p["acceptable"]) for p in photos])
 
 
