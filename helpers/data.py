@@ -490,6 +490,8 @@ def load_dataset(name: str, split: str = "test", root=None, download: bool = Fal
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
                "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
                "elastic_transform", "pixelate", "jpeg_compression")
+# ImageNet-C's four held-out corruptions: settings are chosen on these, never on the 15 above.
+VALIDATION_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 # imagecorruptions refuses sides below 32 pixels.
 _MIN_SIDE = 32
 # Bump when a corruption's code changes, so cached results are not reused.
@@ -508,6 +510,13 @@ def _imagecorruptions():
 def _gaussian(image, sigma):
     from skimage.filters import gaussian
     return gaussian(image, sigma=sigma, channel_axis=-1)
+
+
+def gaussian_blur(x, severity=1):
+    """imagecorruptions' gaussian_blur with skimage's ``channel_axis`` (``multichannel``
+    is gone)."""
+    c = [1, 2, 3, 4, 6][severity - 1]
+    return np.clip(_gaussian(np.array(x) / 255., c), 0, 1) * 255
 
 
 def glass_blur(x, severity=1):
@@ -586,11 +595,13 @@ def impulse_noise(x, severity=1):
 
 
 def _corruption(name: str, severity: int):
-    if name not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {name!r}; valid: {', '.join(CORRUPTIONS)}")
+    if name not in CORRUPTIONS + VALIDATION_CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}; valid: {', '.join(CORRUPTIONS)} "
+                         f"(test), {', '.join(VALIDATION_CORRUPTIONS)} (validation)")
     if severity not in (1, 2, 3, 4, 5):
         raise ValueError(f"severity must be one of 1, 2, 3, 4, 5, got {severity!r}")
-    fixed = {"glass_blur": glass_blur, "fog": fog, "frost": frost, "impulse_noise": impulse_noise}
+    fixed = {"glass_blur": glass_blur, "fog": fog, "frost": frost, "impulse_noise": impulse_noise,
+             "gaussian_blur": gaussian_blur}
     return fixed[name] if name in fixed else getattr(_imagecorruptions(), name)
 
 
@@ -674,22 +685,37 @@ def corrupted(dataset, corruption: str, severity: int, seed: int = 0,
         if cache:
             _save_atomic(path, result.numpy())
     padded = " (zero-padded to 32x32 for it)" if min(images.shape[2:]) < _MIN_SIDE else ""
+    held_out = ", a held-out validation corruption" if corruption in VALIDATION_CORRUPTIONS else ""
     description = (f"{dataset.description}; corrupted with {corruption} at severity {severity} "
-                   f"of 5 (ImageNet-C style, imagecorruptions, seed {seed}){padded}")
+                   f"of 5 (ImageNet-C style{held_out}, imagecorruptions, seed {seed}){padded}")
     return ImageTensorDataset(result, dataset.labels, dataset.class_names,
                               f"{dataset.name}/{corruption}-{severity}", description,
                               imagenet_indices=dataset.imagenet_indices,
                               acceptable=getattr(dataset, "acceptable", None))
 
 
+def corruption_names(corruptions="all") -> tuple:
+    """``"all"``: the 15 test corruptions of ImageNet-C; ``"validation"``: its 4 held-out ones
+    (choose settings on these); or an explicit list of names (test and validation may mix)."""
+    if isinstance(corruptions, str):
+        named = {"all": CORRUPTIONS, "validation": VALIDATION_CORRUPTIONS}
+        if corruptions not in named:
+            raise ValueError(f"corruptions must be 'all', 'validation' or a list of names, got "
+                             f"{corruptions!r}")
+        return named[corruptions]
+    for name in corruptions:
+        _corruption(name, 1)
+    return tuple(corruptions)
+
+
 def corruption_suite(dataset, corruptions="all", severity: int = 5, n: int | None = None,
                      seed: int = 0, clean: bool = True) -> dict:
     """The tasks of a robustness table: the same ``n`` test images clean and under each
-    corruption (``"all"`` for the 15 of ImageNet-C), keyed by corruption name."""
+    corruption (see ``corruption_names``: "all", "validation" or a list), keyed by name."""
     base = take(dataset, n, seed)
-    names = CORRUPTIONS if corruptions == "all" else list(corruptions)
     suite = {"clean": base} if clean else {}
-    suite.update({name: corrupted(base, name, severity, seed) for name in names})
+    suite.update({name: corrupted(base, name, severity, seed)
+                  for name in corruption_names(corruptions)})
     return suite
 
 

@@ -354,13 +354,18 @@ def _mean_abs_change(clean, corrupted):
 # - fog both lifts dark pixels and dims bright ones, which also cancels; 1 - SSIM does not.
 CHANGE = {"defocus_blur": _sharpness_loss, "glass_blur": _sharpness_loss,
           "motion_blur": _sharpness_loss, "zoom_blur": _sharpness_loss,
+          "gaussian_blur": _sharpness_loss,
           "frost": _one_minus_correlation, "fog": _one_minus_ssim}
 # ImageNet-C's snow severities 2 and 3 whiten the image equally (factor 0.7) and trade flake
 # count for flake size, so they change images by about as much (either may be larger).
-TOLERANCE = {"snow": 0.1}
+# Spatter's severities 1-3 are water drops, 4-5 mud: the heaviest water (3) and the lightest
+# mud (4) change images by about as much (measured 8.4 and 8.2 grey levels on the photos).
+TOLERANCE = {"snow": 0.1, "spatter": 0.1}
 
 
-@pytest.mark.parametrize("corruption", data.CORRUPTIONS)
+# saturate is not monotone by design (severities 1-2 remove colour, 3-5 add it): tested below.
+@pytest.mark.parametrize("corruption", data.CORRUPTIONS + ("speckle_noise", "gaussian_blur",
+                                                           "spatter"))
 def test_corruption_grows_with_severity(corruption, photos64, fashion):
     for clean in (photos64.images, fashion.images[:64]):
         outputs = [data.corrupt_images(clean, corruption, severity) for severity in range(1, 6)]
@@ -373,10 +378,47 @@ def test_corruption_grows_with_severity(corruption, photos64, fashion):
             assert stronger >= weaker * (1 - tolerance), (corruption, change)
 
 
+def test_saturate_removes_then_adds_colour(photos64):
+    from skimage.color import rgb2hsv
+
+    def saturation(images):
+        return float(np.mean([rgb2hsv(image.permute(1, 2, 0).numpy())[..., 1].mean()
+                              for image in images]))
+
+    clean = saturation(photos64.images)
+    after = [saturation(data.corrupt_images(photos64.images, "saturate", severity))
+             for severity in range(1, 6)]
+    # ImageNet-C's factors: x0.3, x0.1, x2, x5 + 0.1, x20 + 0.2 on HSV saturation.
+    assert after[1] < after[0] < clean < after[2] < after[3] < after[4], (clean, after)
+    # measured 0.32 and 0.12 of the clean saturation (uint8 rounding keeps a little more);
+    # the increases saturate at 1.
+    assert after[0] == pytest.approx(0.3 * clean, rel=0.1)
+    assert after[1] == pytest.approx(0.1 * clean, rel=0.25)
+
+
+def test_validation_corruptions_are_an_explicit_option(photos64):
+    assert data.corruption_names() == data.CORRUPTIONS and len(data.CORRUPTIONS) == 15
+    assert data.corruption_names("validation") == ("speckle_noise", "gaussian_blur", "spatter",
+                                                   "saturate")
+    assert not set(data.VALIDATION_CORRUPTIONS) & set(data.CORRUPTIONS)
+    suite = data.corruption_suite(photos64, "validation", severity=2, n=3, seed=0)
+    assert list(suite) == ["clean", *data.VALIDATION_CORRUPTIONS]
+    assert all(torch.equal(task.labels, suite["clean"].labels) for task in suite.values())
+    assert "held-out validation corruption" in suite["spatter"].description
+    assert "held-out" not in data.corrupted(photos64, "fog", 2).description
+    mixed = data.corruption_suite(photos64, ["fog", "saturate"], severity=2, n=3, clean=False)
+    assert list(mixed) == ["fog", "saturate"]
+    with pytest.raises(ValueError, match="'all', 'validation' or a list"):
+        data.corruption_suite(photos64, "test")
+    with pytest.raises(ValueError, match="speckle_noise, gaussian_blur, spatter, saturate"):
+        data.corruption_suite(photos64, ["fog", "rain"])
+
+
 def test_corruption_is_seeded_per_image_and_leaves_global_rng_alone(photos64):
     images = photos64.images[:4]
     state = np.random.get_state()
-    for corruption in ("gaussian_noise", "impulse_noise", "glass_blur", "frost", "fog"):
+    for corruption in ("gaussian_noise", "impulse_noise", "glass_blur", "frost", "fog",
+                       "speckle_noise", "spatter"):
         first = data.corrupt_images(images, corruption, 3, seed=7)
         assert torch.equal(first, data.corrupt_images(images, corruption, 3, seed=7)), corruption
         assert torch.equal(first[:2], data.corrupt_images(images[:2], corruption, 3, seed=7))
@@ -399,7 +441,8 @@ def test_invalid_corruption_arguments(photos64):
 
 
 def test_fixed_corruptions_match_imagecorruptions(monkeypatch):
-    """Our glass_blur / fog / frost reproduce the package's functions (patched to run)."""
+    """Our gaussian_blur / glass_blur / fog / frost reproduce the package's functions
+    (patched to run)."""
     from skimage.filters import gaussian
     corruptions = data._imagecorruptions()
 
@@ -409,7 +452,7 @@ def test_fixed_corruptions_match_imagecorruptions(monkeypatch):
     monkeypatch.setattr(corruptions, "gaussian", old_gaussian)
     monkeypatch.setattr(np, "float_", np.float64, raising=False)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (36, 44, 3), dtype=np.uint8))
-    for name in ("glass_blur", "fog", "frost"):
+    for name in ("gaussian_blur", "glass_blur", "fog", "frost"):
         for severity in (1, 5):
             np.random.seed(3)
             expected = getattr(corruptions, name)(image, severity)
