@@ -493,6 +493,15 @@ def describe(model: str) -> str:
     return DESCRIPTIONS.get(model, f"CLIP {model} (OpenAI weights), zero-shot")
 
 
+def photo_size(model: str) -> int:
+    """The side at which to load and corrupt photos for ``model`` without building it: an
+    EfficientNet-Lite's own input size (224, 240, 260), else 224 (ImageNet-C's)."""
+    if model in EFFICIENTNET_LITES:
+        from efficientnet_lite_pytorch import EfficientNet
+        return EfficientNet.get_image_size(model)
+    return 224
+
+
 def build_classifier(model: str, class_names=None, device=None, **kw) -> Classifier:
     """One call from a model name to a classifier over the task's classes: ``small-clip``,
     ``small-cnn``, ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``, a CLIP name (``ViT-B/32``)

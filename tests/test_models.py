@@ -138,6 +138,7 @@ def test_efficientnet_lites_on_the_photos(name, size, labelled_photos):
 
     model = build_classifier(name, device="cpu")
     assert model.preprocess.size == size == EfficientNet.get_image_size(name)
+    assert models.photo_size(name) == size and models.photo_size("ViT-B/16") == 224
     assert model.description == models.describe(name) and f"{size} px" in model.description
     assert model.backbone._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     photos = labelled_photos[size]
