@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import warnings
+from collections import Counter
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
@@ -409,12 +410,35 @@ def sklearn_digits() -> ImageTensorDataset:
                               f"scikit-learn 8x8 digits, {len(digits.target):,} images")
 
 
+FOOLBOX_VERSION = "3.3.4"
+PHOTO_SOURCES = {"skimage": "scikit-image", "sklearn": "scikit-learn",
+                 "foolbox": f"the foolbox {FOOLBOX_VERSION} wheel"}
+
+
+def _foolbox_photo(file: str) -> np.ndarray:
+    """A photo of the foolbox wheel's ``foolbox/data`` folder, found through the installed
+    distribution's metadata: importing foolbox (eagerpy, GitPython, ...) is not needed."""
+    from importlib import metadata
+
+    try:
+        path = Path(metadata.distribution("foolbox").locate_file(f"foolbox/data/{file}"))
+    except metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise _not_found(f"The photo {file} of the foolbox wheel", path or Path("foolbox/data"),
+                         f"pip install foolbox=={FOOLBOX_VERSION} (its wheel ships the photos).")
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def _load_photo(loader: str) -> np.ndarray:
     library, name = loader.split(":")
     if library == "skimage":
         import skimage.data
         image = getattr(skimage.data, name)()
         return image[0] if isinstance(image, tuple) else image  # stereo pairs: left view
+    if library == "foolbox":
+        return _foolbox_photo(name)
     from sklearn.datasets import load_sample_image
     return load_sample_image(name)
 
@@ -425,15 +449,19 @@ def sample_photo_names() -> list[str]:
 
 
 def sample_photos(size: int = 224) -> ImageTensorDataset:
-    """A handful of real photos bundled with scikit-image / scikit-learn, labelled with
-    ImageNet-1k indices; ``acceptable`` lists the other classes that count as right."""
+    """26 real photos labelled with ImageNet-1k indices: 6 bundled with scikit-image and
+    scikit-learn, then the 20 ImageNet photos of the foolbox wheel. ``acceptable`` lists the
+    other classes each photo also shows, which count as right. ``size``: the classifier's
+    input size (224 for EfficientNet-Lite0, 240 and 260 for Lite1 and Lite2), so that the
+    corruptions act on the pixels the model sees."""
     photos = _resource("sample_photos.json")["photos"]
     images = torch.stack([_resize_crop(Image.fromarray(_load_photo(p["loader"])), size)
                           for p in photos])
+    counts = Counter(p["loader"].split(":")[0] for p in photos)
+    sources = ", ".join(f"{n} from {PHOTO_SOURCES[library]}" for library, n in counts.items())
     return ImageTensorDataset(
         images, [p["label"] for p in photos], imagenet_class_names(), "sample-photos",
-        f"{len(photos)} photos bundled with scikit-image and scikit-learn "
-        f"({', '.join(p['name'] for p in photos)}), ImageNet-1k labels",
+        f"{len(photos)} real photos with ImageNet-1k labels ({sources}), {size}x{size}",
         imagenet_indices=list(range(1000)), acceptable=[list(p["acceptable"]) for p in photos])
 
 
@@ -464,6 +492,8 @@ def load_dataset(name: str, split: str = "test", root=None, download: bool = Fal
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
                "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
                "elastic_transform", "pixelate", "jpeg_compression")
+# ImageNet-C's four held-out corruptions: settings are chosen on these, never on the 15 above.
+VALIDATION_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 # imagecorruptions refuses sides below 32 pixels.
 _MIN_SIDE = 32
 # Bump when a corruption's code changes, so cached results are not reused.
@@ -482,6 +512,13 @@ def _imagecorruptions():
 def _gaussian(image, sigma):
     from skimage.filters import gaussian
     return gaussian(image, sigma=sigma, channel_axis=-1)
+
+
+def gaussian_blur(x, severity=1):
+    """imagecorruptions' gaussian_blur with skimage's ``channel_axis`` (``multichannel``
+    is gone)."""
+    c = [1, 2, 3, 4, 6][severity - 1]
+    return np.clip(_gaussian(np.array(x) / 255., c), 0, 1) * 255
 
 
 def glass_blur(x, severity=1):
@@ -560,11 +597,13 @@ def impulse_noise(x, severity=1):
 
 
 def _corruption(name: str, severity: int):
-    if name not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {name!r}; valid: {', '.join(CORRUPTIONS)}")
+    if name not in CORRUPTIONS + VALIDATION_CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}; valid: {', '.join(CORRUPTIONS)} "
+                         f"(test), {', '.join(VALIDATION_CORRUPTIONS)} (validation)")
     if severity not in (1, 2, 3, 4, 5):
         raise ValueError(f"severity must be one of 1, 2, 3, 4, 5, got {severity!r}")
-    fixed = {"glass_blur": glass_blur, "fog": fog, "frost": frost, "impulse_noise": impulse_noise}
+    fixed = {"glass_blur": glass_blur, "fog": fog, "frost": frost, "impulse_noise": impulse_noise,
+             "gaussian_blur": gaussian_blur}
     return fixed[name] if name in fixed else getattr(_imagecorruptions(), name)
 
 
@@ -648,22 +687,37 @@ def corrupted(dataset, corruption: str, severity: int, seed: int = 0,
         if cache:
             _save_atomic(path, result.numpy())
     padded = " (zero-padded to 32x32 for it)" if min(images.shape[2:]) < _MIN_SIDE else ""
+    held_out = ", a held-out validation corruption" if corruption in VALIDATION_CORRUPTIONS else ""
     description = (f"{dataset.description}; corrupted with {corruption} at severity {severity} "
-                   f"of 5 (ImageNet-C style, imagecorruptions, seed {seed}){padded}")
+                   f"of 5 (ImageNet-C style{held_out}, imagecorruptions, seed {seed}){padded}")
     return ImageTensorDataset(result, dataset.labels, dataset.class_names,
                               f"{dataset.name}/{corruption}-{severity}", description,
                               imagenet_indices=dataset.imagenet_indices,
                               acceptable=getattr(dataset, "acceptable", None))
 
 
+def corruption_names(corruptions="all") -> tuple:
+    """``"all"``: the 15 test corruptions of ImageNet-C; ``"validation"``: its 4 held-out ones
+    (choose settings on these); or an explicit list of names (test and validation may mix)."""
+    if isinstance(corruptions, str):
+        named = {"all": CORRUPTIONS, "validation": VALIDATION_CORRUPTIONS}
+        if corruptions not in named:
+            raise ValueError(f"corruptions must be 'all', 'validation' or a list of names, got "
+                             f"{corruptions!r}")
+        return named[corruptions]
+    for name in corruptions:
+        _corruption(name, 1)
+    return tuple(corruptions)
+
+
 def corruption_suite(dataset, corruptions="all", severity: int = 5, n: int | None = None,
                      seed: int = 0, clean: bool = True) -> dict:
     """The tasks of a robustness table: the same ``n`` test images clean and under each
-    corruption (``"all"`` for the 15 of ImageNet-C), keyed by corruption name."""
+    corruption (see ``corruption_names``: "all", "validation" or a list), keyed by name."""
     base = take(dataset, n, seed)
-    names = CORRUPTIONS if corruptions == "all" else list(corruptions)
     suite = {"clean": base} if clean else {}
-    suite.update({name: corrupted(base, name, severity, seed) for name in names})
+    suite.update({name: corrupted(base, name, severity, seed)
+                  for name in corruption_names(corruptions)})
     return suite
 
 
