@@ -470,10 +470,12 @@ DATASETS = {"cifar10": cifar10, "cifar100": cifar100, "imagenet-a": imagenet_a,
             "mnist-full": mnist_full, "digits": sklearn_digits, "photos": sample_photos}
 
 
-def load_dataset(name: str, split: str = "test", root=None, download: bool = False, **kw):
+def load_dataset(name: str, split: str = "test", root=None, download: bool = False,
+                 size: int | None = None, **kw):
     """Load a data set by name; options a loader does not have must be left at their default,
     except ``download``, which means nothing for sets that ship inside a package (photos,
-    digits), so notebooks can always pass it."""
+    digits), and ``size``, the side at which sets of photos are decoded for a model (the
+    in-memory sets keep their own), so notebooks can always pass them."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     loader = DATASETS[name]
@@ -484,6 +486,8 @@ def load_dataset(name: str, split: str = "test", root=None, download: bool = Fal
             kw[option] = value
         elif value != default and option != "download":
             raise ValueError(f"dataset {name!r} has no {option!r} option")
+    if size is not None and "size" in accepted:
+        kw["size"] = size
     return loader(**kw)
 
 
@@ -718,6 +722,18 @@ def corruption_suite(dataset, corruptions="all", severity: int = 5, n: int | Non
     suite = {"clean": base} if clean else {}
     suite.update({name: corrupted(base, name, severity, seed)
                   for name in corruption_names(corruptions)})
+    return suite
+
+
+def severity_suite(dataset, corruptions="all", severities=(1, 2, 3, 4, 5), n: int | None = None,
+                   seed: int = 0, clean: bool = True) -> dict:
+    """``corruption_suite`` at several severities: the same ``n`` test images clean and under
+    each corruption at each severity, keyed ``"<corruption>/<severity>"``."""
+    base = take(dataset, n, seed)
+    suite = {"clean": base} if clean else {}
+    for severity in severities:
+        suite.update({f"{name}/{severity}": task for name, task in corruption_suite(
+            base, corruptions, severity, None, seed, clean=False).items()})
     return suite
 
 

@@ -48,10 +48,13 @@ methods = ["source", "norm", "tent", "memo"]
 memo = {"n_views": 16, "steps": 1, "optimizer": "sgd", "lr": 1e-5, "params": "all"}
 # Per-model overrides; batch-norm models use MEMO's single-point BN adaptation (prior N=16).
 memo_per_model = {"small-clip": {"lr": 0.001}, "small-cnn": {"lr": 0.001, "bn_prior": 16},
-                  "efficientnet-lite0": {"lr": 0.00025, "bn_prior": 16, "n_views": 8}}
+                  "efficientnet-lite0": {"lr": 0.00025, "bn_prior": 16, "n_views": 8},
+                  "efficientnet-lite1": {"lr": 0.00025, "bn_prior": 16, "n_views": 8},
+                  "efficientnet-lite2": {"lr": 0.00025, "bn_prior": 16, "n_views": 8}}
 tent = {"lr": 0.001, "episodic": False}
 batch_size = 64
 photo_models = []  # e.g. ["efficientnet-lite0"]: also run on the corrupted real photos
+photo_corruptions = None  # the photos' corruptions (None: the same as `corruptions`)
 seed = 0
 results_path = None  # default: results/<profile>/01_memo_cifar100.json ($TTA_RESULTS)
 figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
@@ -63,7 +66,7 @@ from IPython.display import Markdown, display
 
 from helpers import data, findings, plots
 from helpers.evaluate import pivot, run_grid, summary_rows
-from helpers.models import build_classifier, describe
+from helpers.models import build_classifier, describe, photo_size
 from helpers.notebook import start
 from helpers.tta import method_factories
 from helpers.views import AugMixViews, generator_for
@@ -72,24 +75,30 @@ run = start("01_memo_cifar100", dict(
     profile=profile, dataset=dataset, data_root=data_root, models=models,
     corruptions=corruptions, severity=severity, n_images=n_images, include_clean=include_clean,
     methods=methods, memo=memo, memo_per_model=memo_per_model, tent=tent,
-    batch_size=batch_size, photo_models=photo_models, seed=seed), results_path, figures_dir)
+    batch_size=batch_size, photo_models=photo_models, photo_corruptions=photo_corruptions,
+    seed=seed), results_path, figures_dir)
 
 # %% [markdown]
 # ## The data
 #
-# The test images are drawn once (seeded) and corrupted ImageNet-C style (severity 1-5): the same images under every corruption, so the columns of the tables compare like with like, and the findings below can pair every method with the source model image by image.
+# The test images are drawn once (seeded) and corrupted ImageNet-C style (severity 1-5): the same images under every corruption, so the columns of the tables compare like with like, and the findings below can pair every method with the source model image by image. The real photos are decoded and corrupted at each ImageNet classifier's own input size, so the corruptions act on the pixels the model sees.
 
 # %%
 test_set = data.load_dataset(dataset, root=data_root, download=download)
 tasks = data.corruption_suite(test_set, corruptions, severity, n_images, seed, include_clean)
-photo_tasks = (data.corruption_suite(data.sample_photos(), corruptions, severity, None, seed,
-                                     include_clean) if photo_models else {})
+photo_tasks = {name: data.corruption_suite(
+    data.load_dataset("photos", size=photo_size(name)),
+    corruptions if photo_corruptions is None else photo_corruptions, severity, None, seed,
+    include_clean) for name in photo_models}
 print(test_set.description)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for name, task in {**tasks, **{f"photos/{k}": v for k, v in photo_tasks.items()}}.items():
+for name, task in tasks.items():
     print(f"{name:24s} {len(task):6d} images, {len(task.class_names)} classes")
+for model_name, suite in photo_tasks.items():
+    print(f"photos for {model_name}: {len(suite)} tasks of {len(next(iter(suite.values())))} "
+          f"images at {photo_size(model_name)} px")
 
 # %% [markdown]
 # ## MEMO's views
@@ -118,12 +127,11 @@ model_builders = {name: (lambda name=name: build_classifier(name, test_set.class
 methods_by_name = method_factories(methods, {"memo": memo, "tent": tent},
                                    {"memo": memo_per_model})
 store = run.store(method_settings=("memo", "memo_per_model", "tent", "methods", "models",
-                                   "photo_models"))
+                                   "photo_models", "photo_corruptions"))
 results = run_grid(model_builders, tasks, methods_by_name, store, batch_size)
-if photo_models:
-    photo_builders = {name: (lambda name=name: build_classifier(name, device=run.device))
-                      for name in photo_models}
-    photo_results = run_grid(photo_builders, photo_tasks, methods_by_name, store, batch_size)
+for name, suite in photo_tasks.items():
+    photo_results = run_grid({name: lambda name=name: build_classifier(name, device=run.device)},
+                             suite, methods_by_name, store, batch_size)
     results += [{**r, "data": f"photos/{r['data']}"} for r in photo_results]
 descriptions = {name: describe(name) for name in [*models, *photo_models]}
 for name, text in descriptions.items():

@@ -71,7 +71,7 @@ from IPython.display import Markdown, display
 
 from helpers import augment, cam, data, findings, plots
 from helpers.evaluate import changed_predictions, run_grid, summary_rows
-from helpers.models import build_classifier, describe
+from helpers.models import build_classifier, describe, photo_size
 from helpers.notebook import start
 from helpers.tta import method_factories
 from helpers.views import generator_for
@@ -85,21 +85,23 @@ run = start("02_memo_plus_sam_gradcam", dict(
 # %% [markdown]
 # ## The data
 #
-# The same test images clean and under each corruption and severity (ImageNet-C style, seeded). The real photos are labelled with ImageNet classes in a resource file of the package; where a photo fairly shows more than one class (a cup of espresso), a short list of acceptable classes counts as right.
+# The same test images clean and under each corruption and severity (ImageNet-C style, seeded), decoded and corrupted at each model's input size so that the corruptions act on the pixels it sees. The real photos are labelled with ImageNet classes in a resource file of the package; where a photo fairly shows more than one class (a cup of espresso), a short list of acceptable classes counts as right.
 
 # %%
-test_set = data.load_dataset(dataset, root=data_root, download=download)
+sizes = {name: photo_size(name) for name in models}
+test_sets = {size: data.load_dataset(dataset, root=data_root, download=download, size=size)
+             for size in dict.fromkeys(sizes.values())}
+task_sets = {size: data.severity_suite(test_set, corruptions, severities, n_images, seed,
+                                       include_clean) for size, test_set in test_sets.items()}
+# The first model's images, for the figures.
+test_set, tasks = test_sets[sizes[models[0]]], task_sets[sizes[models[0]]]
 base = data.take(test_set, n_images, seed)
-tasks = {"clean": base} if include_clean else {}
-for severity in severities:
-    suite = data.corruption_suite(base, corruptions, severity, None, seed, clean=False)
-    tasks.update({f"{name}/{severity}": task for name, task in suite.items()})
 print(test_set.description)
 
 # %%
 # NBVAL_CHECK_OUTPUT
 print(f"{len(tasks)} tasks of {len(base)} images: {', '.join(list(tasks)[:4])}"
-      f"{', ...' if len(tasks) > 4 else ''}")
+      f"{', ...' if len(tasks) > 4 else ''}; sizes {sorted(task_sets)} px")
 
 # %% [markdown]
 # ## The nineteen named augmentations
@@ -159,12 +161,14 @@ run.figure(fig, "02_memo_plus_views")
 # One loop for every method (`helpers.evaluate`): accuracy, expected calibration error, mean confidence and seconds per image, the heat-map and the masks included for MEMO_PLUS. Finished cells are saved as they complete: an interrupted run resumes.
 
 # %%
-builders = {name: (lambda name=name: model if name == model_name else
-                   build_classifier(name, test_set.class_names, run.device)) for name in models}
 store = run.store(method_settings=("methods", "models", "memo", "memo_per_model", "memo_plus",
                                    "example"))
-results = run_grid(builders, tasks, {name: factories[name] for name in methods}, store,
-                   batch_size)
+results = []
+for name in models:
+    builders = {name: (lambda name=name: model if name == model_name
+                       else build_classifier(name, test_set.class_names, run.device))}
+    results += run_grid(builders, task_sets[sizes[name]],
+                        {method: factories[method] for method in methods}, store, batch_size)
 for r in results:
     r["severity"] = 0 if r["data"] == "clean" else int(r["data"].rsplit("/", 1)[1])
 table = pd.DataFrame(summary_rows(results, keys=("model", "data", "severity")))
@@ -224,7 +228,7 @@ changed = (changed_predictions(results, tasks, "memo", "memo_plus")
 fixed = [c for c in changed if c["outcome"] == "fixed"]
 broken = [c for c in changed if c["outcome"] == "broken"]
 print(f"MEMO_PLUS fixes {len(fixed)} and breaks {len(broken)} of MEMO's predictions "
-      f"({sum(len(t) for t in tasks.values()) * len(models)} test images x models)")
+      f"({len(tasks) * len(base) * len(models)} test images x models)")
 cases = fixed[:8] + broken[:8]
 if cases:
     def short(c):

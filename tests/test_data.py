@@ -321,6 +321,9 @@ def test_load_dataset_dispatch():
         data.load_dataset("digits", root="/somewhere")
     # Notebooks pass download=True to any set; one shipped in a package has nothing to fetch.
     assert len(data.load_dataset("digits", download=True)) == 1797
+    # A size decodes photos at a model's side; in-memory sets keep their own.
+    assert data.load_dataset("digits", size=240).images.shape[-1] == 8
+    assert data.load_dataset("photos", size=48).images.shape[-2:] == (48, 48)
 
 
 # ---------------------------------------------------------------- corruptions
@@ -495,3 +498,12 @@ def test_corruption_suite_uses_the_same_images_everywhere(fashion):
     assert all(torch.equal(task.labels, suite["clean"].labels) for task in suite.values())
     assert all(len(task) == 12 for task in suite.values())
     assert len(data.corruption_suite(fashion, "all", 1, n=2, clean=False)) == 15
+
+
+def test_severity_suite_keys_each_corruption_by_severity_on_the_same_images(fashion):
+    suite = data.severity_suite(fashion, ["contrast"], [2, 4], n=6, seed=1)
+    assert list(suite) == ["clean", "contrast/2", "contrast/4"]
+    assert all(torch.equal(task.labels, suite["clean"].labels) for task in suite.values())
+    direct = data.corruption_suite(fashion, ["contrast"], 4, n=6, seed=1)["contrast"]
+    assert torch.equal(suite["contrast/4"].images, direct.images)
+    assert "clean" not in data.severity_suite(fashion, ["contrast"], [2], n=6, clean=False)
