@@ -127,7 +127,8 @@ def is_done(params: dict, record: Path) -> bool:
 def markdown_table(rows: list[dict]) -> str:
     """A list of records as a Markdown table (floats to 3 decimals; "n/a" where a record has
     no value or NaN, e.g. a method that does not apply to a model or a per-channel score of a
-    dense layer, so no cell looks forgotten or broken)."""
+    dense layer, so no cell looks forgotten or broken); floats to 3 decimals, or 2 significant
+    digits below 0.01."""
     if not rows:
         return "_(no rows)_"
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -135,7 +136,9 @@ def markdown_table(rows: list[dict]) -> str:
     def cell(v):
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "n/a"
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):  # small values (a fraction 0.0025, seconds) keep 2 digits
+            return f"{v:.3f}" if v == 0 or abs(v) >= 0.01 else f"{v:.2g}"
+        return str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]

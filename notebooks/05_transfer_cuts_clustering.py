@@ -131,7 +131,7 @@ for config in configs:
     pretraining.append({"series": config.name, "pretrain data": config.pretrain.dataset,
                         **metrics})
 display(pd.DataFrame(pretraining))
-print(f"{len(runs)} runs")
+print(f"{len(runs):,} runs")
 
 # %% [markdown]
 # ## Test accuracy per cut and fraction, against the baseline
@@ -216,7 +216,7 @@ assert {r["variant"] for r in runs} >= set(variants) | {"baseline"}
 
 # %%
 note = (f"A CNN trained here ({network.to_json()}), pretrained on classes {pretrain_classes} "
-        f"and fine-tuned on classes {finetune_classes}; {len(runs)} runs. " + " ".join(notes))
+        f"and fine-tuned on classes {finetune_classes}; {len(runs):,} runs. " + " ".join(notes))
 best = (gain_table.sort_values("gain").groupby(["series", "fraction"], sort=False).tail(1)
         .sort_values(["series", "fraction"]))
 summary = {

@@ -239,10 +239,12 @@ def test_parallel_runs_start_the_longest_notebooks_first(repo):
 
 def test_markdown_table_exact():
     rows = [{"method": "memo", "acc": 0.81234, "n": 3},
-            {"method": "tent", "note": None, "acc": float("nan")}]
+            {"method": "tent", "note": None, "acc": float("nan")},
+            {"method": "zero", "acc": 0.0025, "n": 0.0}]
     assert batch.markdown_table(rows) == (
         "| method | acc | n | note |\n"
         "|---|---|---|---|\n"
         "| memo | 0.812 | 3 | n/a |\n"
-        "| tent | n/a | n/a | n/a |")
+        "| tent | n/a | n/a | n/a |\n"
+        "| zero | 0.0025 | 0.000 | n/a |")
     assert batch.markdown_table([]) == "_(no rows)_"
