@@ -96,3 +96,24 @@ def test_readme_block_replaces_only_the_marked_part_and_needs_the_markers(batch_
     readme.write_text("no markers")
     with pytest.raises(SystemExit, match="no results block"):
         report.update_readme(readme, out)
+
+
+def test_compact_png_keeps_the_picture_and_never_grows_it():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    x = np.linspace(0, 1, 200)
+    pixels = (np.stack([np.outer(x, x), np.outer(x, 1 - x), np.outer(1 - x, x)], -1) * 255)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+    original = base64.b64encode(buffer.getvalue()).decode()
+    compact = report.compact_png(original)
+    assert len(compact) < len(original)
+    before = np.asarray(Image.open(io.BytesIO(base64.b64decode(original))).convert("RGB"))
+    after = np.asarray(Image.open(io.BytesIO(base64.b64decode(compact))).convert("RGB"))
+    assert after.shape == before.shape
+    assert np.abs(after.astype(int) - before).mean() < 4  # 256 colours: a close picture
+    assert report.compact_png(compact) == compact  # already compact: kept as it is
