@@ -120,6 +120,7 @@ class Tda(Adapter):
                                    if self.use_views else (0, 1))
         self.views = tpt_views(views, self.n_views, 0) if views not in (None, "auto") else None
 
+    @torch.no_grad()
     def observe(self, images: torch.Tensor, keys) -> list[Observation]:
         """CLIP's reading of each image: alone, or averaged over its most confident views."""
         if not self.use_views:
