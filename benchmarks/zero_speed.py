@@ -25,9 +25,8 @@ prediction: 3.49 TFLOPs at CLIP's full 77 tokens (the original loop, which also 
 encoder once more for the prediction), 0.45 TFLOPs with this project's prompts trimmed to the
 longest real one (14 tokens). So on the same views Zero can be at most ~1.2x faster than this
 project's TPT and ~2.6x faster than the original loop by FLOPs: what Zero saves is the text
-encoder, and both methods pay for the 64 image-encoder passes. The paper's ~10x is on a GPU
-(fp16 autocast, TPT's original loop), where the backward through the text encoder and the
-optimizer step weigh more against a 64-image batch than on a CPU.
+encoder, and both methods pay for the 64 image-encoder passes. The paper's ~10x was measured
+on a GPU with fp16 autocast, which cannot be checked here.
 
 Measured (2026-12-04, one thread, machine shared with other jobs, load 7-8 on 2 cores,
 ``--threads 1 --repeats 2``): (a) 49.5 s, (b) 61.8 s, (c) 156.9 s per image; (b)/(a) = 1.25,
