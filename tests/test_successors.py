@@ -486,3 +486,14 @@ def test_bad_inputs_say_how_to_fix_them(tiny_cnn):
         Zero(tiny_cnn, n_views=7)
     with pytest.raises(ValueError, match="unknown dataset"):
         Eata(tiny_cnn, fisher_images="imagenet:train")
+
+
+def test_eata_fisher_images_by_data_set_name_for_profiles(tiny_cnn):
+    """A profile names the source images (settings must be plain values): 20 random clean
+    FashionMNIST training images here."""
+    options = {"eata": {"fisher_images": "fashion-mnist:train", "fisher_size": 20}}
+    eata = method_factories(["eata"], options)["eata"](tiny_cnn, "cnn")
+    config = eata.config()
+    assert config["variant"] == "EATA" and config["fisher_images"] == "fashion-mnist:train"
+    assert config["fisher_count"] == 20
+    assert all(torch.isfinite(f).all() and (f >= 0).all() for f in eata.fishers)
