@@ -38,7 +38,7 @@ def _correct(preds, labels, acceptable=None) -> np.ndarray:
                                                           acceptable)])
 
 
-def _batches(dataset, batch_size: int):
+def batches(dataset, batch_size: int):
     """(indices, images, labels) batches; in-memory datasets are sliced without a loader."""
     n = len(dataset)
     for start in range(0, n, batch_size):
@@ -63,7 +63,7 @@ def evaluate(adapter, dataset, batch_size: int = 64, device=None, progress: bool
     preds, confs, labels = [], [], []
     start = time.perf_counter()
     bar = tqdm(total=len(dataset), desc=desc or adapter.name, disable=not progress, leave=False)
-    for idx, images, y in _batches(dataset, batch_size):
+    for idx, images, y in batches(dataset, batch_size):
         logits = adapter(images.to(device), keys=idx)
         probs = logits.float().softmax(-1).cpu()
         conf, pred = probs.max(-1)

@@ -190,9 +190,15 @@ class ZeroShotHead(nn.Module):
                                                              cache))
         self.logit_scale = float(clip_model.logit_scale.detach().exp())
 
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unit-norm image features (what TDA caches), as TPT's prompt head gives them."""
+        return F.normalize(self.visual(pixels.to(self.visual.conv1.weight.dtype)).float(), dim=-1)
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * image_features @ self.text_features.t()
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        image = F.normalize(self.visual(pixels.to(self.visual.conv1.weight.dtype)).float(), dim=-1)
-        return self.logit_scale * image @ self.text_features.t()
+        return self.logits(self.image_features(pixels))
 
 
 def clip_classifier(clip_model, class_names, templates=TEMPLATES["simple"],

@@ -1,6 +1,7 @@
 """Test-time adaptation methods behind one interface (see ``base.Adapter``)."""
 
 from .base import Adapter, Episodic, Source, make_optimizer
+from .eata import Eata, entropy_margin, paper_lr, sample_selection
 from .ensemble import (
     RULES,
     Ensemble,
@@ -10,11 +11,14 @@ from .ensemble import (
     ensemble_results,
     fit_temperature,
 )
-from .episodic import Snapshot, select_parameters
+from .episodic import Snapshot, frozen, select_parameters
 from .memo import Memo, marginal_entropy
 from .memo_plus import MemoPlus
-from .norm import NormAdapt, Tent, entropy, has_batchnorm
-from .tpt import PromptLearner, Tpt, confident_views, prompt_classifier
+from .norm import NormAdapt, Tent, batchnorm_train_mode, entropy, has_batchnorm
+from .sar import Sar, sar_parameters
+from .tda import FeatureCache, Tda
+from .tpt import PromptLearner, Tpt, confident_views, prompt_classifier, tpt_views
+from .zero import Zero, zero_vote
 
 
 def _clip_of(model):
@@ -39,13 +43,16 @@ def prompt(model, **options) -> Source:
 
 
 METHODS = {"source": Source, "norm": NormAdapt, "tent": Tent, "memo": Memo,
-           "memo_plus": MemoPlus, "tpt": tpt, "prompt": prompt}
-CLIP_ONLY = ("tpt", "prompt")
+           "memo_plus": MemoPlus, "tpt": tpt, "prompt": prompt, "zero": Zero, "tda": Tda,
+           "eata": Eata, "sar": Sar}
+# Zero runs on any classifier's logits but is a method for vision-language models; TDA needs
+# CLIP's image features and zero-shot head.
+CLIP_ONLY = ("tpt", "prompt", "zero", "tda")
 
 
 def build_method(name: str, model, **options) -> Adapter:
     """A method by name (``source``, ``norm``, ``tent``, ``memo``, ``memo_plus``, ``tpt``,
-    ``prompt``)."""
+    ``prompt``, ``zero``, ``tda``, ``eata``, ``sar``)."""
     if name not in METHODS:
         raise ValueError(f"Unknown method {name!r}; valid: {sorted(METHODS)}")
     return METHODS[name](model, **options)
@@ -55,15 +62,18 @@ __all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "MemoPl
            "Snapshot", "PromptLearner", "METHODS", "build_method", "entropy", "marginal_entropy",
            "make_optimizer", "select_parameters", "has_batchnorm", "method_factories",
            "confident_views", "prompt_classifier", "tpt", "prompt", "Ensemble", "RULES",
-           "combine", "disagreement", "ensemble_grid", "ensemble_results", "fit_temperature"]
+           "combine", "disagreement", "ensemble_grid", "ensemble_results", "fit_temperature",
+           "Zero", "zero_vote", "Tda", "FeatureCache", "Eata", "Sar", "sample_selection",
+           "entropy_margin", "paper_lr", "sar_parameters", "batchnorm_train_mode", "frozen",
+           "tpt_views"]
 
 
 def method_factories(names, options: dict | None = None, per_model: dict | None = None):
     """For ``evaluate.run_grid``: each method name mapped to ``f(model, model_name)``.
     ``options[method]`` are the method's settings; ``per_model[method][model_name]`` overrides
     some of them for one model (MEMO's learning rate differs between a CLIP and a CNN).
-    NormAdapt is reported as not applicable to models without batch norm, TPT and fixed
-    prompts to models without a text side."""
+    NormAdapt is reported as not applicable to models without batch norm, TPT, fixed
+    prompts, Zero and TDA to models without a text side."""
     options, per_model = options or {}, per_model or {}
 
     def factory(name):

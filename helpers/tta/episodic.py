@@ -3,6 +3,7 @@ method changes, and write them back in place after each test image or batch."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -50,3 +51,20 @@ class Snapshot:
         if self.optimizer is not None:
             self.optimizer.state.clear()
             self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module, keep=()):
+    """Within ``with``: no gradient for ``module``'s parameters except those in ``keep``
+    (CLIP's encoders while TPT tunes the prompt; all but the norm layers' affine weights
+    while EATA and SAR adapt), restored afterwards, since another method may adapt the same
+    model. Backward passes then compute no weight gradients that nothing uses."""
+    kept = {id(p) for p in keep}
+    flags = [(p, p.requires_grad) for p in module.parameters() if id(p) not in kept]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -11,8 +11,9 @@ from .base import Adapter, Episodic
 from .episodic import Snapshot, norm_buffers
 
 
-def _batchnorm_train_mode(model: nn.Module) -> None:
-    """Eval mode everywhere except batch norm, which then normalises with batch statistics."""
+def batchnorm_train_mode(model: nn.Module) -> None:
+    """Eval mode everywhere except batch norm, which then normalises with batch statistics
+    (Tent, EATA and SAR adapt this way; dropout and the like stay off)."""
     model.eval()
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -37,7 +38,7 @@ class NormAdapt(Adapter):
         self.snapshot = Snapshot([], norm_buffers(model))
 
     def forward(self, images, keys):
-        _batchnorm_train_mode(self.model)
+        batchnorm_train_mode(self.model)
         with torch.inference_mode():
             logits = self.model(images)
         self.snapshot.restore()
@@ -69,7 +70,7 @@ class Tent(Episodic):
         self.episodic, self.steps = episodic, steps
 
     def forward(self, images, keys):
-        _batchnorm_train_mode(self.model)
+        batchnorm_train_mode(self.model)
         for _ in range(self.steps):
             logits = self.model(images)
             if not self.update(entropy(logits).mean()):

@@ -12,7 +12,6 @@ length, each cut to its longest prompt, never longer than the task's longest (``
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 from ..models import CLIP_MEAN, CLIP_STD, Classifier, Preprocess
 from ..views import AugMixViews, CropViews, views_per_image
 from .base import Episodic
+from .episodic import frozen
 from .memo import marginal_entropy
 from .norm import entropy
 
@@ -176,20 +176,6 @@ def confident_views(logits: torch.Tensor, keep: int) -> torch.Tensor:
     return entropy(logits).argsort()[:keep]
 
 
-@contextlib.contextmanager
-def frozen(module: nn.Module):
-    """Within ``with``: no gradient for ``module``'s parameters (CLIP's encoders while TPT
-    tunes the prompt), restored afterwards, since another method may adapt the same model."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 def tpt_views(kind, n_views: int, image_size: int):
     """TPT's views: random resized crops and flips for ImageNet-like sets, AugMix-style views
     for the others (the paper's fine-grained sets); ``auto`` decides by image size (64 px)."""
@@ -202,6 +188,26 @@ def tpt_views(kind, n_views: int, image_size: int):
     if callable(kind):
         return kind
     raise ValueError(f"views must be 'auto', 'crop', 'augmix' or a view generator, not {kind!r}")
+
+
+def view_selection(views, n_views: int, selection: float, keep: int | None) -> tuple[int, int]:
+    """(augmented views per image, views kept) of TPT's confidence selection over the image
+    and its views: ``keep`` if given, else ``int(selection * (views + 1))`` as in TPT's code
+    (6 of 64). ``views`` may be a view generator, which then sets the count."""
+    n_views = getattr(views, "n_views", n_views) if callable(views) else n_views
+    total = n_views + 1
+    keep = keep if keep is not None else int(total * selection)
+    if not 1 <= keep <= total:
+        raise ValueError(
+            f"The selection keeps {keep} of {total} views (the original and "
+            f"{total - 1} augmented): raise n_views, or set selection/keep so that at "
+            "least one and at most all views are kept.")
+    return n_views, keep
+
+
+def views_for(views, n_views: int, images: torch.Tensor):
+    """The view generator for ``images``: the given one, or TPT's choice by image size."""
+    return views or tpt_views("auto", n_views, min(images.shape[-2:]))
 
 
 class Tpt(Episodic):
@@ -224,21 +230,15 @@ class Tpt(Episodic):
                                   class_specific=class_specific, ctx_file=ctx_file, seed=seed)
         self.head: PromptHead = model.backbone
         super().__init__(model, [self.head.prompt.ctx], optimizer, lr, 0.0, weight_decay, seed)
-        total = (getattr(views, "n_views", n_views) if callable(views) else n_views) + 1
-        self.keep = keep if keep is not None else int(total * selection)
-        if not 1 <= self.keep <= total:
-            raise ValueError(
-                f"The selection keeps {self.keep} of {total} views (the original and "
-                f"{total - 1} augmented): raise n_views, or set selection/keep so that at "
-                "least one and at most all views are kept.")
+        self.n_views, self.keep = view_selection(views, n_views, selection, keep)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        self.views_kind, self.n_views, self.steps = views, total - 1, steps
+        self.views_kind, self.steps = views, steps
         self.selection, self.cache_features = selection, cache_features
         self.views = None if views == "auto" else tpt_views(views, self.n_views, 0)
 
     def _views_for(self, images):
-        return self.views or tpt_views("auto", self.n_views, min(images.shape[-2:]))
+        return views_for(self.views, self.n_views, images)
 
     def loss(self, logits: torch.Tensor) -> torch.Tensor:
         """Entropy of the averaged prediction of the most confident views."""
