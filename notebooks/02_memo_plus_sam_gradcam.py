@@ -34,7 +34,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 # Parameters: papermill injects a profile's values after this cell.
 profile = "smoke"
-models = ["efficientnet-lite0"]  # efficientnet-lite0 | small-cnn | small-clip | ViT-B/16 | a CLIP file
+models = ["efficientnet-lite0"]  # efficientnet-lite0/1/2 | small-cnn | small-clip | ViT-B/16
 dataset = "photos"  # photos | imagenet-a | imagenet-v2 | fashion-mnist | cifar100 | ...
 data_root = None  # folder holding the data set (default: data/, or $TTA_DATA)
 download = True  # fetch the data set when it is missing and the machine is online

@@ -13,7 +13,10 @@
 #
 # `helpers.tta.Tpt` does exactly this, with two exact speed-ups (tested to leave the logits unchanged): the image encoder is frozen, so the 64 views' features are computed **once** per image (the original's among them), and the causal text encoder only runs up to the longest real prompt instead of all 77 tokens.
 #
-# We compare, on the same images: zero-shot CLIP (the model's own prompt templates), the fixed prompt "a photo of a {class}." (TPT's starting point; a learned **CoOp** context when `ctx_file` is given), **TPT**, and **MEMO** (notebook 01: entropy of the marginal over views, here updating the image encoder).
+# We compare, on the same images: zero-shot CLIP (the model's own prompt templates), the fixed prompt "a photo of a {class}." (TPT's starting point; a learned **CoOp** context when `ctx_file` is given), **TPT**, **MEMO** (notebook 01: entropy of the marginal over views, here updating the image encoder), and two training-free successors of TPT:
+#
+# * **Zero** (Farina et al., *Frustratingly Easy Test-Time Adaptation of Vision-Language Models*, NeurIPS 2024): TPT's views and confidence selection, but no backward pass: the prediction is the **vote** of the confident views (the arg-max of their zero-temperature marginal);
+# * **TDA** (Karmanov et al., *Efficient Test-Time Adaptation of Vision-Language Models*, CVPR 2024): a positive and a negative **cache** of test features with their pseudo-labels, filled online as the test stream goes by, whose affinities to the current image are added to CLIP's logits.
 #
 # | profile | models | data |
 # |---|---|---|
@@ -45,11 +48,13 @@ corruptions = ["gaussian_noise", "motion_blur", "contrast"]  # "all": ImageNet-C
 severity = 5
 n_images = 24  # test images per corruption (None: the whole test set)
 include_clean = False
-methods = ["source", "prompt", "tpt", "memo"]  # source: zero-shot with the model's templates
+methods = ["source", "prompt", "tpt", "memo", "zero", "tda"]  # source: the model's templates
 ctx_file = None  # a learned CoOp context (tensor file): adds a "coop" column
 tpt = {"n_views": 63, "selection": 0.1, "steps": 1, "lr": 0.005, "views": "auto"}
 memo = {"n_views": 16, "steps": 1, "optimizer": "sgd", "lr": 1e-5, "params": "all"}
 memo_per_model = {"small-clip": {"lr": 0.001}}
+zero = {"n_views": 63, "selection": 0.1, "views": "auto"}  # TPT's views and selection
+tda = {}  # the authors' ImageNet settings
 sweep_views = [15, 31, 63]  # accuracy vs number of views (at the selection ratio of tpt)
 sweep_selection = [0.1, 0.3, 1.0]  # accuracy vs selection ratio (at tpt's number of views)
 sweep_images = 16  # images of the first task used by the sweeps (0: no sweep)
@@ -73,6 +78,7 @@ run = start("03_tpt", dict(
     profile=profile, datasets=datasets, data_root=data_root, models=models,
     corruptions=corruptions, severity=severity, n_images=n_images, include_clean=include_clean,
     methods=methods, ctx_file=ctx_file, tpt=tpt, memo=memo, memo_per_model=memo_per_model,
+    zero=zero, tda=tda,
     sweep_views=sweep_views, sweep_selection=sweep_selection, sweep_images=sweep_images,
     batch_size=batch_size, seed=seed), results_path, figures_dir)
 
@@ -116,17 +122,18 @@ fig = plots.selected_views(batch, entropies, kept,
 run.figure(fig, "03_tpt_selection")
 
 # %% [markdown]
-# ## Zero-shot, fixed prompt, TPT and MEMO
+# ## Zero-shot, fixed prompt, TPT, MEMO, Zero and TDA
 #
 # Every (model, data, method) cell runs through the same loop (`helpers.evaluate`): accuracy, expected calibration error (15 bins), mean confidence, seconds per test image (adaptation included). Finished cells are saved as they complete.
 
 # %%
-methods_by_name = method_factories(methods, {"tpt": tpt, "memo": memo},
-                                   {"memo": memo_per_model})
+methods_by_name = method_factories(
+    methods, {"tpt": tpt, "memo": memo, "zero": zero, "tda": tda}, {"memo": memo_per_model})
 if ctx_file:
     methods_by_name["coop"] = method_factories(
         ["prompt"], {"prompt": {"ctx_file": ctx_file}})["prompt"]
-store = run.store(method_settings=("methods", "memo", "memo_per_model", "models"))
+store = run.store(method_settings=("methods", "memo", "memo_per_model", "models", "zero",
+                                   "tda"))
 results = []
 for name, test_set in test_sets.items():
     builders = {m: (lambda m=m, names=test_set.class_names: build_classifier(m, names,
@@ -187,12 +194,14 @@ if sweep_rows:
 #
 # Each method against zero-shot CLIP, and TPT against its own starting point (the fixed prompt), on the same images: the change in mean accuracy with a 95% paired-bootstrap interval (images resampled with all their corruptions) and the number of data sets where McNemar's exact test finds the change significant.
 #
-# What to expect: TPT changes four context vectors of the text side and nothing else, so it cannot repair image features a corruption destroyed, but it can move the class prototypes toward where this image's confident views lie; MEMO changes the image encoder itself, with a larger search space and a larger cost per step. Every number below is computed from this run's results.
+# What to expect: TPT changes four context vectors of the text side and nothing else, so it cannot repair image features a corruption destroyed, but it can move the class prototypes toward where this image's confident views lie; MEMO changes the image encoder itself, with a larger search space and a larger cost per step. Zero predicts from the views alone, never from the image itself, so it depends even more than TPT on a model whose predictions on crops and augmented views are right; TDA learns from the stream, so it gains most where many test images share a shift. Every number below is computed from this run's results.
 
 # %%
 finding_rows = findings.compare_all(results, methods=method_order)
 if {"prompt", "tpt"} <= set(method_order):
     finding_rows += findings.compare(results, "tpt", baseline="prompt")
+if {"tpt", "zero"} <= set(method_order):
+    finding_rows += findings.compare(results, "zero", baseline="tpt")
 run.show_findings(finding_rows, figure="03_tpt_findings")
 assert all(0 <= r["accuracy"] <= 1 and r["n"] > 0 for r in results)
 assert set(table["method"]) <= set(method_order)

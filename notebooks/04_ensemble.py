@@ -3,7 +3,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/tta-course/tta-notebooks/blob/main/notebooks/04_ensemble.ipynb)
 #
-# TPT (notebook 03) tunes CLIP's **prompt**; MEMO (notebook 01) tunes its **image encoder**; the source model tunes nothing. They fail on different images, so combining them may beat each. `helpers.tta.Ensemble` takes any adapters with the common interface: each member adapts on its **own** views and resets on its own, and the ensemble combines their predictions by one of four rules:
+# TPT (notebook 03) tunes CLIP's **prompt**; MEMO (notebook 01) tunes its **image encoder**; Zero votes over TPT's confident views without any update; TDA adds the affinities to a cache of earlier test images; the source model changes nothing. They fail on different images, so combining them may beat each. `helpers.tta.Ensemble` takes any adapters with the common interface: each member adapts on its **own** views and resets on its own, and the ensemble combines their predictions by one of four rules:
 #
 # | rule | prediction |
 # |---|---|
@@ -45,11 +45,13 @@ severity = 5
 n_images = 32  # images per corruption, held-out part included (None: all)
 n_held_out = 8  # of those, held out to fit the temperatures (0: no temperature rule)
 include_clean = False
-members = ["source", "tpt", "memo"]
+members = ["source", "tpt", "memo", "zero", "tda"]
 rules = ["mean", "temperature", "entropy", "vote"]
 tpt = {"n_views": 63, "selection": 0.1, "steps": 1, "lr": 0.005, "views": "auto"}
 memo = {"n_views": 16, "steps": 1, "optimizer": "sgd", "lr": 1e-5, "params": "all"}
 memo_per_model = {"small-clip": {"lr": 0.001}}
+zero = {"n_views": 63, "selection": 0.1, "views": "auto"}
+tda = {}
 batch_size = 64
 seed = 0
 results_path = None  # default: results/<profile>/04_ensemble.json ($TTA_RESULTS)
@@ -68,7 +70,8 @@ from helpers.tta import disagreement, ensemble_grid, method_factories
 run = start("04_ensemble", dict(
     profile=profile, datasets=datasets, data_root=data_root, models=models,
     corruptions=corruptions, severity=severity, n_images=n_images, n_held_out=n_held_out,
-    include_clean=include_clean, members=members, rules=rules, tpt=tpt, memo=memo,
+    include_clean=include_clean, members=members, rules=rules, tpt=tpt, memo=memo, zero=zero,
+    tda=tda,
     memo_per_model=memo_per_model, batch_size=batch_size, seed=seed), results_path, figures_dir)
 
 # %% [markdown]
@@ -98,7 +101,8 @@ for suite in tasks.values():
 # For each model and task: build the members, fit one temperature per member on the held-out part (each member adapting as it does at test time), then run every member once over the test part and combine.
 
 # %%
-factories = method_factories(members, {"tpt": tpt, "memo": memo}, {"memo": memo_per_model})
+factories = method_factories(members, {"tpt": tpt, "memo": memo, "zero": zero, "tda": tda},
+                             {"memo": memo_per_model})
 store = run.store()
 results, temperatures = [], []
 for name, test_set in test_sets.items():
@@ -177,7 +181,7 @@ assert all(0 <= r["accuracy"] <= 1 and r["n"] > 0 for r in results)
 assert set(members) <= set(table["method"])
 
 # %%
-summary = {"Accuracy per data set: zero-shot (source), TPT, MEMO and their ensembles":
+summary = {"Accuracy per data set: the members (source: zero-shot) and their ensembles":
            pivot(results, methods=method_order),
            "Mean over the data sets": means.reset_index().round(4).to_dict("records"),
            "Where the members disagree": disagree[cols].round(4).to_dict("records")}

@@ -89,11 +89,11 @@ series_dir = run.results_path.parent / "05_transfer"
 # The series to run, the network and its cut points. A cut at $k$ keeps layers $1..k$; $k=0$ would keep nothing (that is the baseline), and the output layer is always new, because the classes are.
 
 # %%
-configs = [series_config(spec, cnn, {**pretrain, "classes": pretrain_classes},
-                         {**finetune, "classes": finetune_classes, "fractions": fractions, "cuts": cuts,
-                          "variants": variants, "learning_rates": learning_rates,
-                          "min_repeats": min_repeats, "max_repeats": max_repeats,
-                          "allow_overlap": allow_overlap, "seed": seed})
+finetune_settings = {**finetune, "classes": finetune_classes, "fractions": fractions,
+                     "cuts": cuts, "variants": variants, "learning_rates": learning_rates,
+                     "min_repeats": min_repeats, "max_repeats": max_repeats,
+                     "allow_overlap": allow_overlap, "seed": seed}
+configs = [series_config(spec, cnn, {**pretrain, "classes": pretrain_classes}, finetune_settings)
            for spec in series]
 notes = []
 network = configs[0].network()

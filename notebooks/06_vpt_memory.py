@@ -138,9 +138,10 @@ memory_table = memory.pivot_table(index=["batch_size", "n_prompts", "tokens"],
 display(memory_table.round(2))
 arch_name = (f"{memory_arch}{' ' + str(memory_overrides) if memory_overrides else ''}, "
              f"{memory_image_size} px")
+threads_used = memory_rows[0].get("threads", "?")
 fig = plots.step_memory_and_time(memory_rows, f"{memory_mode} training step of {arch_name} on "
-                                              f"{run.info['device']} ({memory_rows[0].get('threads', '?')} "
-                                              "threads, random weights)")
+                                              f"{run.info['device']} ({threads_used} threads, "
+                                              "random weights)")
 run.figure(fig, "06_vpt_step_memory")
 
 # %% [markdown]
