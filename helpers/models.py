@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import paths
+from . import fingerprint, paths
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -272,8 +272,9 @@ def _atomic_save(obj, file: Path) -> None:
     os.replace(tmp, file)
 
 
-def _config_key(config) -> str:
-    return hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+def _config_key(config, code: dict | None = None) -> str:
+    text = json.dumps(asdict(config), sort_keys=True) + json.dumps(code or {}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 @contextlib.contextmanager
@@ -295,18 +296,34 @@ def _exclusive(file: Path):
 
 
 def _cached_training(kind: str, config, train_fn, verbose: bool) -> Path:
-    """Train once per config and keep the weights and their metrics on disk."""
-    file = paths.CACHE / "models" / f"{kind}-{_config_key(config)}.pt"
+    """Train once per config and code, and keep the weights and their metrics on disk. The
+    code is the fingerprint of ``train_fn``'s module and what it imports: edit the training
+    code and the model is trained again (saying why), never taken from the old file."""
+    code = fingerprint.closure(fingerprint.module_of(train_fn))
+    file = paths.CACHE / "models" / f"{kind}-{_config_key(config, code)}.pt"
     if file.exists():
         return file
     with _exclusive(file):
         if not file.exists():  # another process may have trained it while we waited
             if verbose:
-                print(f"Training {kind} ({config}); cached afterwards at {file}")
+                print(f"Training {kind} ({config}); cached afterwards at {file}"
+                      + _retrained_because(kind, config, code))
             state, metrics = train_fn(config)
-            _atomic_save({"state_dict": state, "config": asdict(config), "metrics": metrics},
-                         file)
+            _atomic_save({"state_dict": state, "config": asdict(config), "metrics": metrics,
+                          "code": code}, file)
     return file
+
+
+def _retrained_because(kind: str, config, code: dict) -> str:
+    """Why a config trained before is trained again (its code changed), or ``""``."""
+    for earlier in sorted((paths.CACHE / "models").glob(f"{kind}-*.pt")):
+        if len(earlier.stem) != len(kind) + 13:  # derived files (``-state_dict``)
+            continue
+        saved = torch.load(earlier, map_location="cpu", weights_only=True)
+        if saved.get("config") == asdict(config):
+            why = fingerprint.why_stale(saved.get("code"), code)
+            return f"; trained again since {earlier.name}: {why}"
+    return ""
 
 
 def _fashion_arrays(split: str):

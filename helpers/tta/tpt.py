@@ -22,7 +22,7 @@ from torch import nn
 from ..models import CLIP_MEAN, CLIP_STD, Classifier, Preprocess
 from ..views import AugMixViews, CropViews, views_per_image
 from .base import Episodic
-from .memo import marginal_entropy
+from .losses import marginal_entropy
 from .norm import entropy
 
 CTX_INIT = "a photo of a"
