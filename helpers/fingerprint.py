@@ -129,6 +129,8 @@ def changes(old: dict | None, new: dict) -> list[str]:
 
 
 def _display(name: str) -> str:
+    if not name.startswith(PACKAGE + ".") and name != PACKAGE:
+        return name  # not a module: a notebook, say
     file = module_file(name)
     if file is None:
         return name.replace(".", "/") + ".py"

@@ -5,18 +5,26 @@ except the Ctrl-C test of the batch runner (real kernels, about 20 s)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import papermill
+import psutil
 import pytest
 import torch
+import yaml
+from test_batch import make_repo, notebook, notebooks, write_profile
 from test_evaluate import Labelled
 
-from helpers import evaluate, fingerprint, models, paths
+from helpers import batch, evaluate, fingerprint, models, paths
 from helpers.evaluate import ResultStore, RunLog, run_grid
-from helpers.jsonfile import CorruptFileWarning
+from helpers.jsonfile import CorruptFileWarning, write_json
 from helpers.models import SmallClipConfig, clip_classifier
 from helpers.tta import method_factories
 
@@ -208,6 +216,208 @@ def test_truncated_run_log_is_moved_aside_and_the_series_resumes_from_scratch(tm
     path.write_text('[{"parameters": {"a": 1}}, 3]')
     with pytest.warns(CorruptFileWarning, match="records are not JSON objects"):
         assert RunLog(path, {"a": 1}, ("r",)).runs == []
+
+
+# ---------------------------------------------------------------- batch runner
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """test_batch's fake repository of tiny notebooks (01 fails on purpose, 02 succeeds),
+    run without kernels: papermill is replaced by what 02 writes (its results file) and
+    01's failure (the batch runner's own code runs as it is)."""
+    def execute_notebook(source, executed, parameters, **kwargs):
+        if "broken" in source:
+            raise RuntimeError("broken on purpose")
+        write_json(parameters["results_path"], {"summary": {"table": [{"a": parameters["x"]}]}})
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    return make_repo(tmp_path, monkeypatch)
+
+
+def test_corrupt_results_and_records_are_moved_aside_and_rerun(repo, capsys):
+    assert batch.run("smoke", only=["02"]) == 0
+    results = repo["results"] / "smoke" / "02_good.json"
+    record = repo["runs"] / "smoke" / "02_good.done.json"
+    _truncate(results)
+    with pytest.warns(CorruptFileWarning, match="02_good.json is unreadable"):
+        assert batch.run("smoke", only=["01"]) == 1  # the summary reads 02's broken file
+    summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
+    assert "## 02_good\n_Ran in" in summary and "results file was unreadable" in summary
+    assert "--only 02_good" in summary and (results.parent / "02_good.json.corrupt-1").exists()
+    capsys.readouterr()
+    assert batch.run("smoke", resume=True, only=["02"]) == 0  # rerun, not skipped
+    assert json.loads(results.read_text())["summary"] == {"table": [{"a": 2}]}
+    _truncate(record)
+    with pytest.warns(CorruptFileWarning, match="02_good.done.json is unreadable"):
+        assert batch.run("smoke", resume=True, only=["02"]) == 0
+    assert "skip 02_good" not in capsys.readouterr().out
+    assert json.loads(record.read_text())["parameters"]["x"] == 2
+
+
+def test_a_failed_run_invalidates_the_earlier_success(repo, monkeypatch, capsys):
+    assert batch.run("smoke", only=["02"]) == 0
+    record = repo["runs"] / "smoke" / "02_good.done.json"
+    assert record.exists()
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    real = papermill.execute_notebook
+    monkeypatch.setattr(papermill, "execute_notebook", killed)
+    assert batch.run("smoke", only=["02"]) == 1
+    summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
+    assert summary.split("## 02_good\n")[1].startswith(
+        "**Failed**: RuntimeError: Kernel died")  # not "Ran in ... (an earlier run)"
+    assert not record.exists()
+    monkeypatch.setattr(papermill, "execute_notebook", real)
+    capsys.readouterr()
+    assert batch.run("smoke", resume=True, only=["02"]) == 0
+    assert "skip" not in capsys.readouterr().out and record.exists()
+
+
+def test_resume_reruns_a_notebook_whose_code_changed(repo, capsys):
+    assert batch.run("smoke", only=["02"]) == 0
+    assert batch.run("smoke", resume=True, only=["02"]) == 0
+    assert "skip 02_good.ipynb" in capsys.readouterr().out
+    nb = repo["notebooks"] / "02_good.ipynb"
+    notebook(nb, 'profile = "smoke"\nresults_path = None\nfigures_dir = None\nx = 1',
+             GOOD_CODE_V2)
+    assert batch.run("smoke", resume=True, only=["02"]) == 0
+    out = capsys.readouterr().out
+    assert "run  02_good.ipynb again: code changed: notebooks/02_good.ipynb" in out
+    record = json.loads((repo["runs"] / "smoke" / "02_good.done.json").read_text())
+    assert record["code"] == batch.notebook_code(nb)
+    assert {"helpers.evaluate", "helpers.jsonfile"} <= set(record["code"])
+
+
+GOOD_CODE_V2 = """\
+from helpers.evaluate import write_json
+write_json(results_path, {"summary": {"table": [{"a": x, "version": 2}]}})
+"""
+
+
+@pytest.mark.parametrize("profile, message", [
+    ({"defaults": {"n_imagez": 3}},
+     r"defaults: \['n_imagez'\] declared by no notebook \(a typo\?\); the notebooks' "
+     r"parameters: \['figures_dir', 'n_images', 'profile', 'results_path', 'x'\]"),
+    ({"notebooks": ["02_good"]},
+     r"`notebooks:` in profile file .*bad.yaml must be a dict, not a list\. Write it as a "
+     r"mapping of notebook names to their parameters"),
+    ({"notebooks": {"02_good": {"x": "abc"}}},
+     r"02_good.ipynb: x: a str \('abc'\) where the notebook takes a int \(its default: 1\)"),
+    ({"notebooks": {"03_count": {"n_images": -1}}},
+     r"03_count.ipynb: n_images: give a whole number >= 1 or None \(all\)"),
+    ({"notebooks": {"03_count": {"n_images": "abc"}}},
+     r"03_count.ipynb: n_images: a str \('abc'\) where the notebook takes a int"),
+    ({"notebooks": {"02_good": {"x": True}}}, r"x: a bool \(True\) where the notebook"),
+    ({"jobs": "two"}, r"`jobs:` in profile file .*bad.yaml must be a int"),
+    ({"notebok": {}}, r"unknown entries \['notebok'\]"),
+])
+def test_profile_errors_name_the_parameter_notebook_and_file(repo, profile, message):
+    notebook(repo["notebooks"] / "03_count.ipynb", "n_images = 48", "pass")
+    write_profile(repo, "bad", profile)
+    with pytest.raises(SystemExit, match=message) as error:
+        batch.run("bad")
+    assert str(repo["profiles"] / "bad.yaml") in str(error.value)
+    assert not (repo["runs"] / "bad").exists()  # nothing ran
+
+
+def test_profile_values_that_fit_the_notebooks_defaults_pass(repo):
+    notebook(repo["notebooks"] / "03_count.ipynb", "n_images = 48\nnames = ['a']", "pass")
+    write_profile(repo, "ok", {"defaults": {"n_images": None},
+                               "notebooks": {"03_count": {"n_images": 5, "names": "all"}}})
+    planned = dict(batch.plan("ok", notebooks(repo)))
+    assert planned[repo["notebooks"] / "03_count.ipynb"]["names"] == "all"
+
+
+def test_notebook_side_checks_of_counts(tiny_cnn):
+    from helpers import data
+    from helpers.params import ParameterError, check_counts
+
+    photos = data.ImageTensorDataset(torch.zeros(6, 3, 4, 4, dtype=torch.uint8), range(6),
+                                     list("abcdef"), "six", "six images")
+    for n in (-1, 0, "abc", 2.5, True):
+        with pytest.raises(ParameterError, match=rf"n = {n!r}: give a whole number >= 1 or "
+                                                 r"None \(all\)"):
+            data.take(photos, n)
+    assert len(data.take(photos, None)) == 6 and len(data.take(photos, 4)) == 4
+    parameters = {"n_images": None, "n_held_out": 0, "batch_size": 64, "seed": -3}
+    assert check_counts(parameters) is parameters
+    with pytest.raises(ParameterError, match=r"n_held_out = -2: give a whole number >= 0\."):
+        check_counts({**parameters, "n_held_out": -2})
+
+
+def test_yaml_syntax_error_names_the_profile_file(repo):
+    (repo["profiles"] / "broken.yaml").write_text("defaults:\n  x: [1, 2\nnotebooks: {}\n")
+    with pytest.raises(SystemExit) as error:
+        batch.plan("broken", notebooks(repo))
+    message = str(error.value)
+    assert message.startswith(f"Profile file {repo['profiles'] / 'broken.yaml'} is not valid "
+                              "YAML") and "<unicode string>" not in message
+    assert f'in "{repo["profiles"] / "broken.yaml"}", line' in message
+
+
+SLEEPER = """\
+import os, time
+from pathlib import Path
+Path("02_sleep.pid").write_text(str(os.getpid()))
+for _ in range(1200):
+    if Path("stop").exists():
+        break
+    time.sleep(0.05)
+from helpers.jsonfile import write_json
+write_json(results_path, {"summary": {"slept": [{"done": 1}]}})
+"""
+
+
+def _batch(root: Path, *args) -> subprocess.Popen:
+    env = {**os.environ, "TTA_HOME": str(root), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(batch.__file__).parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    for name in ("TTA_RESULTS", "TTA_RUNS", "TTA_FIGURES"):
+        env.pop(name, None)
+    return subprocess.Popen([sys.executable, "-m", "helpers.batch", "--profile", "p", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_stops_the_kernels_writes_the_summary_and_exits_130(tmp_path):
+    nbs = tmp_path / "notebooks"
+    (nbs / "profiles").mkdir(parents=True)
+    notebook(nbs / "01_quick.ipynb", 'profile = "s"\nresults_path = None',
+             "from helpers.jsonfile import write_json\n"
+             "write_json(results_path, {'summary': {'quick': [{'a': 1}]}})")
+    notebook(nbs / "02_sleep.ipynb", 'profile = "s"\nresults_path = None', SLEEPER)
+    (nbs / "profiles" / "p.yaml").write_text(yaml.safe_dump({"jobs": 1}))
+    records = {name: tmp_path / "runs" / "p" / f"{name}.done.json"
+               for name in ("01_quick", "02_sleep")}
+    (nbs / "stop").touch()
+    assert _batch(tmp_path).wait(120) == 0 and all(r.exists() for r in records.values())
+
+    (nbs / "stop").unlink()
+    (nbs / "02_sleep.pid").unlink()
+    process = _batch(tmp_path)
+    deadline = time.time() + 120
+    while not (nbs / "02_sleep.pid").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    kernel = psutil.Process(int((nbs / "02_sleep.pid").read_text()))
+    start = time.time()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and time.time() - start < 10, (out, err)
+    assert not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE
+    summary = (tmp_path / "results" / "p" / "SUMMARY.md").read_text()
+    assert summary.startswith("# Summary of the `p` profile\n\n**Interrupted** (Ctrl-C)")
+    assert "## 01_quick\n_Ran in" in summary and "| 1 |" in summary
+    assert "## 02_sleep\n**Failed**: interrupted by Ctrl-C" in summary
+    assert records["01_quick"].exists() and not records["02_sleep"].exists()
+
+    (nbs / "stop").touch()  # --resume: what finished is kept, the interrupted one reruns
+    process = _batch(tmp_path, "--resume")
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0 and "skip 01_quick.ipynb" in out
+    assert "02_sleep.ipynb" not in out.split("skip")[-1] or "ok   02_sleep" in out
+    assert records["02_sleep"].exists()
 
 
 if __name__ == "__main__":
