@@ -4,6 +4,8 @@ except the Ctrl-C test of the batch runner (real kernels, about 20 s)."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -11,18 +13,22 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import papermill
 import psutil
 import pytest
 import torch
 import yaml
+from PIL import Image
 from test_batch import make_repo, notebook, notebooks, write_profile
 from test_evaluate import Labelled
 
-from helpers import batch, evaluate, fingerprint, models, paths
+from helpers import batch, data, evaluate, fingerprint, models, paths
 from helpers.evaluate import ResultStore, RunLog, run_grid
 from helpers.jsonfile import CorruptFileWarning, write_json
 from helpers.models import SmallClipConfig, clip_classifier
@@ -418,6 +424,146 @@ def test_ctrl_c_stops_the_kernels_writes_the_summary_and_exits_130(tmp_path):
     assert process.returncode == 0 and "skip 01_quick.ipynb" in out
     assert "02_sleep.ipynb" not in out.split("skip")[-1] or "ok   02_sleep" in out
     assert records["02_sleep"].exists()
+
+
+# ---------------------------------------------------------------- data
+
+
+def _image(path: Path, pixels) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _rgb(seed: int):
+    return np.random.default_rng(seed).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+
+
+def test_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+    grey = np.random.default_rng(0).integers(0, 65536, (40, 40)).astype(np.uint16)
+    _image(tmp_path / "imagenet-a" / "n01498041" / "g16.png", grey)
+    with Image.open(tmp_path / "imagenet-a" / "n01498041" / "g16.png") as image:
+        assert image.mode == "I;16"
+    image, _ = data.imagenet_a(root=tmp_path, size=40)[0]
+    expected = torch.from_numpy(np.round(grey / 257)).float() / 255
+    assert abs(image.mean().item() - grey.mean() / 65535) < 0.005  # was 0.998 (clipped)
+    assert (image[0] - expected).abs().max() < 0.02 and torch.equal(image[0], image[2])
+
+
+def test_dropped_inputs_are_counted_named_and_described(tmp_path):
+    root = tmp_path / "imagenetv2-matched-frequency-format-val"
+    _image(root / "2" / "a.jpeg", _rgb(0))
+    (root / "2" / "broken.jpeg").write_bytes(b"not an image")
+    for folder in ("1000", "007", "9999"):
+        _image(root / folder / "x.jpeg", _rgb(1))
+    _image(root / "loose.jpeg", _rgb(2))
+    (root / "README.txt").write_text("not an input")
+    with pytest.warns(UserWarning) as caught:
+        ds = data.imagenet_v2(root=tmp_path, size=8)
+    message = str(caught[0].message)
+    assert message == (
+        f"{root}: skipped 5 image file(s): 1 unreadable (2/broken.jpeg); 3 in folders that "
+        "name no class (007/x.jpeg, 1000/x.jpeg, 9999/x.jpeg); 1 loose in the root "
+        "(loose.jpeg)")
+    assert len(ds) == 1 and ds.labels.tolist() == [2] and ds.skipped == 5
+    assert [p.name for p in ds.dropped["in folders that name no class"]] == ["x.jpeg"] * 3
+    assert "(5 image files skipped: 1 unreadable (2/broken.jpeg); 3 in folders that name no " \
+           "class (007/x.jpeg, 1000/x.jpeg, 9999/x.jpeg); 1 loose in the root (loose.jpeg))" \
+           in ds.description
+
+
+def test_imagenet_a_folder_of_bad_files_says_so_not_missing(tmp_path):
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "imagenet-a" / "n01498041").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "imagenet-a" / "n01498041" / name).write_bytes(b"\xff\xd8 cut short")
+    with pytest.warns(UserWarning, match="skipped 2"), \
+            pytest.raises(data.DatasetNotFoundError) as error:
+        data.imagenet_a(root=tmp_path)
+    assert str(error.value).startswith(
+        f"ImageNet-A at {tmp_path / 'imagenet-a'} holds no usable image (2 image file(s) "
+        "skipped: 2 unreadable (n01498041/a.jpg, n01498041/b.jpg)). Delete the folder, then "
+        "get it with `wget https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar")
+    assert "not found" not in str(error.value)
+
+
+def _idx(path: Path, array: np.ndarray, gz: bool = True) -> bytes:
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_truncated_idx_file_names_the_file_and_the_fix(tmp_path, gz):
+    suffix = ".gz" if gz else ""
+    images = tmp_path / f"t10k-images-idx3-ubyte{suffix}"
+    whole = _idx(images, np.zeros((4, 28, 28)), gz)
+    _idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", np.arange(4), gz)
+    assert len(data.fashion_mnist(root=tmp_path)) == 4
+    images.write_bytes(whole[:len(whole) - 40])
+    with pytest.raises(data.DatasetCorruptError) as error:
+        data.fashion_mnist(root=tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{images} is truncated or corrupt (")
+    assert "Delete it and call with download=True" in message
+    assert images.read_bytes() == whole[:len(whole) - 40]  # left for the user to look at
+
+
+def _offline(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+
+
+def test_download_offline_names_url_target_and_manual_fix(tmp_path, monkeypatch):
+    _offline(monkeypatch)
+    with pytest.raises(data.DownloadError) as error:
+        data.imagenet_a(root=tmp_path, download=True)
+    assert str(error.value).startswith(
+        f"Could not download {data.IMAGENET_A_URL} to {tmp_path / 'imagenet-a.tar'} "
+        "(<urlopen error offline (test)>). On a machine with internet, download it and put it "
+        f"at {tmp_path / 'imagenet-a.tar'}, then `tar -xf imagenet-a.tar -C {tmp_path}`")
+    with pytest.raises(data.DownloadError, match=r"Could not download http://.*/train-images"
+                                                 r"-idx3-ubyte\.gz to .*/fashion/train-images"):
+        data.fashion_mnist(root=tmp_path / "fashion", download=True)
+    assert not (tmp_path / "imagenet-a").exists()
+
+
+def test_archives_are_checked_by_sha256(tmp_path, monkeypatch):
+    import tarfile
+
+    import torchvision.datasets.utils as tv_utils
+
+    source = tmp_path / "src"
+    _image(source / "imagenet-a" / "n01498041" / "a.png", _rgb(0))
+    archive_bytes = tmp_path / "built.tar"
+    with tarfile.open(archive_bytes, "w") as tar:
+        tar.add(source / "imagenet-a", arcname="imagenet-a")
+    fetched = []
+
+    def fake_download(url, root, filename=None, md5=None):
+        fetched.append(url)
+        shutil.copy(archive_bytes, Path(root) / filename)
+
+    monkeypatch.setattr(tv_utils, "download_url", fake_download)
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(data.DownloadError) as error:
+        data.imagenet_a(root=root, download=True)
+    published = data.ARCHIVE_SHA256[data.IMAGENET_A_URL]
+    assert str(error.value).startswith(
+        f"{root / 'imagenet-a.tar'} (from {data.IMAGENET_A_URL}) does not match its "
+        f"published SHA-256: expected {published}, got ")
+    assert not (root / "imagenet-a.tar").exists() and not (root / "imagenet-a").exists()
+    digest = hashlib.sha256(archive_bytes.read_bytes()).hexdigest()
+    monkeypatch.setitem(data.ARCHIVE_SHA256, data.IMAGENET_A_URL, digest)
+    ds = data.imagenet_a(root=root, size=8, download=True)
+    assert len(ds) == 1 and fetched == [data.IMAGENET_A_URL] * 2
+    assert not (root / "imagenet-a.tar").exists()  # unpacked, then removed
+    assert set(data.ARCHIVE_SHA256) == {data.IMAGENET_A_URL, *(
+        "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
+        f"imagenetv2-{v}.tar.gz" for v in data.IMAGENET_V2_VARIANTS)}
 
 
 if __name__ == "__main__":
