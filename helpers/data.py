@@ -323,7 +323,8 @@ def _downloading(url: str, target: Path, manual: str):
             "to point at a copy.") from error
 
 
-def _sha256(file: Path) -> str:
+def file_sha256(file: Path) -> str:
+    """The SHA-256 of a file, read in blocks (archives and checkpoints are large)."""
     digest = hashlib.sha256()
     with open(file, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -357,7 +358,7 @@ def _download_archive(url: str, root: Path) -> None:
     manual = f"put it at {archive}, then `tar -xf {archive.name} -C {root}`"
     with _downloading(url, archive, manual):
         download_url(url, str(root), archive.name)
-    expected, found = ARCHIVE_SHA256.get(url), _sha256(archive)
+    expected, found = ARCHIVE_SHA256.get(url), file_sha256(archive)
     if expected and found != expected:
         archive.unlink()
         raise DownloadError(

@@ -57,6 +57,11 @@ class CheckpointNotFoundError(FileNotFoundError):
     """A model's weights are neither on disk nor downloadable from here."""
 
 
+class NotACheckpointError(ValueError):
+    """A file given as a model's weights that does not hold them (a download cut short, a
+    checkpoint of another model); the message names the file."""
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -115,10 +120,25 @@ def _clip_checkpoint(name_or_path: str, download_root: str | None) -> Path:
     try:
         return Path(clip_impl._download(url, str(root)))
     except (urllib.error.URLError, OSError, ConnectionError) as error:
+        how = (f"On a machine with internet, download {url} and put it at {target} "
+               f"(or pass its path to load_clip).")
+        expected = url.split("/")[-2]  # OpenAI's URLs hold the file's SHA-256
+        if target.is_file():
+            from .data import file_sha256
+            if file_sha256(target) != expected:
+                raise CheckpointNotFoundError(
+                    f"CLIP {name_or_path} at {target} does not match its published SHA-256 "
+                    f"({expected}): the file is incomplete or altered, and a fresh copy could "
+                    f"not be downloaded ({error}). Delete it; {how}") from error
         raise CheckpointNotFoundError(
             f"CLIP {name_or_path} is not at {target} and could not be downloaded ({error}). "
-            f"On a machine with internet, download {url} and put it at {target} "
-            f"(or pass its path to load_clip).") from error
+            f"{how}") from error
+
+
+def _clip_names() -> list[str]:
+    import clip
+
+    return clip.available_models()
 
 
 def load_clip(name_or_path: str, device=None, download_root: str | None = None) -> nn.Module:
@@ -131,13 +151,19 @@ def load_clip(name_or_path: str, device=None, download_root: str | None = None) 
 
     path = _clip_checkpoint(name_or_path, download_root)
     try:
-        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except RuntimeError:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(state_dict).float().eval()
-    # build_model loads the weights into float16 layers; load them again at full precision,
-    # or a float32 checkpoint (the small CLIP trained here) loses its low bits.
-    model.load_state_dict(state_dict)
+        try:
+            state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except RuntimeError:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(state_dict).float().eval()
+        # build_model loads the weights into float16 layers; load them again at full
+        # precision, or a float32 checkpoint (the small CLIP trained here) loses its low bits.
+        model.load_state_dict(state_dict)
+    except Exception as error:  # noqa: BLE001 - torch and clip raise many kinds for junk
+        raise NotACheckpointError(
+            f"not a CLIP checkpoint: {path} ({type(error).__name__}: neither an OpenAI CLIP "
+            "TorchScript file nor a state dict of clip.model.CLIP). Give the path of one, or "
+            f"a CLIP name: {', '.join(_clip_names())}.") from None
     model.name = str(name_or_path)
     return model.to(device or default_device())
 

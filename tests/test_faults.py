@@ -566,5 +566,52 @@ def test_archives_are_checked_by_sha256(tmp_path, monkeypatch):
         f"imagenetv2-{v}.tar.gz" for v in data.IMAGENET_V2_VARIANTS)}
 
 
+# ---------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("content", [b"<html>404 Not Found</html>", "state dict of another"])
+def test_a_junk_clip_checkpoint_says_so(tmp_path, content):
+    file = tmp_path / "ViT-B-32.pt"
+    if isinstance(content, bytes):
+        file.write_bytes(content)
+    else:
+        torch.save({"fc.weight": torch.zeros(2, 2)}, file)
+    with pytest.raises(models.NotACheckpointError) as error:
+        models.load_clip(str(file), device="cpu")
+    message = str(error.value)
+    assert message.startswith(f"not a CLIP checkpoint: {file} (") and "ViT-B/32" in message
+    assert "weights_only" not in message
+
+
+def test_a_junk_sam_checkpoint_says_so(tmp_path):
+    from helpers.masks import SamMasks
+
+    file = tmp_path / "sam_vit_b_01ec64.pth"
+    file.write_bytes(b"\x00" * 100)
+    with pytest.raises(models.NotACheckpointError) as error:
+        SamMasks(checkpoint=file, model_type="vit_b", device="cpu")
+    message = str(error.value)
+    assert message.startswith(f"not a SAM checkpoint: {file} (") and "weights_only" not in message
+    assert "masks='offline'" in message
+
+
+def test_official_clip_file_with_a_wrong_checksum_offline_says_the_checksum(tmp_path,
+                                                                           monkeypatch):
+    import clip
+
+    _offline(monkeypatch)
+    target = tmp_path / "ViT-B-32.pt"
+    target.write_bytes(b"the first megabytes of a download cut short")
+    with pytest.warns(UserWarning, match="checksum does not"), \
+            pytest.raises(models.CheckpointNotFoundError) as error:
+        models.load_clip("ViT-B/32", device="cpu", download_root=str(tmp_path))
+    message = str(error.value)
+    sha = clip.clip._MODELS["ViT-B/32"].split("/")[-2]
+    assert message.startswith(f"CLIP ViT-B/32 at {target} does not match its published "
+                              f"SHA-256 ({sha}): the file is incomplete or altered")
+    assert "Delete it" in message and "is not at" not in message
+    assert target.read_bytes().startswith(b"the first megabytes")  # not deleted behind the user
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-o", "addopts="]))
