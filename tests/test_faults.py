@@ -527,6 +527,10 @@ def test_download_offline_names_url_target_and_manual_fix(tmp_path, monkeypatch)
     with pytest.raises(data.DownloadError, match=r"Could not download http://.*/train-images"
                                                  r"-idx3-ubyte\.gz to .*/fashion/train-images"):
         data.fashion_mnist(root=tmp_path / "fashion", download=True)
+    with pytest.raises(data.DownloadError, match=r"Could not download https://.*cifar-10-python"
+                                                 r"\.tar\.gz to .*cifar-10-batches-py .*extract "
+                                                 r"it into"):
+        data.cifar10(root=tmp_path / "cifar", download=True)
     assert not (tmp_path / "imagenet-a").exists()
 
 
@@ -611,7 +615,3 @@ def test_official_clip_file_with_a_wrong_checksum_offline_says_the_checksum(tmp_
                               f"SHA-256 ({sha}): the file is incomplete or altered")
     assert "Delete it" in message and "is not at" not in message
     assert target.read_bytes().startswith(b"the first megabytes")  # not deleted behind the user
-
-
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q", "-o", "addopts="]))
