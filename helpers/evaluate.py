@@ -308,8 +308,10 @@ class RunLog:
         records = plain(records)
         self.runs += records
         self._done |= {self._key(r) for r in records}
-        write_json(self.path, [{"parameters": self.parameters, "code": self.code},
-                               *self.runs])
+        header = {"parameters": self.parameters}
+        if self.code is not None:
+            header["code"] = self.code
+        write_json(self.path, [header, *self.runs])
 
 
 def changed_predictions(results: list[dict], tasks: dict, baseline: str, method: str) -> list[dict]:
