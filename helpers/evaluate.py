@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from . import fingerprint
+from .jsonfile import jsonable, move_aside, plain, read_json, write_json
+
+__all__ = ["ResultStore", "RunLog", "changed_predictions", "evaluate", "pivot", "run_grid",
+           "run_info", "summary_rows", "write_json", "cell_code",
+           "expected_calibration_error"]
 
 
 def expected_calibration_error(confidences, correct, n_bins: int = 15) -> float:
@@ -113,25 +120,6 @@ def run_info(seed: int | None = None) -> dict:
     }
 
 
-def write_json(path, payload) -> Path:
-    """Write JSON atomically (temporary file, then rename): an interrupted run never leaves
-    a half-written results file for ``--resume`` to trust."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
-    os.replace(tmp, path)
-    return path
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, (Path, tuple, set)):
-        return str(value) if isinstance(value, Path) else list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def summary_rows(results: list[dict], keys=("model", "data")) -> list[dict]:
     """Short rows (no per-sample lists) for tables and the batch summary."""
     fields = ("method", "accuracy", "ece", "mean_confidence", "seconds_per_sample", "n")
@@ -149,31 +137,79 @@ class ResultStore:
     """Finished cells of an experiment grid, rewritten atomically after each one, so that
     an interrupted notebook resumes where it stopped. The store is kept for the same
     ``parameters`` (data, seed); a cell is kept for the same ``settings`` (its method's
-    options for its model), so changing one method's options recomputes only its cells.
-    Each cell keeps its per-sample predictions, labels and confidences and the ``run_info``
-    (versions, device, seed) of the run that computed it, which may be an earlier one."""
+    options for its model) and the same ``code`` (the fingerprint of the code that computed
+    it, see ``cell_code``), so changing one method's options or source recomputes only its
+    cells, and says so. Each cell keeps its per-sample predictions, labels and confidences
+    and the ``run_info`` (versions, device, seed) of the run that computed it, which may be
+    an earlier one. A corrupt store file is moved aside with a warning and recomputed."""
 
     def __init__(self, path, parameters: dict):
-        self.path, self.parameters = Path(path), _plain(parameters)
+        self.path, self.parameters = Path(path), plain(parameters)
         self.cells: dict[str, dict] = {}
-        if self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            if saved.get("parameters") == self.parameters:
-                self.cells = saved.get("cells", {})
+        self._announced: set[str] = set()
+        saved = read_json(self.path, dict)
+        if saved is not None and not isinstance(saved.get("cells", {}), dict):
+            move_aside(self.path, "its 'cells' entry is not a mapping")
+            saved = None
+        if saved is not None and saved.get("parameters") == self.parameters:
+            self.cells = saved.get("cells", {})
 
-    def run(self, key: tuple, compute, settings=None) -> dict:
-        name, settings = " / ".join(map(str, key)), _plain(settings)
-        cell = self.cells.get(name)
-        if cell is None or cell.get("settings") != settings:
-            self.cells[name] = {**compute(), "settings": settings,
+    @staticmethod
+    def name(key: tuple) -> str:
+        return " / ".join(map(str, key))
+
+    def why_stale(self, key: tuple, settings=None, code: dict | None = None) -> str | None:
+        """None when the cell is stored for these settings and code; ``"new"`` when it is
+        missing; else why the stored cell cannot be used."""
+        cell = self.cells.get(self.name(key))
+        if cell is None:
+            return "new"
+        if cell.get("settings") != plain(settings):
+            return f"settings changed ({_differences(cell.get('settings'), plain(settings))})"
+        return fingerprint.why_stale(cell.get("code"), code) if code is not None else None
+
+    def announce(self, cells) -> None:
+        """Print one line per group of stored cells that will be computed again (grouped by
+        method and reason), for ``cells`` given as (key, settings, code)."""
+        groups = defaultdict(list)
+        for key, settings, code in cells:
+            why = self.why_stale(key, settings, code)
+            if why not in (None, "new"):
+                groups[(key[-1], why)].append(key)
+                self._announced.add(self.name(key))
+        for (method, why), keys in groups.items():
+            where = ", ".join(self.name(k[:-1]) for k in keys[:3]) + (
+                f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            print(f"{self.path.name}: recomputing {len(keys)} cell(s) of {method} ({where}): "
+                  f"{why}")
+
+    def run(self, key: tuple, compute, settings=None, code: dict | None = None) -> dict:
+        name = self.name(key)
+        if self.why_stale(key, settings, code) is not None:
+            if name not in self._announced:
+                self.announce([(key, settings, code)])
+            self.cells[name] = {**compute(), "settings": plain(settings), "code": code,
                                 "run": run_info(self.parameters.get("seed"))}
             write_json(self.path, {"parameters": self.parameters, "cells": self.cells})
         return self.cells[name]
 
 
-def _plain(value):
-    """As it reads back from JSON, so that saved and new settings compare equal."""
-    return json.loads(json.dumps(value, default=_jsonable))
+def _differences(old, new) -> str:
+    """``lr 0.001 -> 0.01, n_views 8 -> 16`` for two settings mappings."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return f"{old!r} -> {new!r}"
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+
+
+def cell_code(method_modules, dataset=None) -> dict:
+    """The fingerprint of the code behind a grid cell: the method's modules (with what they
+    import), the evaluation loop, the model-building code and, for the package's datasets,
+    the data code. A method factory names its modules in ``code_modules``; without them
+    (a lambda written in a notebook) every method of ``helpers.tta`` counts."""
+    data_module = type(dataset).__module__ if dataset is not None else ""
+    return fingerprint.closure(*(method_modules or ["helpers.tta"]), __name__,
+                               "helpers.models", data_module)
 
 
 def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
@@ -181,24 +217,30 @@ def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
     """Evaluate every (model, task, method). ``models`` maps a name to a function that
     builds the classifier (called once, and only if some cell is missing); ``methods`` maps
     a name to ``f(model, model_name) -> Adapter``, or None where the method does not apply
-    (see ``tta.method_factories``)."""
-    results = []
-    for model_name, build in models.items():
-        model = _Lazy(build)
+    (see ``tta.method_factories``). Stored cells whose settings or code changed are
+    computed again, announced first in one line per method and reason."""
+    cells = []
+    for model_name in models:
         for task_name, dataset in tasks.items():
             for method_name, make in methods.items():
-                key = (model_name, task_name, method_name)
                 settings = make.settings(model_name) if hasattr(make, "settings") else None
-                result = store.run(key, lambda m=model, make=make, data=dataset, key=key:
-                                   _evaluate_cell(make, m, key[0], data, batch_size,
-                                                  progress, " ".join(key)), settings)
-                if not result.get("not_applicable"):
-                    results.append({**result, "model": model_name, "data": task_name,
-                                    "method": method_name})
+                code = cell_code(getattr(make, "code_modules", None), dataset)
+                cells.append(((model_name, task_name, method_name), settings, code))
+    store.announce(cells)
+    results, built = [], {name: Lazy(build) for name, build in models.items()}
+    for key, settings, code in cells:
+        model_name, task_name, method_name = key
+        make, dataset = methods[method_name], tasks[task_name]
+        result = store.run(key, lambda m=built[model_name], make=make, data=dataset, key=key:
+                           _evaluate_cell(make, m, key[0], data, batch_size, progress,
+                                          " ".join(key)), settings, code)
+        if not result.get("not_applicable"):
+            results.append({**result, "model": model_name, "data": task_name,
+                            "method": method_name})
     return results
 
 
-class _Lazy:
+class Lazy:
     """Build a model on first use: a grid that resumes with every cell done loads nothing."""
 
     def __init__(self, build):
@@ -210,7 +252,7 @@ class _Lazy:
         return self.value
 
 
-def _evaluate_cell(make, model: _Lazy, model_name, dataset, batch_size, progress,
+def _evaluate_cell(make, model: Lazy, model_name, dataset, batch_size, progress,
                    desc) -> dict:
     adapter = make(model(), model_name)
     if adapter is None:
@@ -233,31 +275,44 @@ def pivot(results: list[dict], value: str = "accuracy", index=("model", "data"),
 
 class RunLog:
     """The results file of one experiment series: a JSON list whose first record is
-    ``{"parameters": ...}`` and then one record per finished run, rewritten atomically as runs
-    are added, so an interrupted series resumes where it stopped. Runs recorded under other
-    parameters are dropped; a run is identified by the values of its ``key`` fields."""
+    ``{"parameters": ..., "code": ...}`` and then one record per finished run, rewritten
+    atomically as runs are added, so an interrupted series resumes where it stopped. Runs
+    recorded under other parameters, or by other code (``code``: a fingerprint, see
+    ``helpers.fingerprint``), are dropped, saying why; a corrupt file is moved aside with
+    a warning. A run is identified by the values of its ``key`` fields."""
 
-    def __init__(self, path, parameters: dict, key: tuple):
-        self.path, self.parameters, self.key = Path(path), _plain(parameters), tuple(key)
+    def __init__(self, path, parameters: dict, key: tuple, code: dict | None = None):
+        self.path, self.parameters, self.key = Path(path), plain(parameters), tuple(key)
+        self.code = code
         self.runs: list[dict] = []
-        if self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            if saved and saved[0].get("parameters") == self.parameters:
+        saved = read_json(self.path, list)
+        if saved and not (isinstance(saved[0], dict) and all(isinstance(r, dict)
+                                                             for r in saved)):
+            move_aside(self.path, "its records are not JSON objects")
+            saved = None
+        if saved and saved[0].get("parameters") == self.parameters:
+            stale = fingerprint.why_stale(saved[0].get("code"), code) if code else None
+            if stale:
+                print(f"{self.path.name}: recomputing its {len(saved) - 1} run(s): {stale}")
+            else:
                 self.runs = saved[1:]
         self._done = {self._key(r) for r in self.runs}
 
     def _key(self, record: dict) -> tuple:
-        return tuple(json.dumps(record.get(k), default=_jsonable) for k in self.key)
+        return tuple(json.dumps(record.get(k), default=jsonable) for k in self.key)
 
     def has(self, **fields) -> bool:
         return self._key(fields) in self._done
 
     def add(self, records: list[dict]) -> None:
         """Append finished runs and rewrite the file (atomically)."""
-        records = _plain(records)
+        records = plain(records)
         self.runs += records
         self._done |= {self._key(r) for r in records}
-        write_json(self.path, [{"parameters": self.parameters}, *self.runs])
+        header = {"parameters": self.parameters}
+        if self.code is not None:
+            header["code"] = self.code
+        write_json(self.path, [header, *self.runs])
 
 
 def changed_predictions(results: list[dict], tasks: dict, baseline: str, method: str) -> list[dict]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import paths
-from .models import CheckpointNotFoundError, default_device
+from .models import CheckpointNotFoundError, NotACheckpointError, default_device
 
 SAM_CHECKPOINTS = {  # Meta's release files (segment-anything README)
     "vit_b": "sam_vit_b_01ec64.pth",
@@ -89,7 +89,14 @@ class SamMasks:
                 f"{SAM_URL}{SAM_CHECKPOINTS[model_type]} and put it there (or pass "
                 f"checkpoint=<path>), or use masks='offline' (no weights needed).")
         self.checkpoint = str(file)
-        return sam_model_registry[model_type](checkpoint=str(file))
+        try:
+            return sam_model_registry[model_type](checkpoint=str(file))
+        except Exception as error:  # noqa: BLE001 - torch raises many kinds for junk
+            raise NotACheckpointError(
+                f"not a SAM checkpoint: {file} ({type(error).__name__}: not the weights of "
+                f"Segment-Anything {model_type}). Download {SAM_URL}"
+                f"{SAM_CHECKPOINTS[model_type]} (or give model_type= of the file's model), "
+                "or use masks='offline' (no weights needed).") from None
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, cam: np.ndarray | None = None) -> list[Mask]:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import paths
+from . import fingerprint, paths
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -58,6 +58,11 @@ TEMPLATES = {
 
 class CheckpointNotFoundError(FileNotFoundError):
     """A model's weights are neither on disk nor downloadable from here."""
+
+
+class NotACheckpointError(ValueError):
+    """A file given as a model's weights that does not hold them (a download cut short, a
+    checkpoint of another model); the message names the file."""
 
 
 def default_device() -> torch.device:
@@ -118,10 +123,25 @@ def _clip_checkpoint(name_or_path: str, download_root: str | None) -> Path:
     try:
         return Path(clip_impl._download(url, str(root)))
     except (urllib.error.URLError, OSError, ConnectionError) as error:
+        how = (f"On a machine with internet, download {url} and put it at {target} "
+               f"(or pass its path to load_clip).")
+        expected = url.split("/")[-2]  # OpenAI's URLs hold the file's SHA-256
+        if target.is_file():
+            from .data import file_sha256
+            if file_sha256(target) != expected:
+                raise CheckpointNotFoundError(
+                    f"CLIP {name_or_path} at {target} does not match its published SHA-256 "
+                    f"({expected}): the file is incomplete or altered, and a fresh copy could "
+                    f"not be downloaded ({error}). Delete it; {how}") from error
         raise CheckpointNotFoundError(
             f"CLIP {name_or_path} is not at {target} and could not be downloaded ({error}). "
-            f"On a machine with internet, download {url} and put it at {target} "
-            f"(or pass its path to load_clip).") from error
+            f"{how}") from error
+
+
+def _clip_names() -> list[str]:
+    import clip
+
+    return clip.available_models()
 
 
 def load_clip(name_or_path: str, device=None, download_root: str | None = None) -> nn.Module:
@@ -134,13 +154,19 @@ def load_clip(name_or_path: str, device=None, download_root: str | None = None) 
 
     path = _clip_checkpoint(name_or_path, download_root)
     try:
-        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except RuntimeError:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(state_dict).float().eval()
-    # build_model loads the weights into float16 layers; load them again at full precision,
-    # or a float32 checkpoint (the small CLIP trained here) loses its low bits.
-    model.load_state_dict(state_dict)
+        try:
+            state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except RuntimeError:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(state_dict).float().eval()
+        # build_model loads the weights into float16 layers; load them again at full
+        # precision, or a float32 checkpoint (the small CLIP trained here) loses its low bits.
+        model.load_state_dict(state_dict)
+    except Exception as error:  # noqa: BLE001 - torch and clip raise many kinds for junk
+        raise NotACheckpointError(
+            f"not a CLIP checkpoint: {path} ({type(error).__name__}: neither an OpenAI CLIP "
+            "TorchScript file nor a state dict of clip.model.CLIP). Give the path of one, or "
+            f"a CLIP name: {', '.join(_clip_names())}.") from None
     model.name = str(name_or_path)
     return model.to(device or default_device())
 
@@ -308,8 +334,9 @@ def _atomic_save(obj, file: Path) -> None:
     os.replace(tmp, file)
 
 
-def _config_key(config) -> str:
-    return hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+def _config_key(config, code: dict | None = None) -> str:
+    text = json.dumps(asdict(config), sort_keys=True) + json.dumps(code or {}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 @contextlib.contextmanager
@@ -331,18 +358,34 @@ def _exclusive(file: Path):
 
 
 def _cached_training(kind: str, config, train_fn, verbose: bool) -> Path:
-    """Train once per config and keep the weights and their metrics on disk."""
-    file = paths.CACHE / "models" / f"{kind}-{_config_key(config)}.pt"
+    """Train once per config and code, and keep the weights and their metrics on disk. The
+    code is the fingerprint of ``train_fn``'s module and what it imports: edit the training
+    code and the model is trained again (saying why), never taken from the old file."""
+    code = fingerprint.closure(fingerprint.module_of(train_fn))
+    file = paths.CACHE / "models" / f"{kind}-{_config_key(config, code)}.pt"
     if file.exists():
         return file
     with _exclusive(file):
         if not file.exists():  # another process may have trained it while we waited
             if verbose:
-                print(f"Training {kind} ({config}); cached afterwards at {file}")
+                print(f"Training {kind} ({config}); cached afterwards at {file}"
+                      + _retrained_because(kind, config, code))
             state, metrics = train_fn(config)
-            _atomic_save({"state_dict": state, "config": asdict(config), "metrics": metrics},
-                         file)
+            _atomic_save({"state_dict": state, "config": asdict(config), "metrics": metrics,
+                          "code": code}, file)
     return file
+
+
+def _retrained_because(kind: str, config, code: dict) -> str:
+    """Why a config trained before is trained again (its code changed), or ``""``."""
+    for earlier in sorted((paths.CACHE / "models").glob(f"{kind}-*.pt")):
+        if len(earlier.stem) != len(kind) + 13:  # derived files (``-state_dict``)
+            continue
+        saved = torch.load(earlier, map_location="cpu", weights_only=True)
+        if saved.get("config") == asdict(config):
+            why = fingerprint.why_stale(saved.get("code"), code)
+            return f"; trained again since {earlier.name}: {why}"
+    return ""
 
 
 def _fashion_arrays(split: str):

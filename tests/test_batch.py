@@ -33,6 +33,10 @@ def notebook(path, parameters, code):
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
+    return make_repo(tmp_path, monkeypatch)
+
+
+def make_repo(tmp_path, monkeypatch):
     """A repository layout in tmp_path: two notebooks (the first fails on purpose), three
     profiles; helpers.paths points at it."""
     layout = {name: tmp_path / name for name in ("notebooks", "results", "runs", "figures")}
@@ -108,18 +112,21 @@ def test_unknown_profile_lists_valid_profiles(repo):
 # ---------------------------------------------------------------- resume check
 
 
-def test_is_done_compares_the_runners_record_of_the_parameters(tmp_path):
+def test_rerun_reason_compares_the_runners_record_of_parameters_and_code(tmp_path):
     results, record = tmp_path / "r.json", tmp_path / "r.done.json"
-    params = {"x": 2, "results_path": str(results)}
-    batch._record(record, params, 12.34)
-    assert not batch.is_done(params, record)  # no results file
+    params, code = {"x": 2, "results_path": str(results)}, {"helpers.tta.memo": "a1"}
+    batch.record(record, params, 12.34, code)
+    assert batch.rerun_reason(params, record, code) == "no results file"
     results.write_text("{}")  # the notebook need not record its parameters
-    assert batch.is_done(params, record)
+    assert batch.rerun_reason(params, record, code) is None
     assert json.loads(record.read_text())["seconds"] == 12.3
-    assert not batch.is_done({**params, "x": 3}, record)
-    assert not batch.is_done({**params, "y": 1}, record)
+    assert batch.rerun_reason({**params, "x": 3}, record, code) == "other parameters"
+    assert batch.rerun_reason({**params, "y": 1}, record, code) == "other parameters"
+    assert batch.rerun_reason(params, record, {"helpers.tta.memo": "b2"}) == (
+        "code changed: helpers/tta/memo.py")
     record.write_text('{"parameters": ')  # interrupted write
-    assert not batch.is_done(params, record)
+    with pytest.warns(UserWarning, match="r.done.json is unreadable"):
+        assert batch.rerun_reason(params, record, code) == "no record of a finished run"
 
 
 # ---------------------------------------------------------------- run
@@ -228,8 +235,7 @@ def test_parallel_runs_start_the_longest_notebooks_first(repo):
     assert order({}) == ["01_broken", "02_good"]  # no estimate: name order
     assert order({"02_good": 3}) == ["02_good", "01_broken"]
     record = batch.record_file("smoke", todo[0][0])  # this machine's last run outranks it
-    record.parent.mkdir(parents=True)
-    batch._record(record, {}, 400.0)
+    batch.record(record, {}, 400.0, {})
     assert order({"02_good": 3}) == ["01_broken", "02_good"]
     assert order({"02_good": 7}) == ["02_good", "01_broken"]
 

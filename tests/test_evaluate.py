@@ -7,7 +7,7 @@ from helpers.evaluate import ResultStore, pivot, run_grid, summary_rows, write_j
 from helpers.tta import Source, method_factories
 
 
-class _Labelled(torch.utils.data.Dataset):
+class Labelled(torch.utils.data.Dataset):
     def __init__(self, images, labels):
         self.images, self.labels = images, labels
 
@@ -19,8 +19,8 @@ class _Labelled(torch.utils.data.Dataset):
 
 
 def _tasks(images):
-    return {"a": _Labelled(images, [0, 1, 2, 3, 4, 0]),
-            "b": _Labelled(images.flip(-1), [4, 3, 2, 1, 0, 4])}
+    return {"a": Labelled(images, [0, 1, 2, 3, 4, 0]),
+            "b": Labelled(images.flip(-1), [4, 3, 2, 1, 0, 4])}
 
 
 def test_run_grid_covers_every_cell_and_skips_inapplicable_methods(tiny_cnn, images, tmp_path):

@@ -12,6 +12,7 @@ from helpers.tta import (
     entropy,
     marginal_entropy,
     method_factories,
+    prompt_classifier,
 )
 from helpers.tta.tpt import frozen
 from helpers.views import AugMixViews, CropViews
@@ -81,6 +82,59 @@ def test_tpt_cached_features_and_trimmed_prompts_leave_the_logits_unchanged(clip
     # and the tuning did something: not the initial prompt's logits
     with torch.no_grad():
         assert (reference - fast.model(images)).abs().max() > 1e-3
+
+
+def original_tpt(clip_model, image, views, steps, lr, top, reselect=False):
+    """TPT's ``test_time_tuning`` and prediction (github.com/azshue/TPT,
+    tpt_classification.py) written out without AMP: the confident views are selected on the
+    first step and those indices kept (``reselect`` selects again each step instead)."""
+    def avg_entropy(outputs):
+        logits = outputs - outputs.logsumexp(dim=-1, keepdim=True)
+        avg_logits = logits.logsumexp(dim=0) - math.log(logits.shape[0])
+        avg_logits = torch.clamp(avg_logits, min=torch.finfo(avg_logits.dtype).min)
+        return -(avg_logits * torch.exp(avg_logits)).sum(dim=-1)
+
+    def select_confident_samples(logits, top):
+        batch_entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+        idx = torch.argsort(batch_entropy, descending=False)[:int(batch_entropy.size()[0] * top)]
+        return logits[idx], idx
+
+    model = prompt_classifier(clip_model, NAMES, trim=False)
+    optimizer = torch.optim.AdamW([model.backbone.prompt.ctx], lr)
+    inputs = torch.cat([image[None], views])
+    selected_idx = None
+    with frozen(clip_model):
+        for _ in range(steps):
+            output = model(inputs)
+            if selected_idx is not None and not reselect:
+                output = output[selected_idx]
+            else:
+                output, selected_idx = select_confident_samples(output, top)
+            loss = avg_entropy(output)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            return model(image[None])
+
+
+def test_three_steps_keep_the_first_steps_selection_as_the_original(clip77, images):
+    steps, lr, top = 3, 0.05, 0.25
+    original, reselected = [], []
+    for key, image in enumerate(images):
+        probe = Tpt(clip77, NAMES, n_views=15, selection=top)
+        views = probe._views_for(images)(image, probe.generator(key))
+        original.append(original_tpt(clip77, image, views, steps, lr, top))
+        reselected.append(original_tpt(clip77, image, views, steps, lr, top, reselect=True))
+    original, reselected = torch.cat(original), torch.cat(reselected)
+    for cache, trim in [(True, True), (False, False)]:
+        tpt = Tpt(clip77, NAMES, n_views=15, selection=top, steps=steps, lr=lr,
+                  cache_features=cache, trim=trim)
+        assert tpt.keep == 4
+        logits = tpt(images, keys=[0, 1, 2])
+        assert (logits - original).abs().max() < 1e-4, (cache, trim)
+    # selecting again at every step gives other logits here, so the test tells them apart
+    assert (reselected - original).abs().max() > 1e-3
 
 
 def test_selection_keeps_the_lowest_entropy_views(clip77):

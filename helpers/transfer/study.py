@@ -21,7 +21,7 @@ from functools import lru_cache, partial
 import torch
 import torch.nn.functional as F
 
-from .. import data
+from .. import data, fingerprint
 from ..evaluate import RunLog
 from ..models import _cached_training, default_device
 from .batched import accuracy_together, batch_schedule, train_one, train_together
@@ -324,7 +324,8 @@ def run_series(config: SeriesConfig, path, verbose: bool = True, device=None, ro
     device = torch.device(device or default_device())
     net, metrics = pretrained(config.pretrain, verbose, root, download)
     net = net.to(device)
-    log = RunLog(path, {"series": asdict(config), "pretraining": metrics}, RUN_KEY)
+    log = RunLog(path, {"series": asdict(config), "pretraining": metrics}, RUN_KEY,
+                 code=fingerprint.closure(__name__))
     cnn = config.network()
     train_x, train_y = (t.to(device) for t in task_data(
         config.dataset, config.classes, "train", cnn, config.n_train, config.seed, root, download))

@@ -12,7 +12,8 @@ from .ensemble import (
     fit_temperature,
 )
 from .episodic import Snapshot, frozen, select_parameters
-from .memo import Memo, marginal_entropy
+from .losses import marginal_entropy
+from .memo import Memo
 from .memo_plus import MemoPlus
 from .norm import NormAdapt, Tent, batchnorm_train_mode, entropy, has_batchnorm
 from .sar import Sar, sar_parameters
@@ -50,6 +51,14 @@ METHODS = {"source": Source, "norm": NormAdapt, "tent": Tent, "memo": Memo,
 CLIP_ONLY = ("tpt", "prompt", "zero", "tda")
 
 
+def method_module(name: str) -> str:
+    """The module that implements a method: where the code fingerprint of its results starts
+    (``evaluate.cell_code``); TPT and fixed prompts are built here from ``tpt``'s classes."""
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; valid: {sorted(METHODS)}")
+    return Tpt.__module__ if name in ("tpt", "prompt") else METHODS[name].__module__
+
+
 def build_method(name: str, model, **options) -> Adapter:
     """A method by name (``source``, ``norm``, ``tent``, ``memo``, ``memo_plus``, ``tpt``,
     ``prompt``, ``zero``, ``tda``, ``eata``, ``sar``)."""
@@ -61,6 +70,7 @@ def build_method(name: str, model, **options) -> Adapter:
 __all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "MemoPlus", "Tpt",
            "Snapshot", "PromptLearner", "METHODS", "build_method", "entropy", "marginal_entropy",
            "make_optimizer", "select_parameters", "has_batchnorm", "method_factories",
+           "method_module",
            "confident_views", "prompt_classifier", "tpt", "prompt", "Ensemble", "RULES",
            "combine", "disagreement", "ensemble_grid", "ensemble_results", "fit_temperature",
            "Zero", "zero_vote", "Tda", "FeatureCache", "Eata", "Sar", "sample_selection",
@@ -87,6 +97,7 @@ def method_factories(names, options: dict | None = None, per_model: dict | None 
                 return None
             return build_method(name, model, **settings(model_name))
         make.settings = settings  # what a results store compares to reuse a finished cell
+        make.code_modules = [method_module(name)]  # and where its code fingerprint starts
         return make
 
     return {name: factory(name) for name in names}

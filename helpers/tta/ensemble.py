@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ..evaluate import evaluate
+from ..evaluate import Lazy, cell_code, evaluate
 from .base import Adapter
 from .norm import entropy
 
@@ -201,12 +201,11 @@ def ensemble_grid(models: dict, tasks: dict, members: dict, store, rules=RULES,
     (``members`` maps a name to ``f(model, model_name) -> Adapter``, None where it does not
     apply), fit their temperatures on the task's held-out part, and evaluate members and
     rules on its test part. ``tasks`` map a name to ``(held_out, test)``; an empty held-out
-    part means no temperature rule. Returns the results and the fitted temperatures."""
-    from ..evaluate import _Lazy
-
+    part means no temperature rule. Returns the results and the fitted temperatures.
+    A cell is kept for the same members' settings and code (``evaluate.ResultStore``)."""
     results, temperatures = [], []
     for model_name, build in models.items():
-        model = _Lazy(build)
+        model = Lazy(build)
         for task_name, (held_out, test) in tasks.items():
             def compute(model=model, model_name=model_name, task_name=task_name,
                         held_out=held_out, test=test):
@@ -217,7 +216,12 @@ def ensemble_grid(models: dict, tasks: dict, members: dict, store, rules=RULES,
                         if fit else None, "members": list(ensemble.members),
                         "results": ensemble_results(ensemble, test, rules, batch_size,
                                                     progress, f"{model_name} {task_name}")}
-            cell = store.run((model_name, task_name, "ensemble"), compute)
+            settings = {m: make.settings(model_name) for m, make in members.items()
+                        if hasattr(make, "settings")}
+            modules = [__name__, *(m for make in members.values()
+                                   for m in getattr(make, "code_modules", ["helpers.tta"]))]
+            cell = store.run((model_name, task_name, "ensemble"), compute, settings,
+                             cell_code(modules, test))
             results += [{**r, "model": model_name, "data": task_name} for r in cell["results"]]
             if cell["temperatures"]:
                 temperatures.append({"model": model_name, "data": task_name,

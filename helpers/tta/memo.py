@@ -4,24 +4,14 @@ of the model's marginal prediction over augmented views, predict, forget."""
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from torch.func import functional_call
 
 from ..views import AugMixViews, views_per_image
 from .base import Episodic
+from .losses import marginal_entropy
 from .norm import BatchNormPrior, has_batchnorm
-
-
-def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the mean of softmax(logits) over views (dim 0), in log space: the mean of
-    probabilities is a logsumexp of log-probabilities, so near one-hot and float16-range
-    logits neither underflow nor overflow. Computed in float32 at least."""
-    log_probs = logits.float().log_softmax(-1)
-    log_marginal = torch.logsumexp(log_probs, 0) - math.log(logits.shape[0])
-    terms = log_marginal.exp() * log_marginal
-    return -torch.where(torch.isneginf(log_marginal), 0.0, terms).sum()
 
 
 class Memo(Episodic):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..views import views_per_image
 from .base import Adapter
-from .memo import marginal_entropy
+from .losses import marginal_entropy
 from .norm import entropy
 from .tpt import confident_views, tpt_views, view_selection, views_for
 

@@ -22,7 +22,7 @@ from ..models import CLIP_MEAN, CLIP_STD, Classifier, Preprocess
 from ..views import AugMixViews, CropViews, views_per_image
 from .base import Episodic
 from .episodic import frozen
-from .memo import marginal_entropy
+from .losses import marginal_entropy
 from .norm import entropy
 
 CTX_INIT = "a photo of a"
@@ -216,8 +216,10 @@ class Tpt(Episodic):
     averaged prediction with one AdamW step at lr 5e-3 (torch's default weight decay 0.01,
     as the original), predict the original image, restore the context and the optimizer.
 
-    ``keep`` (a count) overrides ``selection`` (a ratio). ``cache_features`` and ``trim``
-    switch the exact speed-ups (see the module); off, this is the original loop."""
+    ``keep`` (a count) overrides ``selection`` (a ratio). With ``steps > 1`` every step
+    minimises the entropy of the views selected on the first step, as the original's
+    ``test_time_tuning`` does. ``cache_features`` and ``trim`` switch the exact speed-ups
+    (see the module); off, this is the original loop."""
 
     name = "tpt"
 
@@ -241,7 +243,8 @@ class Tpt(Episodic):
         return views_for(self.views, self.n_views, images)
 
     def loss(self, logits: torch.Tensor) -> torch.Tensor:
-        """Entropy of the averaged prediction of the most confident views."""
+        """Entropy of the averaged prediction of the most confident views (of one step;
+        ``adapt_and_predict`` keeps the first step's selection for later steps)."""
         return marginal_entropy(logits[confident_views(logits.detach(), self.keep)])
 
     def adapt_and_predict(self, image: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
@@ -253,8 +256,12 @@ class Tpt(Episodic):
         else:  # the original loop: image features again for the step and the prediction
             features, logits_of = batch, self.model
             predict = lambda: self.model(image[None])  # noqa: E731
+        selected = None
         for _ in range(self.steps):
-            if not self.update(self.loss(logits_of(features))):
+            logits = logits_of(features)
+            if selected is None:  # chosen on the first step and kept, as the original does
+                selected = confident_views(logits.detach(), self.keep)
+            if not self.update(marginal_entropy(logits[selected])):
                 self.restore()  # predict with the initial prompt
                 break
         with torch.inference_mode():

@@ -1,0 +1,79 @@
+"""JSON files that results depend on: written atomically, and read so that a corrupt or
+truncated file (a disk that filled up, an editor, a copy cut short) is moved aside with a
+warning naming it and then recomputed, instead of stopping a run with a JSONDecodeError.
+Standard library and numpy only: the batch runner uses it without importing torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+class CorruptFileWarning(UserWarning):
+    """A results file could not be read and was moved aside (its results are recomputed)."""
+
+
+def write_json(path, payload) -> Path:
+    """Write JSON atomically (temporary file, then rename): an interrupted run never leaves
+    a half-written results file for ``--resume`` to trust."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(payload, indent=1, default=jsonable))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path
+
+
+def jsonable(value):
+    """``json.dumps``' fallback for numpy scalars, paths, tuples and sets."""
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (Path, tuple, set)):
+        return str(value) if isinstance(value, Path) else list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def plain(value):
+    """As it reads back from JSON, so that saved and new values compare equal."""
+    return json.loads(json.dumps(value, default=jsonable))
+
+
+def move_aside(path, why: str) -> Path:
+    """Rename a file that cannot be used to ``<name>.corrupt-<n>`` (kept for a look, never
+    read again) and warn, naming both files and why."""
+    path = Path(path)
+    n = 1
+    while (target := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+        n += 1
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:  # another process moved it first
+        pass
+    warnings.warn(f"{path} is unreadable ({why}); moved aside to {target.name}, and what it "
+                  "held will be computed again.", CorruptFileWarning, stacklevel=3)
+    return target
+
+
+def read_json(path, expect: type | None = None):
+    """The content of a JSON file; None if it does not exist, or if it is corrupt, truncated
+    or not of type ``expect`` (then moved aside with a warning, see ``move_aside``)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        move_aside(path, f"{type(error).__name__}: {error}")
+        return None
+    if expect is not None and not isinstance(value, expect):
+        move_aside(path, f"a JSON {type(value).__name__} where a {expect.__name__} belongs")
+        return None
+    return value
