@@ -17,6 +17,7 @@ import torch
 
 from . import findings, paths
 from .evaluate import ResultStore, run_info, write_json
+from .params import check_counts
 
 
 def in_colab() -> bool:
@@ -106,9 +107,11 @@ class NotebookRun:
 
 def start(name: str, parameters: dict, results_path=None, figures_dir=None,
           device=None) -> NotebookRun:
-    """Seed torch with ``parameters["seed"]``, pick the device (CUDA when present), resolve the
-    outputs (``paths.notebook_outputs``: the runner's folders unless given) and print the
-    versions, so every notebook starts the same way."""
+    """Check the parameters' counts (``params.check_counts``: a run by hand gets the batch
+    runner's checks), seed torch with ``parameters["seed"]``, pick the device (CUDA when
+    present), resolve the outputs (``paths.notebook_outputs``: the runner's folders unless
+    given) and print the versions, so every notebook starts the same way."""
+    check_counts(parameters)
     torch.manual_seed(parameters.get("seed", 0))
     results_path, figures_dir = paths.notebook_outputs(name, parameters.get("profile", "smoke"),
                                                        results_path, figures_dir)

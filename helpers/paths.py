@@ -26,8 +26,9 @@ def _dir(env: str, default: Path) -> Path:
 
 REPO = _repo_root()
 NOTEBOOKS = REPO / "notebooks"
-# Shipped inside the package, so that a notebook installed by pip (Colab) finds them too.
-PROFILES = Path(__file__).resolve().parent / "profiles"
+# Shipped inside the package, so that a notebook installed by pip (Colab) finds them too;
+# TTA_PROFILES points the batch runner at another folder of profiles (tests, a cluster's own).
+PROFILES = _dir("TTA_PROFILES", Path(__file__).resolve().parent / "profiles")
 DATA = _dir("TTA_DATA", REPO / "data")
 CHECKPOINTS = _dir("TTA_CHECKPOINTS", REPO / "checkpoints")
 CACHE = _dir("TTA_CACHE", REPO / ".cache")

@@ -43,3 +43,12 @@ def test_text_findings_keep_the_given_headline_figure(tmp_path):
     saved = json.loads((tmp_path / "05_x.json").read_text())
     assert saved["findings"] == ["a computed sentence"] and saved["comparisons"] == []
     assert saved["headline"]["figure"] == "05_x_gain"
+
+
+def test_start_checks_the_counts_a_notebook_was_given(tmp_path):
+    import pytest
+
+    from helpers.params import ParameterError
+
+    with pytest.raises(ParameterError, match="n_images = -1"):
+        notebook.start("01_x", {"profile": "smoke", "n_images": -1}, tmp_path / "x.json")
