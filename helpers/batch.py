@@ -5,37 +5,52 @@ Markdown summary across the profile's notebooks (also those ``--only`` leaves ou
 earlier results) to ``results/<profile>/SUMMARY.md``. A failing notebook does not stop the
 others; ``--resume`` skips notebooks whose results exist for the same
 parameters and the same code (the notebook's source and the ``helpers`` modules it imports,
-see ``helpers.fingerprint``). ``--jobs N`` runs N notebooks at once, each kernel with its
-share of the CPU threads: the small models of the offline profile run as fast on one thread
-as on two, so two notebooks side by side take about half the time of one after the other;
-the longest start first (``longest_first``). Ctrl-C stops the running kernels within
-seconds, writes the summary of what finished and exits with 130.
+see ``helpers.fingerprint``). The longest start first (``longest_first``). Ctrl-C stops the
+running kernels within seconds, writes the summary of what finished and exits with 130.
+
+Notebooks run as tasks on a Dask cluster (``helpers.cluster``): by default ``--jobs N``
+local worker processes (a ``LocalCluster``), each running one notebook at a time whose kernel
+has its share of the CPU threads (the small models of the offline profile run as fast on one
+thread as on two, so two notebooks side by side take about half the time of one after the
+other); ``--scheduler tcp://host:8786`` uses an existing cluster, ``--slurm`` starts workers
+as SLURM jobs (options from the profile's ``cluster:`` section or a YAML file). Notebooks the
+profile lists under ``gpu:`` run on a worker that owns a GPU, one at a time per GPU.
+``--sweep seed=0,1 memo.lr=1e-5,1e-4`` runs every combination as its own run (own results,
+record and ``--resume``) and compares them in ``results/<profile>/SWEEP.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import copy
 import hashlib
+import itertools
 import json
 import math
 import os
+import re
 import signal
+import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 from tqdm.auto import tqdm
 
-from . import fingerprint, params, paths
+from . import cluster, fingerprint, params, paths
 from .jsonfile import read_json, write_json
 
 # Parameters the runner itself gives each notebook that declares them.
 RUNNER_PARAMETERS = ("profile", "results_path", "figures_dir")
 # The top-level entries of a profile file and their types.
 PROFILE_ENTRIES = {"description": str, "jobs": int, "minutes": dict, "defaults": dict,
-                   "notebooks": dict}
+                   "notebooks": dict, "gpu": list, "cluster": dict}
+# Notebook parameters that change where a run computes, never its results: not part of the
+# runner's record (a new scheduler address does not make results stale).
+PLACEMENT_PARAMETERS = ("scheduler",)
 EXAMPLE = "notebooks:\n  01_memo_cifar100:\n    n_images: 100"
 
 
@@ -69,8 +84,8 @@ def load_profile(name: str) -> dict:
         raise SystemExit(f"Profile file {file} has unknown entries {unknown}; valid: "
                          f"{', '.join(PROFILE_ENTRIES)}.")
     for entry, kind in PROFILE_ENTRIES.items():
-        if profile.get(entry) is None and kind is dict:
-            profile[entry] = {}
+        if profile.get(entry) is None and kind in (dict, list):
+            profile[entry] = kind()
         elif entry in profile and not isinstance(profile[entry], kind):
             how = (f" Write it as a mapping of notebook names to their parameters, e.g.\n"
                    f"{EXAMPLE}" if entry == "notebooks" else "")
@@ -117,7 +132,7 @@ def plan(profile_name: str, notebooks: list[Path]) -> list[tuple[Path, dict]]:
     type or out of range."""
     profile, file = load_profile(profile_name), profile_file(profile_name)
     stems = {nb.stem for nb in notebooks}
-    unknown_nb = sorted(set(profile["notebooks"]) - stems)
+    unknown_nb = sorted((set(profile["notebooks"]) | set(profile["gpu"])) - stems)
     if unknown_nb:
         raise SystemExit(f"Profile file {file} names notebooks that do not exist: "
                          f"{unknown_nb}; notebooks: {sorted(stems)}.")
@@ -155,7 +170,15 @@ def record_file(profile_name: str, nb: Path) -> Path:
 
 def record(file: Path, params: dict, seconds: float, code: dict) -> None:
     """Written atomically after a notebook succeeds: an interrupted write is never a record."""
-    write_json(file, {"parameters": params, "seconds": round(seconds, 1), "code": code})
+    write_json(file, {"parameters": result_parameters(params), "seconds": round(seconds, 1),
+                      "code": code})
+
+
+def result_parameters(params: dict) -> dict:
+    """The parameters that make a notebook's results (all but ``PLACEMENT_PARAMETERS``), as
+    JSON has them."""
+    return json.loads(json.dumps({k: v for k, v in params.items()
+                                  if k not in PLACEMENT_PARAMETERS}))
 
 
 def _recorded(file: Path) -> dict:
@@ -197,7 +220,7 @@ def rerun_reason(params: dict, record_path: Path, code: dict) -> str | None:
     saved = _recorded(record_path)
     if not saved:
         return "no record of a finished run"
-    if saved.get("parameters") != json.loads(json.dumps(params)):
+    if saved.get("parameters") != result_parameters(params):
         return "other parameters"
     return fingerprint.why_stale(saved.get("code"), code)
 
@@ -278,12 +301,18 @@ def _section(profile_name: str, nb: Path, file: Path, failures: dict, seconds: d
 
 
 def execute(nb: Path, params: dict, executed: Path, kernel: str,
-            record_path: Path | None = None) -> float:
+            record_path: Path | None = None, env: dict | None = None) -> float:
     """Run one notebook with papermill; its run time in seconds. The record of its earlier
     success (``record_path``) is deleted first, so that a run that fails, is killed or is
-    interrupted never leaves a record for ``--resume`` to trust."""
+    interrupted never leaves a record for ``--resume`` to trust. ``env`` is set first (the
+    kernel inherits it; a value None removes the variable)."""
     import papermill
 
+    for name, value in (env or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     if record_path is not None:
         record_path.unlink(missing_ok=True)
     start = time.time()
@@ -292,11 +321,40 @@ def execute(nb: Path, params: dict, executed: Path, kernel: str,
     return time.time() - start
 
 
+def execute_on_worker(*args, **kwargs) -> float:
+    """``execute`` as a Dask task: the worker's thread is given back while the kernel (another
+    process) computes, so that the cluster may run a notebook's grid tasks there (its
+    ``notebook`` slot stays taken). A kernel told to use ``"auto"`` threads gets the cores
+    this worker may use."""
+    from distributed import secede
+
+    env = dict(kwargs.pop("env", None) or {})
+    if env.get("OMP_NUM_THREADS") == "auto":
+        env["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)) if hasattr(
+            os, "sched_getaffinity") else os.cpu_count() or 1)
+    secede()
+    return execute(*args, env=env, **kwargs)
+
+
 def share_threads(jobs: int) -> None:
     """Give each of ``jobs`` kernels its share of the cores (kernels inherit the
     environment), unless the user set the thread count."""
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+
+
+# Thread settings a kernel takes from the runner's process on this machine (Dask's workers set
+# them to 1 for themselves; a kernel gets what it would get without Dask).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def kernel_environment(local: bool) -> dict:
+    """What each kernel's environment gets: the ``TTA_*`` variables, and on this machine the
+    runner's thread settings (None: unset, as here); on other machines all the cores its
+    worker may use (a worker runs one notebook at a time)."""
+    threads = ({name: os.environ.get(name) for name in THREAD_VARIABLES} if local
+               else {"OMP_NUM_THREADS": "auto"})
+    return {**cluster.forwarded_environment(), **threads}
 
 
 def select(planned: list, only: list[str] | None) -> list:
@@ -317,8 +375,8 @@ def stop_kernels(grace: float = 5.0) -> int:
     """Interrupt every process this one started (the kernels, and theirs) with SIGINT, as
     Jupyter's interrupt button does, and kill those still running after ``grace`` seconds;
     returns how many there were. Needed because jupyter_client starts each kernel in a
-    session of its own, where the terminal's Ctrl-C never reaches it. Independent of how the
-    notebooks are scheduled (a thread pool now, another executor later)."""
+    session of its own, where the terminal's Ctrl-C never reaches it. Run in each Dask
+    worker (``Client.run``), where the kernels are the worker's children."""
     import psutil
 
     kernels = psutil.Process().children(recursive=True)
@@ -337,97 +395,348 @@ def stop_kernels(grace: float = 5.0) -> int:
     return len(kernels)
 
 
-def _outcome(nb: Path, future, out_dir: Path, interrupted: bool) -> str | None:
+class Job(NamedTuple):
+    """One notebook run: the notebook, its parameters, its code's fingerprint, its run record
+    and executed notebook, and its key in the results of ``run_all`` (the notebook; for a
+    sweep, the notebook and its setting's label)."""
+
+    nb: Path
+    params: dict
+    code: dict
+    record: Path
+    executed: Path
+    key: object
+
+    @property
+    def title(self) -> str:
+        return self.executed.name if self.key == self.nb else f"{self.nb.stem} {self.key[1]}"
+
+
+def _outcome(job: Job, future, interrupted: bool) -> str | None:
     """None if the notebook ran, else the one-line reason it failed."""
     error = future.exception()
     if error is None:
         return None
     last_line = (str(error).strip().splitlines() or [""])[-1]  # may be empty
-    why = f"{type(error).__name__}: {last_line} (executed notebook: {out_dir / nb.name})"
+    why = f"{type(error).__name__}: {last_line} (executed notebook: {job.executed})"
     return f"interrupted by Ctrl-C ({why})" if interrupted else why
 
 
-def run_all(todo: list, profile_name: str, out_dir: Path, kernel: str, jobs: int):
-    """Run ``todo`` ((notebook, parameters, code) triples), ``jobs`` at a time, recording
-    each success; returns (failures, seconds, not started or None). On Ctrl-C the running
-    kernels are stopped (``stop_kernels``), the queued notebooks dropped, and the third
-    value lists those that never started."""
+def run_all(client, todo: list[Job], profile_name: str, kernel: str, jobs: int,
+            env: dict | None = None, gpu: tuple = ()):
+    """Run ``todo`` on the cluster of ``client``, ``jobs`` at a time in the given order,
+    recording each success; returns (failures, seconds, not started or None), keyed by
+    ``Job.key``. Notebooks in ``gpu`` take a worker's GPU where some worker offers one. On
+    Ctrl-C the running kernels are stopped (``stop_kernels`` in every worker), the queued
+    notebooks dropped, and the third value lists those that never started."""
+    from distributed import wait
+    from distributed.client import FIRST_COMPLETED
+
     failures, seconds, not_started = {}, {}, None
     bar = tqdm(total=len(todo), desc=f"profile {profile_name}", unit="notebook")
-    pool = ThreadPoolExecutor(max_workers=jobs)
-    running = {pool.submit(execute, nb, injected, out_dir / nb.name, kernel,
-                           record_file(profile_name, nb)): (nb, injected, code)
-               for nb, injected, code in todo}
-    handled = set()
+    slots = {cluster.NOTEBOOK: 1} if cluster.offered(client, cluster.NOTEBOOK) else {}
+    gpus = cluster.offered(client, cluster.GPU)
+    queue, running = list(todo), {}
+
+    def submit(job: Job):
+        resources = {**slots, **({cluster.GPU: 1} if job.nb.stem in gpu and gpus else {})}
+        future = client.submit(execute_on_worker, job.nb, job.params, job.executed, kernel,
+                               job.record, env=env, resources=resources or None, pure=False,
+                               key=f"notebook {job.title}-{time.time_ns()}")
+        running[future] = job
 
     def handle(future, interrupted=False):
-        nb, injected, code = running[future]
-        handled.add(future)
-        why = _outcome(nb, future, out_dir, interrupted)
+        job = running.pop(future)
+        why = _outcome(job, future, interrupted)
         if why is None:
-            seconds[nb] = future.result()
-            record(record_file(profile_name, nb), injected, seconds[nb], code)
-            tqdm.write(f"ok   {nb.name} in {seconds[nb]:.0f} s")
+            seconds[job.key] = future.result()
+            record(job.record, job.params, seconds[job.key], job.code)
+            tqdm.write(f"ok   {job.title} in {seconds[job.key]:.0f} s")
         else:
-            failures[nb] = why
-            tqdm.write(f"FAIL {nb.name}: {why}")
+            failures[job.key] = why
+            tqdm.write(f"FAIL {job.title}: {why}")
         bar.update()
 
     try:
-        for future in as_completed(running):
-            handle(future)
+        while queue or running:
+            while queue and len(running) < jobs:
+                submit(queue.pop(0))
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                handle(future)
     except KeyboardInterrupt:
         tqdm.write("Ctrl-C: stopping the running notebooks ...")
-        pool.shutdown(wait=False, cancel_futures=True)
-        stop_kernels()
-        wait(running, timeout=15)
-        not_started = [running[f][0] for f in running if f.cancelled()]
-        for future in running:
-            if future not in handled and future.done() and not future.cancelled():
+        not_started = [job.key for job in queue]
+        client.run(stop_kernels)
+        wait(list(running), timeout=15)
+        for future in list(running):
+            if future.done():
                 handle(future, interrupted=True)
-            elif not future.done():
-                failures[running[future][0]] = "interrupted by Ctrl-C; its kernel did not stop"
-    pool.shutdown(wait=not_started is None)
+            else:
+                failures[running.pop(future).key] = ("interrupted by Ctrl-C; its kernel did not "
+                                                     "stop")
     bar.close()
     return failures, seconds, not_started
 
 
+def start_cluster(jobs: int, scheduler: str | None = None, slurm=None, gpu: tuple = (),
+                  processes: bool = True):
+    """(client, cluster this process started or None, whether the workers are on this
+    machine): a ``LocalCluster`` of ``jobs`` workers (the first ones owning a GPU each when
+    the profile lists notebooks under ``gpu:`` and this machine has GPUs), the cluster at
+    ``scheduler``, or SLURM jobs (``slurm``: the options, see ``cluster.slurm_options``)
+    scaled to ``jobs`` workers."""
+    if scheduler is not None:
+        client = cluster.connect(scheduler)
+        return client, None, False
+    if slurm is not None:
+        started = cluster.slurm_cluster(*slurm)
+        started.scale(jobs)
+        return cluster.connect(started), started, False
+    gpus = local_gpus() if gpu else 0
+    started = cluster.local_cluster(jobs, gpus=min(gpus, jobs), processes=processes)
+    return cluster.connect(started, ignore_interrupts=processes), started, True
+
+
+def local_gpus() -> int:
+    """How many CUDA devices this machine has (imports torch, so asked only when needed)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def slurm_settings(value, profile: dict, profile_name: str) -> tuple[dict, str]:
+    """(options, where they come from) for ``--slurm``: the YAML file given, else the
+    profile's ``cluster:`` section; neither is an error naming both ways."""
+    if isinstance(value, str):
+        file = Path(value)
+        if not file.is_file():
+            raise SystemExit(f"--slurm {value}: no such file; give a YAML file of SLURMCluster "
+                             f"options (cores, memory, queue, walltime, ...).")
+        with open(file) as stream:
+            return yaml.safe_load(stream) or {}, str(file)
+    if not profile.get("cluster"):
+        raise SystemExit(f"--slurm needs SLURMCluster options: a `cluster:` section in "
+                         f"{profile_file(profile_name)} (cores, memory, queue, walltime, ...) "
+                         f"or a YAML file: --slurm cluster.yaml")
+    return profile["cluster"], f"`cluster:` of {profile_file(profile_name)}"
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def parse_sweep(items: list[str]) -> dict[str, list]:
+    """``["seed=0,1", "memo.lr=1e-5,1e-4"]`` as ``{"seed": [0, 1], "memo.lr": [1e-05,
+    0.0001]}``; values are read as YAML, with numbers in any float notation."""
+    sweep = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not name or not values:
+            raise SystemExit(f"--sweep {item!r}: write name=value,value,... "
+                             f"(e.g. seed=0,1,2 or memo.lr=1e-5,1e-4)")
+        sweep[name] = [_value(v) for v in values.split(",")]
+    return sweep
+
+
+def _value(text: str):
+    try:
+        return float(text) if re.fullmatch(r"[-+]?[\d.]+e[-+]?\d+", text.strip(), re.I) \
+            else yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def sweep_label(setting: dict) -> str:
+    """A file-name-safe label of one combination: ``seed=0_memo.lr=1e-05``."""
+    text = "_".join(f"{name}={value}" for name, value in setting.items())
+    return re.sub(r"[^\w.=+-]", "-", text)
+
+
+def with_setting(nb: Path, injected: dict, setting: dict, declared: dict) -> dict:
+    """The parameters of one sweep run: ``injected`` with each swept value set, a dotted
+    name setting one key inside a dict parameter (the profile's, else the notebook's
+    default)."""
+    run = copy.deepcopy(injected)
+    for name, value in setting.items():
+        base, *keys = name.split(".")
+        if not keys:
+            run[base] = value
+            continue
+        inner = run.get(base, ast.literal_eval(declared[base]) if base in declared else None)
+        if not isinstance(inner, dict):
+            raise SystemExit(f"--sweep {name}: {nb.stem}'s parameter {base!r} is not a dict "
+                             f"({inner!r}); a dotted name sets a key inside a dict parameter.")
+        target = run[base] = copy.deepcopy(inner)
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = value
+    return run
+
+
+def sweep_jobs(profile_name: str, selected: list, sweep: dict[str, list]) -> list[Job]:
+    """One job per selected notebook that declares every swept parameter and per combination
+    of the values, with its own results file, figures folder, executed notebook and record
+    under ``.../sweep/<notebook>/<label>``; notebooks that lack a swept parameter are left
+    out, saying so. Values are checked as a profile's are, before anything runs."""
+    jobs, problems = [], []
+    for nb, injected in selected:
+        declared = notebook_parameters(nb)
+        lacking = sorted({name.split(".")[0] for name in sweep} - set(declared))
+        if lacking:
+            tqdm.write(f"sweep: {nb.stem} left out (no parameter {', '.join(lacking)})")
+            continue
+        code = notebook_code(nb)
+        for values in itertools.product(*sweep.values()):
+            setting = dict(zip(sweep, values))
+            label = sweep_label(setting)
+            run_params = with_setting(nb, injected, setting, declared)
+            problems += parameter_problems(nb, {k: run_params[k] for k in {
+                n.split(".")[0] for n in sweep}}, declared)
+            folder = f"sweep/{nb.stem}"
+            run_params.update(
+                results_path=str(paths.RESULTS / profile_name / folder / f"{label}.json"),
+                figures_dir=str(paths.FIGURES / profile_name / folder / label))
+            runs = paths.RUNS / profile_name / folder
+            jobs.append(Job(nb, run_params, code, runs / f"{label}.done.json",
+                            runs / f"{label}.ipynb", (nb, label)))
+    if problems:
+        raise SystemExit("--sweep has bad values:\n  " + "\n  ".join(sorted(set(problems))))
+    if not jobs:
+        raise SystemExit(f"--sweep {' '.join(sweep)}: no selected notebook declares all of "
+                         f"them; the notebooks' parameters are in their parameters cells.")
+    return jobs
+
+
+def sweep_summary(profile_name: str, sweep: dict[str, list], jobs: list[Job],
+                  failures: dict) -> str:
+    """The runs of a sweep side by side: for each notebook and each of its summary tables,
+    each row once per setting of the swept parameters other than ``seed``, and in each column
+    the mean over the seeds and their sample standard deviation (``0.812 ± 0.004``), or the
+    value where all seeds agree (labels, counts); text that differs between seeds reads
+    ``a / b``. A failed run is left out and named."""
+    settings = [name for name in sweep if name != "seed"]
+    parts = [f"# Sweep of the `{profile_name}` profile over "
+             f"{', '.join(f'{k} = {v}' for k, v in sweep.items())}", "",
+             "Each table is a notebook's summary table, one row per row of the table and "
+             "setting of " + (", ".join(settings) or "(none)") + "; "
+             + ("numbers that differ between the seeds are their mean ± sample standard "
+                f"deviation over {len(sweep['seed'])} seeds." if "seed" in sweep else
+                "one run per setting."), ""]
+    for nb in dict.fromkeys(job.nb for job in jobs):
+        parts += [f"## {nb.stem}", ""]
+        groups: dict[str, list] = {}
+        for job in (j for j in jobs if j.nb == nb):
+            if job.key in failures:
+                parts += [f"- **Failed** ({job.key[1]}): {failures[job.key]}"]
+                continue
+            results = read_json(Path(job.params["results_path"]), dict) or {}
+            label = sweep_label({k: _setting_value(job.params, k) for k in settings}) or "all"
+            groups.setdefault(label, []).append(results.get("summary") or {})
+        parts += [""] + _sweep_tables(groups)
+    return "\n".join(parts)
+
+
+def _setting_value(params: dict, name: str):
+    value = params
+    for key in name.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _sweep_tables(groups: dict[str, list]) -> list[str]:
+    """Markdown of ``groups`` (setting label -> the summaries of its seeds)."""
+    titles = dict.fromkeys(t for summaries in groups.values() for s in summaries for t in s)
+    lines = []
+    for title in titles:
+        rows = []
+        for label, summaries in groups.items():
+            tables = [s.get(title) or [] for s in summaries]
+            if len({len(t) for t in tables}) > 1:
+                rows.append({"setting": label, "note": "the seeds' tables differ in length"})
+                continue
+            for cells in zip(*tables):
+                columns = dict.fromkeys(k for row in cells for k in row)
+                rows.append({"setting": label, **{c: _spread([r.get(c) for r in cells])
+                                                  for c in columns}})
+        lines += [f"### {title}", "", markdown_table(rows), ""]
+    return lines
+
+
+def _spread(values: list):
+    """One column's values over the seeds: the value where they agree, else mean ± sample
+    standard deviation of numbers, else the values joined by " / "."""
+    if all(v == values[0] for v in values):
+        return values[0]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) == len(values):
+        return f"{statistics.fmean(numbers):.3f} ± {statistics.stdev(numbers):.3f}"
+    return " / ".join(str(v) for v in values)
+
+
+# ---------------------------------------------------------------- run
+
+
 def run(profile_name: str, resume: bool = False, only: list[str] | None = None,
-        kernel: str = "python3", jobs: int | None = None) -> int:
+        kernel: str = "python3", jobs: int | None = None, scheduler: str | None = None,
+        slurm=None, sweep: list[str] | None = None, processes: bool = True) -> int:
     """Run the profile's notebooks, ``jobs`` at a time (default: the profile's ``jobs``,
-    else 1); returns the exit code: 1 when a notebook failed, 130 after Ctrl-C."""
+    else 1) on a local cluster of that many workers, or on the cluster at ``scheduler``, or
+    on SLURM (``slurm``: True for the profile's ``cluster:`` section, or a YAML file);
+    ``sweep`` as ``--sweep`` gives it. Returns the exit code: 1 when a notebook failed, 130
+    after Ctrl-C. ``processes=False`` runs the local workers as threads of this process."""
     profile = load_profile(profile_name)
+    slurm_config = slurm_settings(slurm, profile, profile_name) if slurm else None
+    if slurm_config:
+        cluster.slurm_options(*slurm_config)  # checked before anything runs
     # The whole profile is checked (it may name notebooks --only leaves out), then filtered.
     planned = plan(profile_name, sorted(paths.NOTEBOOKS.glob("[0-9]*.ipynb")))
     selected = select(planned, only)
+    swept = parse_sweep(sweep) if sweep else None
     jobs = max(1, jobs or profile.get("jobs") or 1)
     out_dir = paths.RUNS / profile_name
     out_dir.mkdir(parents=True, exist_ok=True)
+    candidates = (sweep_jobs(profile_name, selected, swept) if swept else
+                  [Job(nb, injected, notebook_code(nb), record_file(profile_name, nb),
+                       out_dir / nb.name, nb) for nb, injected in selected])
     todo = []
-    for nb, injected in selected:
-        code = notebook_code(nb)
-        why = rerun_reason(injected, record_file(profile_name, nb), code) if resume else None
+    for job in candidates:
+        why = rerun_reason(job.params, job.record, job.code) if resume else None
         if resume and why is None:
-            tqdm.write(f"skip {nb.name}: results exist for these parameters and this code")
+            tqdm.write(f"skip {job.title}: results exist for these parameters and this code")
             continue
         if why and why not in ("no results file", "no record of a finished run"):
-            tqdm.write(f"run  {nb.name} again: {why}")
-        todo.append((nb, injected, code))
+            tqdm.write(f"run  {job.title} again: {why}")
+        job.executed.parent.mkdir(parents=True, exist_ok=True)
+        todo.append(job)
     if jobs > 1:
         todo = longest_first(todo, profile_name, profile.get("minutes") or {})
-    share_threads(jobs)
-    failures, seconds, not_started = run_all(todo, profile_name, out_dir, kernel, jobs)
-    text = summary(profile_name, planned, failures, seconds, [nb for nb, _ in selected],
-                   not_started)
-    summary_file = paths.RESULTS / profile_name / "SUMMARY.md"
+    failures, seconds, not_started = {}, {}, None
+    if todo:
+        share_threads(jobs)
+        client, started, local = start_cluster(jobs, scheduler, slurm_config,
+                                               tuple(profile["gpu"]), processes)
+        try:
+            failures, seconds, not_started = run_all(
+                client, todo, profile_name, kernel, jobs, kernel_environment(local),
+                tuple(profile["gpu"]))
+        finally:
+            cluster.stop_cluster(client, started)
+    if swept:
+        text = sweep_summary(profile_name, swept, candidates, failures)
+        summary_file = paths.RESULTS / profile_name / "SWEEP.md"
+    else:
+        text = summary(profile_name, planned, failures, seconds, [nb for nb, _ in selected],
+                       not_started)
+        summary_file = paths.RESULTS / profile_name / "SUMMARY.md"
     summary_file.parent.mkdir(parents=True, exist_ok=True)
     summary_file.write_text(text)
     print(text)
     print(f"\nSummary written to {summary_file}")
     if failures:
         print(f"{len(failures)} notebook(s) failed:", file=sys.stderr)
-        for nb, why in failures.items():
-            print(f"  {nb.name}: {why}", file=sys.stderr)
+        for key, why in failures.items():
+            name = key.name if isinstance(key, Path) else f"{key[0].stem} {key[1]}"
+            print(f"  {name}: {why}", file=sys.stderr)
     if not_started is not None:
         return 130
     return 1 if failures else 0
@@ -444,11 +753,23 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 03")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="notebooks run at once (default: the profile's 'jobs', else 1)")
+                        help="notebooks run at once: local worker processes, or SLURM "
+                             "workers (default: the profile's 'jobs', else 1)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the Dask cluster at ADDRESS (tcp://host:8786) instead of "
+                            "local workers")
+    where.add_argument("--slurm", nargs="?", const=True, metavar="FILE",
+                       help="run on SLURM workers (dask-jobqueue), with the SLURMCluster "
+                            "options of the profile's `cluster:` section or of FILE (YAML)")
+    parser.add_argument("--sweep", nargs="+", metavar="NAME=VALUES",
+                        help="run every combination, e.g. seed=0,1,2 memo.lr=1e-5,1e-4; "
+                             "compared in results/<profile>/SWEEP.md")
     args = parser.parse_args(argv)
     try:
-        return run(args.profile, args.resume, args.only, args.kernel, args.jobs)
-    except KeyboardInterrupt:  # before any notebook started: nothing to stop or summarise
+        return run(args.profile, args.resume, args.only, args.kernel, args.jobs,
+                   args.scheduler, args.slurm, args.sweep)
+    except KeyboardInterrupt:  # before any notebook ran: nothing to stop or summarise
         print("Interrupted before any notebook ran.", file=sys.stderr)
         return 130
 

@@ -206,7 +206,7 @@ def test_run_survives_an_exception_without_message(repo, monkeypatch, capsys):
         raise RuntimeError()
 
     monkeypatch.setattr(papermill, "execute_notebook", crash)
-    assert batch.run("smoke") == 1
+    assert batch.run("smoke", processes=False) == 1  # workers in this process see the patch
     summary = (repo["results"] / "smoke" / "SUMMARY.md").read_text()
     assert summary.count("**Failed**: RuntimeError") == 2
     assert "(executed notebook: " + str(repo["runs"] / "smoke" / "02_good.ipynb") in summary

@@ -4,6 +4,7 @@ except the Ctrl-C test of the batch runner (real kernels, about 20 s)."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -238,6 +239,8 @@ def repo(tmp_path, monkeypatch):
         write_json(parameters["results_path"], {"summary": {"table": [{"a": parameters["x"]}]}})
 
     monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    # The Dask workers as threads of this process, where papermill is replaced.
+    monkeypatch.setattr(batch, "run", functools.partial(batch.run, processes=False))
     return make_repo(tmp_path, monkeypatch)
 
 
