@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
+import threading
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import fingerprint
+from . import cluster, fingerprint
 from .jsonfile import jsonable, move_aside, plain, read_json, write_json
 
 __all__ = ["ResultStore", "RunLog", "changed_predictions", "evaluate", "pivot", "run_grid",
@@ -45,11 +48,12 @@ def _correct(preds, labels, acceptable=None) -> np.ndarray:
                                                           acceptable)])
 
 
-def batches(dataset, batch_size: int):
-    """(indices, images, labels) batches; in-memory datasets are sliced without a loader."""
-    n = len(dataset)
-    for start in range(0, n, batch_size):
-        idx = list(range(start, min(start + batch_size, n)))
+def batches(dataset, batch_size: int, start: int = 0, stop: int | None = None):
+    """(indices, images, labels) batches of ``dataset[start:stop]``; in-memory datasets are
+    sliced without a loader."""
+    stop = len(dataset) if stop is None else stop
+    for first in range(start, stop, batch_size):
+        idx = list(range(first, min(first + batch_size, stop)))
         if hasattr(dataset, "batch"):
             images, labels = dataset.batch(idx)
         else:
@@ -59,18 +63,21 @@ def batches(dataset, batch_size: int):
         yield idx, images, labels
 
 
-def evaluate(adapter, dataset, batch_size: int = 64, device=None, progress: bool = True,
-             desc: str | None = None) -> dict:
-    """Run ``adapter`` over ``dataset`` from its source state and measure accuracy, ECE
-    (15 bins), mean confidence and seconds per sample (adaptation included). Same seed,
-    same results: views are seeded per image index, and the adapter starts from reset."""
+def predict(adapter, dataset, batch_size: int = 64, device=None, progress: bool = True,
+            desc: str | None = None, start: int = 0, stop: int | None = None) -> dict:
+    """Run ``adapter`` from its source state over ``dataset[start:stop]`` (the images keep
+    their indices in ``dataset`` as keys, so a part predicts as the whole does): predictions,
+    confidences (float32, unrounded), labels, seconds and the adapter's counters, the raw
+    material of ``measures``. The adapter is reset afterwards."""
     device = device or next(adapter.model.parameters()).device
     adapter.reset()
     torch.manual_seed(adapter.seed)
+    stop = len(dataset) if stop is None else stop
     preds, confs, labels = [], [], []
-    start = time.perf_counter()
-    bar = tqdm(total=len(dataset), desc=desc or adapter.name, disable=not progress, leave=False)
-    for idx, images, y in batches(dataset, batch_size):
+    begin = time.perf_counter()
+    bar = tqdm(total=stop - start, desc=desc or adapter.name, disable=not progress,
+               leave=False)
+    for idx, images, y in batches(dataset, batch_size, start, stop):
         logits = adapter(images.to(device), keys=idx)
         probs = logits.float().softmax(-1).cpu()
         conf, pred = probs.max(-1)
@@ -79,25 +86,56 @@ def evaluate(adapter, dataset, batch_size: int = 64, device=None, progress: bool
         labels.append(y)
         bar.update(len(idx))
     bar.close()
-    seconds = time.perf_counter() - start
-    preds, confs, labels = torch.cat(preds), torch.cat(confs), torch.cat(labels)
-    correct = _correct(preds, labels, getattr(dataset, "acceptable", None))
-    result = {
-        "method": adapter.name,
+    raw = {"method": adapter.name, "seconds": time.perf_counter() - begin,
+           "counters": dict(adapter.counters), "config": adapter.config(),
+           "predictions": torch.cat(preds), "confidences": torch.cat(confs),
+           "labels": torch.cat(labels)}
+    adapter.reset()
+    return raw
+
+
+def measures(raw: dict, acceptable=None) -> dict:
+    """Accuracy, ECE (15 bins), mean confidence, seconds per sample and the per-sample lists
+    from ``predict``'s output (``acceptable``: a data set's acceptable labels per image)."""
+    preds, confs, labels = raw["predictions"], raw["confidences"], raw["labels"]
+    correct = _correct(preds, labels, acceptable)
+    return {
+        "method": raw["method"],
         "n": len(labels),
         "accuracy": float(correct.mean()),
         "ece": expected_calibration_error(confs.numpy(), correct),
         "mean_confidence": float(confs.mean()),
-        "seconds_per_sample": seconds / max(len(labels), 1),
-        "counters": dict(adapter.counters),
-        "config": adapter.config(),
+        "seconds_per_sample": raw["seconds"] / max(len(labels), 1),
+        "counters": raw["counters"],
+        "config": raw["config"],
         "predictions": preds.tolist(),
         "labels": labels.tolist(),
         "correct": correct.astype(int).tolist(),
         "confidences": [round(c, 6) for c in confs.tolist()],
     }
-    adapter.reset()
-    return result
+
+
+def evaluate(adapter, dataset, batch_size: int = 64, device=None, progress: bool = True,
+             desc: str | None = None) -> dict:
+    """Run ``adapter`` over ``dataset`` from its source state and measure accuracy, ECE
+    (15 bins), mean confidence and seconds per sample (adaptation included). Same seed,
+    same results: views are seeded per image index, and the adapter starts from reset."""
+    raw = predict(adapter, dataset, batch_size, device, progress, desc)
+    return measures(raw, getattr(dataset, "acceptable", None))
+
+
+def join_parts(parts: list[dict]) -> dict:
+    """The parts of one cell (``predict`` outputs over consecutive image ranges, in order) as
+    one: what ``predict`` gives over the whole range for a method whose predictions depend on
+    each image alone. Seconds and counters add up."""
+    counters: dict = {}
+    for part in parts:
+        for name, count in part["counters"].items():
+            counters[name] = counters.get(name, 0) + count
+    return {"method": parts[0]["method"], "config": parts[0]["config"], "counters": counters,
+            "seconds": sum(p["seconds"] for p in parts),
+            **{k: torch.cat([p[k] for p in parts])
+               for k in ("predictions", "confidences", "labels")}}
 
 
 def run_info(seed: int | None = None) -> dict:
@@ -188,10 +226,17 @@ class ResultStore:
         if self.why_stale(key, settings, code) is not None:
             if name not in self._announced:
                 self.announce([(key, settings, code)])
-            self.cells[name] = {**compute(), "settings": plain(settings), "code": code,
-                                "run": run_info(self.parameters.get("seed"))}
-            write_json(self.path, {"parameters": self.parameters, "cells": self.cells})
+            self.put(key, compute(), settings, code)
         return self.cells[name]
+
+    def put(self, key: tuple, result: dict, settings=None, code: dict | None = None,
+            run: dict | None = None) -> dict:
+        """Store a finished cell and rewrite the file atomically; ``run`` says where it was
+        computed (default: this process, ``run_info``)."""
+        self.cells[self.name(key)] = {**result, "settings": plain(settings), "code": code,
+                                      "run": run or run_info(self.parameters.get("seed"))}
+        write_json(self.path, {"parameters": self.parameters, "cells": self.cells})
+        return self.cells[self.name(key)]
 
 
 def _differences(old, new) -> str:
@@ -213,12 +258,20 @@ def cell_code(method_modules, dataset=None) -> dict:
 
 
 def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
-             batch_size: int = 64, progress: bool = True) -> list[dict]:
+             batch_size: int = 64, progress: bool = True, scheduler=None) -> list[dict]:
     """Evaluate every (model, task, method). ``models`` maps a name to a function that
     builds the classifier (called once, and only if some cell is missing); ``methods`` maps
     a name to ``f(model, model_name) -> Adapter``, or None where the method does not apply
     (see ``tta.method_factories``). Stored cells whose settings or code changed are
-    computed again, announced first in one line per method and reason."""
+    computed again, announced first in one line per method and reason.
+
+    ``scheduler`` (a Dask scheduler's address, a cluster or a client; None: in this process)
+    sends the missing cells to the cluster's workers, a method whose predictions for a batch
+    depend on that batch alone (``make.shardable``, see ``tta.SHARDABLE``) in parts of whole
+    batches, and stores each cell here, atomically, as its last part arrives. The results are
+    those of the run in process bit for bit (``tests/test_cluster.py``): the workers compute
+    with this process's number of CPU threads, since some CPU kernels (a transformer's) sum in
+    another order on another number of threads (the sixth decimal of a confidence)."""
     cells = []
     for model_name in models:
         for task_name, dataset in tasks.items():
@@ -227,7 +280,11 @@ def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
                 code = cell_code(getattr(make, "code_modules", None), dataset)
                 cells.append(((model_name, task_name, method_name), settings, code))
     store.announce(cells)
-    results, built = [], {name: Lazy(build) for name, build in models.items()}
+    built = {name: Lazy(build) for name, build in models.items()}
+    missing = [cell for cell in cells if store.why_stale(*cell) is not None]
+    if scheduler is not None and missing:
+        grid_on_cluster(scheduler, missing, built, tasks, methods, store, batch_size)
+    results = []
     for key, settings, code in cells:
         model_name, task_name, method_name = key
         make, dataset = methods[method_name], tasks[task_name]
@@ -241,7 +298,8 @@ def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
 
 
 class Lazy:
-    """Build a model on first use: a grid that resumes with every cell done loads nothing."""
+    """Build a model on first use: a grid that resumes with every cell done loads nothing.
+    Sent to a cluster's workers, each worker builds it once for all its parts."""
 
     def __init__(self, build):
         self.build, self.value = build, None
@@ -258,6 +316,81 @@ def _evaluate_cell(make, model: Lazy, model_name, dataset, batch_size, progress,
     if adapter is None:
         return {"not_applicable": True}
     return evaluate(adapter, dataset, batch_size, progress=progress, desc=desc)
+
+
+# One part at a time per worker process: the parts of a worker share its models.
+ONE_PART_AT_A_TIME = threading.Lock()
+
+
+def evaluate_part(make, model: Lazy, model_name: str, dataset, start: int, stop: int,
+                  batch_size: int, threads: int | None = None) -> dict:
+    """On a worker: ``predict`` over ``dataset[start:stop]`` (a whole cell when the method is
+    not shardable) with ``threads`` CPU threads, with the worker's ``run_info``;
+    ``{"not_applicable": True}`` where the method does not apply."""
+    with ONE_PART_AT_A_TIME:
+        if threads:
+            torch.set_num_threads(threads)
+        adapter = make(model(), model_name)
+        if adapter is None:
+            return {"not_applicable": True}
+        raw = predict(adapter, dataset, batch_size, progress=False, start=start, stop=stop)
+    return {**raw, "run": run_info(adapter.seed)}
+
+
+def image_ranges(n: int, batch_size: int, pieces: int) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into at most ``pieces`` consecutive ranges of whole batches (a batch is
+    never split: a method sees the batches of the run in process), sizes as equal as
+    possible."""
+    n_batches = max(1, math.ceil(n / batch_size))
+    pieces = max(1, min(pieces, n_batches))
+    bounds = [round(i * n_batches / pieces) * batch_size for i in range(pieces + 1)]
+    return [(a, min(b, n)) for a, b in zip(bounds, bounds[1:]) if a < n]
+
+
+def grid_on_cluster(scheduler, missing: list, built: dict, tasks: dict, methods: dict,
+                    store: ResultStore, batch_size: int, pieces: int | None = None) -> None:
+    """Compute the ``missing`` cells (key, settings, code) of ``run_grid`` on the cluster at
+    ``scheduler``; each cell is stored as soon as all its parts are back. Models (their
+    builders) and data sets are sent once (``cluster.held``); the parts of a lost worker run
+    again on another, and a cell is stored once. ``pieces``: parts per
+    shardable cell (default: twice the cluster's threads)."""
+    from distributed import as_completed
+
+    client = cluster.connect(scheduler)
+    pieces = pieces or 2 * cluster.total_threads(client)
+    used_models = {key[0] for key, _, _ in missing}
+    used_tasks = {key[1] for key, _, _ in missing}
+    models = {name: cluster.held(client, built[name]) for name in used_models}
+    datasets = {name: cluster.held(client, tasks[name]) for name in used_tasks}
+    parts, cells = {}, {}
+    for key, settings, code in missing:
+        make, dataset = methods[key[2]], tasks[key[1]]
+        shards = pieces if getattr(make, "shardable", False) else 1
+        ranges = image_ranges(len(dataset), batch_size, shards)
+        cells[key] = {"settings": settings, "code": code, "parts": [None] * len(ranges)}
+        for i, (start, stop) in enumerate(ranges):
+            future = client.submit(evaluate_part, make, models[key[0]], key[0],
+                                   datasets[key[1]], start, stop, batch_size,
+                                   torch.get_num_threads(), pure=False,
+                                   key=f"{store.name(key)} [{start}:{stop}]-{uuid.uuid4().hex}")
+            parts[future] = (key, i)
+    try:
+        for future in as_completed(parts):
+            key, i = parts[future]
+            cell = cells[key]
+            cell["parts"][i] = future.result()
+            if all(p is not None for p in cell["parts"]):
+                store.put(key, _joined(cell["parts"], tasks[key[1]]), cell["settings"],
+                          cell["code"], cell["parts"][0].get("run"))
+    finally:
+        client.cancel(list(parts) + list(models.values()) + list(datasets.values()))
+
+
+def _joined(parts: list[dict], dataset) -> dict:
+    """A cell from its parts (``evaluate_part``)."""
+    if parts[0].get("not_applicable"):
+        return {"not_applicable": True}
+    return measures(join_parts(parts), getattr(dataset, "acceptable", None))
 
 
 def pivot(results: list[dict], value: str = "accuracy", index=("model", "data"),

@@ -49,6 +49,13 @@ METHODS = {"source": Source, "norm": NormAdapt, "tent": Tent, "memo": Memo,
 # Zero runs on any classifier's logits but is a method for vision-language models; TDA needs
 # CLIP's image features and zero-shot head.
 CLIP_ONLY = ("tpt", "prompt", "zero", "tda")
+# The methods whose predictions for a batch of test images depend on that batch alone, so that
+# a grid on a cluster may split their cells into parts of whole batches (``evaluate.run_grid``):
+# the episodic per-image methods (each image starts from the source model, its views seeded by
+# its index) and NormAdapt (each batch's own statistics, the source ones restored after it).
+# Not Tent, EATA and SAR (weights carried from batch to batch), nor TDA (a cache that grows
+# along the stream): their cells run whole. ``tests/test_cluster.py`` checks both kinds.
+SHARDABLE = ("source", "memo", "memo_plus", "tpt", "zero", "prompt", "norm")
 
 
 def method_module(name: str) -> str:
@@ -70,7 +77,7 @@ def build_method(name: str, model, **options) -> Adapter:
 __all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "MemoPlus", "Tpt",
            "Snapshot", "PromptLearner", "METHODS", "build_method", "entropy", "marginal_entropy",
            "make_optimizer", "select_parameters", "has_batchnorm", "method_factories",
-           "method_module",
+           "method_module", "SHARDABLE",
            "confident_views", "prompt_classifier", "tpt", "prompt", "Ensemble", "RULES",
            "combine", "disagreement", "ensemble_grid", "ensemble_results", "fit_temperature",
            "Zero", "zero_vote", "Tda", "FeatureCache", "Eata", "Sar", "sample_selection",
@@ -98,6 +105,7 @@ def method_factories(names, options: dict | None = None, per_model: dict | None 
             return build_method(name, model, **settings(model_name))
         make.settings = settings  # what a results store compares to reuse a finished cell
         make.code_modules = [method_module(name)]  # and where its code fingerprint starts
+        make.shardable = name in SHARDABLE  # whether a cell's images may be split (a cluster)
         return make
 
     return {name: factory(name) for name in names}
