@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import signal
+import warnings
 
 # The environment variables that tell a process where data, checkpoints, caches and outputs
 # live (helpers.paths); forwarded to every worker.
@@ -92,7 +93,7 @@ def local_cluster(workers: int, gpus: int = 0, processes: bool = True):
 
     with _environment_kept():  # until the workers have started
         cluster = GpuLocalCluster(n_workers=0, threads_per_worker=1, processes=processes,
-                                  dashboard_address=None, silence_logs=logging.ERROR)
+                                  dashboard_address=":0", silence_logs=logging.ERROR)
         cluster.scale(workers)
         cluster.wait_for_workers(workers)
     return cluster
@@ -158,7 +159,9 @@ def held(client, value):
     not scattered data, which a killed worker may take with it (Dask keeps one copy of
     scattered data; tasks that need lost data are cancelled). A worker that needs it fetches
     it once and keeps it while the tasks that need it run."""
-    return client.submit(same, value, pure=False)
+    with warnings.catch_warnings():  # Dask's advice against large task arguments: on purpose
+        warnings.filterwarnings("ignore", "Large object", UserWarning)
+        return client.submit(same, value, pure=False)
 
 
 def same(value):

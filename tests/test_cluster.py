@@ -22,7 +22,7 @@ from test_faults import tiny_clip  # noqa: F401 - a fixture
 from helpers import batch, cluster
 from helpers.data import ImageTensorDataset
 from helpers.evaluate import ResultStore, image_ranges, join_parts, predict, run_grid
-from helpers.tta import SHARDABLE, build_method, method_factories
+from helpers.tta import SHARDABLE, build_method, ensemble_grid, method_factories
 
 # The test's own method factories travel to the workers by value (the workers cannot import
 # this module by name).
@@ -73,9 +73,13 @@ OPTIONS = {"memo": {"n_views": 4, "lr": 0.01}, "memo_plus": {"n_views": 4, "lr":
 
 
 def comparable(cells: dict) -> dict:
-    """A store's cells without what depends on where and when they ran."""
-    return {name: {k: v for k, v in cell.items() if k not in ("run", "seconds_per_sample")}
-            for name, cell in cells.items()}
+    """A store's cells (or results) without what depends on where and when they ran, also in
+    an ensemble cell's results."""
+    def kept(cell):
+        return {k: [kept(r) for r in v] if k == "results" else v for k, v in cell.items()
+                if k not in ("run", "seconds_per_sample")}
+
+    return {name: kept(cell) for name, cell in cells.items()}
 
 
 # ---------------------------------------------------------------- which methods split
@@ -144,6 +148,21 @@ def test_grid_on_two_workers_equals_the_grid_in_process_bit_for_bit(
         assert grid(ResultStore(tmp_path / "there.cells.json", {"seed": 0}), two_workers,
                     tiny_clip) == results
     assert not stream.data
+
+
+def test_ensemble_grid_on_two_workers_equals_the_grid_in_process(two_workers, tmp_path,
+                                                                 one_thread):
+    tasks = {"a": (dataset(16, seed=5), dataset(16, seed=6)), "b": (None, dataset(8, seed=7))}
+    members = method_factories(["source", "memo"], OPTIONS)
+    stores = [ResultStore(tmp_path / f"{where}.cells.json", {"seed": 0})
+              for where in ("here", "there")]
+    here = ensemble_grid({"cnn": cnn}, tasks, members, stores[0], batch_size=8, progress=False)
+    there = ensemble_grid({"cnn": cnn}, tasks, members, stores[1], batch_size=8,
+                          progress=False, scheduler=two_workers)
+    assert there[1] == here[1] and len(here[1]) == 1  # the temperatures of task a
+    assert comparable(dict(enumerate(there[0]))) == comparable(dict(enumerate(here[0])))
+    assert comparable(stores[1].cells) == comparable(stores[0].cells)
+    assert {c["run"]["threads"] for c in stores[1].cells.values()} == {1}
 
 
 class KillsItsWorker:

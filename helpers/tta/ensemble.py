@@ -20,7 +20,8 @@ import math
 
 import torch
 
-from ..evaluate import Lazy, cell_code, evaluate
+from .. import cluster
+from ..evaluate import ONE_PART_AT_A_TIME, Lazy, cell_code, evaluate, run_info
 from .base import Adapter
 from .norm import entropy
 
@@ -195,35 +196,87 @@ def disagreement(results: list[dict], members) -> dict:
     return row
 
 
+def ensemble_cell(members: dict, model: Lazy, model_name: str, held_out, test, rules=RULES,
+                  batch_size: int = 64, progress: bool = True, desc: str = "",
+                  threads: int | None = None) -> dict:
+    """One cell of ``ensemble_grid``: build the members, fit their temperatures on
+    ``held_out`` (if any), evaluate members and rules on ``test``; on a worker with
+    ``threads`` CPU threads (the notebook's, so that the numbers are the same)."""
+    if threads:
+        torch.set_num_threads(threads)
+    built = {m: make(model(), model_name) for m, make in members.items()}
+    ensemble = Ensemble({m: a for m, a in built.items() if a is not None})
+    fit = held_out is not None and len(held_out) > 0
+    return {"temperatures": ensemble.fit_temperatures(held_out, batch_size) if fit else None,
+            "members": list(ensemble.members),
+            "results": ensemble_results(ensemble, test, rules, batch_size, progress, desc)}
+
+
 def ensemble_grid(models: dict, tasks: dict, members: dict, store, rules=RULES,
-                  batch_size: int = 64, progress: bool = True):
+                  batch_size: int = 64, progress: bool = True, scheduler=None):
     """``evaluate.run_grid`` for ensembles: for every (model, task) build the members
     (``members`` maps a name to ``f(model, model_name) -> Adapter``, None where it does not
     apply), fit their temperatures on the task's held-out part, and evaluate members and
     rules on its test part. ``tasks`` map a name to ``(held_out, test)``; an empty held-out
     part means no temperature rule. Returns the results and the fitted temperatures.
-    A cell is kept for the same members' settings and code (``evaluate.ResultStore``)."""
-    results, temperatures = [], []
-    for model_name, build in models.items():
-        model = Lazy(build)
-        for task_name, (held_out, test) in tasks.items():
-            def compute(model=model, model_name=model_name, task_name=task_name,
-                        held_out=held_out, test=test):
-                built = {m: make(model(), model_name) for m, make in members.items()}
-                ensemble = Ensemble({m: a for m, a in built.items() if a is not None})
-                fit = held_out is not None and len(held_out) > 0
-                return {"temperatures": ensemble.fit_temperatures(held_out, batch_size)
-                        if fit else None, "members": list(ensemble.members),
-                        "results": ensemble_results(ensemble, test, rules, batch_size,
-                                                    progress, f"{model_name} {task_name}")}
+    A cell is kept for the same members' settings and code (``evaluate.ResultStore``).
+    ``scheduler`` (a Dask scheduler's address, cluster or client) computes the missing cells
+    on its workers, each cell whole (the temperatures need all its held-out images first),
+    stored here as each arrives."""
+    cells, built = [], {name: Lazy(build) for name, build in models.items()}
+    for model_name in models:
+        for task_name, (_, test) in tasks.items():
             settings = {m: make.settings(model_name) for m, make in members.items()
                         if hasattr(make, "settings")}
             modules = [__name__, *(m for make in members.values()
                                    for m in getattr(make, "code_modules", ["helpers.tta"]))]
-            cell = store.run((model_name, task_name, "ensemble"), compute, settings,
-                             cell_code(modules, test))
-            results += [{**r, "model": model_name, "data": task_name} for r in cell["results"]]
-            if cell["temperatures"]:
-                temperatures.append({"model": model_name, "data": task_name,
-                                     **dict(zip(cell["members"], cell["temperatures"]))})
+            cells.append(((model_name, task_name, "ensemble"), settings,
+                          cell_code(modules, test)))
+    missing = [cell for cell in cells if store.why_stale(*cell) is not None]
+    if scheduler is not None and missing:
+        _cells_on_cluster(scheduler, missing, built, tasks, members, store, rules, batch_size)
+    results, temperatures = [], []
+    for key, settings, code in cells:
+        model_name, task_name, _ = key
+        held_out, test = tasks[task_name]
+        cell = store.run(key, lambda m=built[model_name], n=model_name, h=held_out, t=test,
+                         desc=f"{model_name} {task_name}": ensemble_cell(
+                             members, m, n, h, t, rules, batch_size, progress, desc),
+                         settings, code)
+        results += [{**r, "model": model_name, "data": task_name} for r in cell["results"]]
+        if cell["temperatures"]:
+            temperatures.append({"model": model_name, "data": task_name,
+                                 **dict(zip(cell["members"], cell["temperatures"]))})
     return results, temperatures
+
+
+def _cells_on_cluster(scheduler, missing, built, tasks, members, store, rules, batch_size):
+    """The ``missing`` cells of ``ensemble_grid`` as tasks of the cluster at ``scheduler``,
+    each stored as it arrives (with the worker's ``run_info``)."""
+    from distributed import as_completed
+
+    client = cluster.connect(scheduler)
+    models = {name: cluster.held(client, built[name]) for name in {k[0] for k, _, _ in missing}}
+    futures = {}
+    for key, settings, code in missing:
+        held_out, test = tasks[key[1]]
+        future = client.submit(_worker_cell, members, models[key[0]], key[0], held_out, test,
+                               rules, batch_size, torch.get_num_threads(), pure=False)
+        futures[future] = (key, settings, code)
+    try:
+        for future in as_completed(futures):
+            key, settings, code = futures[future]
+            cell = future.result()
+            store.put(key, {k: v for k, v in cell.items() if k != "run"}, settings, code,
+                      cell["run"])
+    finally:
+        client.cancel(list(futures) + list(models.values()))
+
+
+def _worker_cell(members, model, model_name, held_out, test, rules, batch_size,
+                 threads) -> dict:
+    """``ensemble_cell`` on a worker, one at a time, with the worker's ``run_info``."""
+    with ONE_PART_AT_A_TIME:
+        cell = ensemble_cell(members, model, model_name, held_out, test, rules, batch_size,
+                             progress=False, threads=threads)
+    return {**cell, "run": run_info()}
