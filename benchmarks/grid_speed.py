@@ -1,0 +1,119 @@
+"""Notebook 01's offline grid sharded over local Dask workers: 2 worker processes against 1.
+Run on demand:
+
+    python benchmarks/grid_speed.py [--images 200] [--corruptions 3] [--views 8]
+
+The grid is a slice of notebook 01's offline profile: MEMO (8 AugMix views, one SGD step, the
+notebook's per-model learning rates and the CNN's batch-norm prior) and Source on the small
+CLIP and the small CNN trained here, FashionMNIST clean and under the first corruptions at
+severity 5. Each cell goes to the workers in parts of whole batches (``evaluate.run_grid``
+with a scheduler); this process and every worker compute on one CPU thread (the batch's
+setting on 2 cores), and the store is fresh for every run. Also timed: the same grid in this
+process, and the start of a LocalCluster (the batch runner's overhead over its thread pool).
+
+Prints seconds per run and the ratio 1 worker / 2 workers (target at least 1.7 on 2 cores),
+with the load average before and after and the cores each run kept busy (its computing
+processes' CPU seconds over its wall seconds): the cores are shared, and another process's
+work takes from the 2-worker run first. Runs are taken in turn (``--repeats`` rounds), the fastest
+of each reported, medians too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from helpers import cluster, data
+from helpers.evaluate import ResultStore, run_grid
+from helpers.models import build_classifier
+from helpers.tta import method_factories
+
+MEMO = {"n_views": 8, "steps": 1, "optimizer": "sgd", "lr": 1e-5, "params": "all"}
+MEMO_PER_MODEL = {"small-clip": {"lr": 0.001}, "small-cnn": {"lr": 0.001, "bn_prior": 16}}
+
+
+def grid_inputs(images: int, corruptions: int):
+    test_set = data.load_dataset("fashion-mnist")
+    names = list(data.corruption_names("all"))[:corruptions]
+    tasks = data.corruption_suite(test_set, names, 5, images, 0, True)
+    models = {name: (lambda name=name: build_classifier(name, test_set.class_names, "cpu"))
+              for name in ("small-clip", "small-cnn")}
+    methods = method_factories(["source", "memo"], {"memo": MEMO}, {"memo": MEMO_PER_MODEL})
+    return models, tasks, methods
+
+
+def cpu_seconds(client) -> float:
+    """CPU seconds (user + system) used so far by this process, or by the client's workers."""
+    def used():
+        times = psutil.Process().cpu_times()
+        return times.user + times.system
+
+    return used() if client is None else sum(client.run(used).values())
+
+
+def run_once(models, tasks, methods, scheduler) -> tuple[float, float]:
+    """Wall seconds of one grid from a fresh store, and the cores it kept busy on average
+    (CPU seconds of whoever computed it / wall seconds)."""
+    with tempfile.TemporaryDirectory() as folder:
+        store = ResultStore(Path(folder) / "cells.json", {"seed": 0})
+        cpu, start = cpu_seconds(scheduler), time.perf_counter()
+        run_grid(models, tasks, methods, store, batch_size=64, progress=False,
+                 scheduler=scheduler)
+        wall = time.perf_counter() - start
+        return wall, (cpu_seconds(scheduler) - cpu) / wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=200, help="test images per task")
+    parser.add_argument("--corruptions", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    models, tasks, methods = grid_inputs(args.images, args.corruptions)
+    for build in models.values():  # trained and cached before anything is timed
+        build()
+    print(f"grid: 2 models x {len(tasks)} tasks x 2 methods, {args.images} images per task, "
+          f"MEMO {MEMO['n_views']} views; {os.cpu_count()} cores")
+    print(f"load average before: {os.getloadavg()}")
+    clusters, starts = {}, []
+    for workers in (1, 2):
+        begin = time.perf_counter()
+        clusters[workers] = cluster.local_cluster(workers)
+        starts.append(time.perf_counter() - begin)
+    clients = {n: cluster.connect(c) for n, c in clusters.items()}
+    runs = {"in process": None, "1 worker": clients[1], "2 workers": clients[2]}
+    times, cores = {name: [] for name in runs}, {name: [] for name in runs}
+    try:
+        for scheduler in runs.values():  # warm-up: workers import torch, build models
+            run_once(models, tasks, methods, scheduler)
+        for _ in range(args.repeats):
+            for name, scheduler in runs.items():
+                wall, busy = run_once(models, tasks, methods, scheduler)
+                times[name].append(wall)
+                cores[name].append(busy)
+    finally:
+        for n, client in clients.items():
+            cluster.stop_cluster(client, clusters[n])
+    print(f"load average after: {os.getloadavg()}")
+    print(f"LocalCluster start: {', '.join(f'{s:.1f} s' for s in starts)} (1 and 2 workers)")
+    for name, values in times.items():
+        print(f"{name:12s} fastest {min(values):6.1f} s, median {statistics.median(values):6.1f} s"
+              f", cores kept busy {statistics.median(cores[name]):.2f} (median)")
+    best = {name: min(values) for name, values in times.items()}
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"1 worker / 2 workers: {best['1 worker'] / best['2 workers']:.2f}x fastest, "
+          f"{medians['1 worker'] / medians['2 workers']:.2f}x medians (target >= 1.7)")
+    print(f"in process / 1 worker: {best['in process'] / best['1 worker']:.2f}x "
+          f"(the cost of sending the grid to a worker)")
+
+
+if __name__ == "__main__":
+    main()
