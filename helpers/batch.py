@@ -423,19 +423,22 @@ def _outcome(job: Job, future, interrupted: bool) -> str | None:
 
 
 def run_all(client, todo: list[Job], profile_name: str, kernel: str, jobs: int,
-            env: dict | None = None, gpu: tuple = ()):
+            env: dict | None = None, gpu: tuple = (), offered: frozenset = frozenset()):
     """Run ``todo`` on the cluster of ``client``, ``jobs`` at a time in the given order,
     recording each success; returns (failures, seconds, not started or None), keyed by
-    ``Job.key``. Notebooks in ``gpu`` take a worker's GPU where some worker offers one. On
-    Ctrl-C the running kernels are stopped (``stop_kernels`` in every worker), the queued
-    notebooks dropped, and the third value lists those that never started."""
+    ``Job.key``. Where the workers ``offered`` the resources, each notebook takes a worker's
+    ``notebook`` slot and those in ``gpu`` its GPU. On Ctrl-C the running kernels are stopped
+    (``stop_kernels`` in the workers running them), the queued notebooks dropped, and the
+    third value lists those that never started."""
     from distributed import wait
     from distributed.client import FIRST_COMPLETED
 
     failures, seconds, not_started = {}, {}, None
     bar = tqdm(total=len(todo), desc=f"profile {profile_name}", unit="notebook")
-    slots = {cluster.NOTEBOOK: 1} if cluster.offered(client, cluster.NOTEBOOK) else {}
-    gpus = cluster.offered(client, cluster.GPU)
+    slots = {cluster.NOTEBOOK: 1} if cluster.NOTEBOOK in offered else {}
+    gpus = cluster.GPU in offered
+    if gpu and not gpus and any(job.nb.stem in gpu for job in todo):
+        tqdm.write(f"No worker offers a GPU: {', '.join(sorted(gpu))} run on the CPU.")
     queue, running = list(todo), {}
 
     def submit(job: Job):
@@ -467,7 +470,9 @@ def run_all(client, todo: list[Job], profile_name: str, kernel: str, jobs: int,
     except KeyboardInterrupt:
         tqdm.write("Ctrl-C: stopping the running notebooks ...")
         not_started = [job.key for job in queue]
-        client.run(stop_kernels)
+        ours = {future.key for future in running}
+        workers = [w for w, keys in client.processing().items() if ours & set(keys)]
+        client.run(stop_kernels, workers=workers or None)
         wait(list(running), timeout=15)
         for future in list(running):
             if future.done():
@@ -482,20 +487,30 @@ def run_all(client, todo: list[Job], profile_name: str, kernel: str, jobs: int,
 def start_cluster(jobs: int, scheduler: str | None = None, slurm=None, gpu: tuple = (),
                   processes: bool = True):
     """(client, cluster this process started or None, whether the workers are on this
-    machine): a ``LocalCluster`` of ``jobs`` workers (the first ones owning a GPU each when
-    the profile lists notebooks under ``gpu:`` and this machine has GPUs), the cluster at
-    ``scheduler``, or SLURM jobs (``slurm``: the options, see ``cluster.slurm_options``)
-    scaled to ``jobs`` workers."""
+    machine, the resources the workers offer): a ``LocalCluster`` of ``jobs`` workers (the
+    first ones owning a GPU each when the profile lists notebooks under ``gpu:`` and this
+    machine has GPUs), the cluster at ``scheduler`` (once it has a worker), or SLURM jobs
+    (``slurm``: the options and their source, see ``cluster.slurm_options``) scaled to
+    ``jobs`` workers."""
     if scheduler is not None:
         client = cluster.connect(scheduler)
-        return client, None, False
+        client.wait_for_workers(1, timeout=WORKER_TIMEOUT)
+        offered = {r for r in (cluster.NOTEBOOK, cluster.GPU) if cluster.offered(client, r)}
+        return client, None, False, frozenset(offered)
     if slurm is not None:
         started = cluster.slurm_cluster(*slurm)
         started.scale(jobs)
-        return cluster.connect(started), started, False
-    gpus = local_gpus() if gpu else 0
-    started = cluster.local_cluster(jobs, gpus=min(gpus, jobs), processes=processes)
-    return cluster.connect(started, ignore_interrupts=processes), started, True
+        gpus = int(slurm[0].get("gpus", 0) or 0)
+        return (cluster.connect(started), started, False,
+                frozenset({cluster.NOTEBOOK, *([cluster.GPU] if gpus else [])}))
+    gpus = min(local_gpus() if gpu else 0, jobs)
+    started = cluster.local_cluster(jobs, gpus=gpus, processes=processes)
+    return (cluster.connect(started, ignore_interrupts=processes), started, True,
+            frozenset({cluster.NOTEBOOK, *([cluster.GPU] if gpus else [])}))
+
+
+# Seconds to wait for a remote scheduler's first worker.
+WORKER_TIMEOUT = 120
 
 
 def local_gpus() -> int:
@@ -713,12 +728,12 @@ def run(profile_name: str, resume: bool = False, only: list[str] | None = None,
     failures, seconds, not_started = {}, {}, None
     if todo:
         share_threads(jobs)
-        client, started, local = start_cluster(jobs, scheduler, slurm_config,
-                                               tuple(profile["gpu"]), processes)
+        client, started, local, offered = start_cluster(jobs, scheduler, slurm_config,
+                                                        tuple(profile["gpu"]), processes)
         try:
             failures, seconds, not_started = run_all(
                 client, todo, profile_name, kernel, jobs, kernel_environment(local),
-                tuple(profile["gpu"]))
+                tuple(profile["gpu"]), offered)
         finally:
             cluster.stop_cluster(client, started)
     if swept:
