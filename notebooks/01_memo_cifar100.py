@@ -62,6 +62,7 @@ batch_size = 64
 photo_models = []  # e.g. ["efficientnet-lite0"]: also run on the corrupted real photos
 photo_corruptions = None  # the photos' corruptions (None: the same as `corruptions`)
 seed = 0
+scheduler = None  # a Dask scheduler's address (tcp://host:8786) for the grid; None: here
 results_path = None  # default: results/<profile>/01_memo_cifar100.json ($TTA_RESULTS)
 figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 
@@ -137,10 +138,11 @@ methods_by_name = method_factories(
 store = run.store(method_settings=("memo", "memo_per_model", "tent", "eata", "eata_per_model",
                                    "sar", "methods", "models", "photo_models",
                                    "photo_corruptions"))
-results = run_grid(model_builders, tasks, methods_by_name, store, batch_size)
+results = run_grid(model_builders, tasks, methods_by_name, store, batch_size,
+                   scheduler=scheduler)
 for name, suite in photo_tasks.items():
     photo_results = run_grid({name: lambda name=name: build_classifier(name, device=run.device)},
-                             suite, methods_by_name, store, batch_size)
+                             suite, methods_by_name, store, batch_size, scheduler=scheduler)
     results += [{**r, "data": f"photos/{r['data']}"} for r in photo_results]
 descriptions = {name: describe(name) for name in [*models, *photo_models]}
 for name, text in descriptions.items():

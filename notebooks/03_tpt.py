@@ -60,6 +60,7 @@ sweep_selection = [0.1, 0.3, 1.0]  # accuracy vs selection ratio (at tpt's numbe
 sweep_images = 16  # images of the first task used by the sweeps (0: no sweep)
 batch_size = 64
 seed = 0
+scheduler = None  # a Dask scheduler's address (tcp://host:8786) for the grid; None: here
 results_path = None  # default: results/<profile>/03_tpt.json ($TTA_RESULTS)
 figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 
@@ -139,7 +140,8 @@ for name, test_set in test_sets.items():
     builders = {m: (lambda m=m, names=test_set.class_names: build_classifier(m, names,
                                                                              run.device))
                 for m in models}
-    results += run_grid(builders, tasks[name], methods_by_name, store, batch_size)
+    results += run_grid(builders, tasks[name], methods_by_name, store, batch_size,
+                        scheduler=scheduler)
 method_order = list(methods_by_name)
 descriptions = {name: describe(name) for name in models}
 for name, text in descriptions.items():
@@ -175,7 +177,7 @@ settings = ([("views", n, {**tpt, "n_views": n}) for n in sweep_views]
 sweep_methods = {f"tpt {kind}={value}": (lambda model, name, s=s: build_method("tpt", model, **s))
                  for kind, value, s in settings}
 sweep_results = (run_grid({models[0]: lambda: classifier}, sweep_task, sweep_methods, store,
-                          batch_size) if sweep_images else [])
+                          batch_size, scheduler=scheduler) if sweep_images else [])
 sweep_rows = [{"setting": kind, "value": value, "accuracy": r["accuracy"], "ece": r["ece"],
                "seconds_per_sample": r["seconds_per_sample"]}
               for (kind, value, _), r in zip(settings, sweep_results)]
