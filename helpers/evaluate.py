@@ -283,7 +283,8 @@ def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
     built = {name: Lazy(build) for name, build in models.items()}
     missing = [cell for cell in cells if store.why_stale(*cell) is not None]
     if scheduler is not None and missing:
-        grid_on_cluster(scheduler, missing, built, tasks, methods, store, batch_size)
+        grid_on_cluster(scheduler, missing, built, tasks, methods, store, batch_size,
+                        progress=progress)
     results = []
     for key, settings, code in cells:
         model_name, task_name, method_name = key
@@ -348,42 +349,51 @@ def image_ranges(n: int, batch_size: int, pieces: int) -> list[tuple[int, int]]:
 
 
 def grid_on_cluster(scheduler, missing: list, built: dict, tasks: dict, methods: dict,
-                    store: ResultStore, batch_size: int, pieces: int | None = None) -> None:
+                    store: ResultStore, batch_size: int, pieces: int | None = None,
+                    progress: bool = True) -> None:
     """Compute the ``missing`` cells (key, settings, code) of ``run_grid`` on the cluster at
     ``scheduler``; each cell is stored as soon as all its parts are back. Models (their
     builders) and data sets are sent once (``cluster.held``); the parts of a lost worker run
-    again on another, and a cell is stored once. ``pieces``: parts per
-    shardable cell (default: twice the cluster's threads)."""
+    again on another, and a cell is stored once. ``pieces``: parts per shardable cell
+    (default: twice the cluster's threads)."""
     from distributed import as_completed
 
     client = cluster.connect(scheduler)
     pieces = pieces or 2 * cluster.total_threads(client)
-    used_models = {key[0] for key, _, _ in missing}
-    used_tasks = {key[1] for key, _, _ in missing}
-    models = {name: cluster.held(client, built[name]) for name in used_models}
-    datasets = {name: cluster.held(client, tasks[name]) for name in used_tasks}
+    models = {name: cluster.held(client, built[name]) for name in {k[0] for k, _, _ in missing}}
+    datasets = {name: cluster.held(client, tasks[name]) for name in {k[1] for k, _, _ in missing}}
     parts, cells = {}, {}
     for key, settings, code in missing:
-        make, dataset = methods[key[2]], tasks[key[1]]
-        shards = pieces if getattr(make, "shardable", False) else 1
-        ranges = image_ranges(len(dataset), batch_size, shards)
-        cells[key] = {"settings": settings, "code": code, "parts": [None] * len(ranges)}
-        for i, (start, stop) in enumerate(ranges):
-            future = client.submit(evaluate_part, make, models[key[0]], key[0],
-                                   datasets[key[1]], start, stop, batch_size,
-                                   torch.get_num_threads(), pure=False,
-                                   key=f"{store.name(key)} [{start}:{stop}]-{uuid.uuid4().hex}")
-            parts[future] = (key, i)
+        futures = _submit_parts(client, store.name(key), methods[key[2]], models[key[0]],
+                                key[0], datasets[key[1]], len(tasks[key[1]]), batch_size,
+                                pieces)
+        cells[key] = {"settings": settings, "code": code, "parts": [None] * len(futures)}
+        parts.update({future: (key, i) for i, future in enumerate(futures)})
+    bar = tqdm(total=len(parts), desc=f"{len(cells)} cells on {client.scheduler.address}",
+               unit="part", disable=not progress, leave=False)
     try:
         for future in as_completed(parts):
             key, i = parts[future]
             cell = cells[key]
             cell["parts"][i] = future.result()
+            bar.update()
             if all(p is not None for p in cell["parts"]):
                 store.put(key, _joined(cell["parts"], tasks[key[1]]), cell["settings"],
                           cell["code"], cell["parts"][0].get("run"))
     finally:
+        bar.close()
         client.cancel(list(parts) + list(models.values()) + list(datasets.values()))
+
+
+def _submit_parts(client, name: str, make, model, model_name: str, dataset, n: int,
+                  batch_size: int, pieces: int) -> list:
+    """The futures of one cell's parts (``pieces`` of them for a shardable method, else one),
+    computed with this process's number of CPU threads."""
+    ranges = image_ranges(n, batch_size, pieces if getattr(make, "shardable", False) else 1)
+    return [client.submit(evaluate_part, make, model, model_name, dataset, start, stop,
+                          batch_size, torch.get_num_threads(), pure=False,
+                          key=f"{name} [{start}:{stop}]-{uuid.uuid4().hex}")
+            for start, stop in ranges]
 
 
 def _joined(parts: list[dict], dataset) -> dict:
