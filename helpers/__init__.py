@@ -1,7 +1,7 @@
 """Helpers for the test-time adaptation notebooks: every line of real logic lives here.
 
 Modules, one per concept: ``paths``, ``data``, ``views``, ``models``, ``tta``,
-``evaluate``, ``plots``, ``batch``.
+``evaluate``, ``plots``, ``batch``, ``cluster``.
 """
 
 __version__ = "0.1.0"
