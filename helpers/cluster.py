@@ -76,6 +76,7 @@ def local_cluster(workers: int, gpus: int = 0, processes: bool = True):
     ``notebook`` slot; the first ``gpus`` of them own one GPU each (``CUDA_VISIBLE_DEVICES``
     and the ``GPU`` resource), the others see none. ``processes=False`` runs the workers as
     threads of this process (for tests that replace papermill in this process)."""
+    import dask
     from distributed import LocalCluster
 
     class GpuLocalCluster(LocalCluster):
@@ -91,12 +92,26 @@ def local_cluster(workers: int, gpus: int = 0, processes: bool = True):
                        **({"env": env} if gpus and processes else {})}
             return {name: {**worker, "options": options}}
 
-    with _environment_kept():  # until the workers have started
+    with _environment_kept(), dask.config.set({PRE_SPAWN: worker_environment()}):
         cluster = GpuLocalCluster(n_workers=0, threads_per_worker=1, processes=processes,
                                   dashboard_address=":0", silence_logs=logging.ERROR)
         cluster.scale(workers)
-        cluster.wait_for_workers(workers)
+        cluster.wait_for_workers(workers)  # the nannies read PRE_SPAWN as they start
     return cluster
+
+
+PRE_SPAWN = "distributed.nanny.pre-spawn-environ"
+
+
+def worker_environment() -> dict:
+    """Dask's environment for new worker processes without ``MALLOC_TRIM_THRESHOLD_``: at
+    Dask's 64 KiB, glibc hands freed memory back after every tensor, and a CPU-bound MEMO
+    grid took 1.4x as long (``benchmarks/grid_speed.py``'s grid, in one process with and
+    without it: 8.7 vs 6.0 s). One thread per worker (OMP_NUM_THREADS=1 and the like) stays."""
+    import dask
+
+    return {k: v for k, v in dask.config.get(PRE_SPAWN).items()
+            if k != "MALLOC_TRIM_THRESHOLD_"}
 
 
 def slurm_options(options: dict, source: str) -> dict:

@@ -165,6 +165,13 @@ def test_ensemble_grid_on_two_workers_equals_the_grid_in_process(two_workers, tm
     assert {c["run"]["threads"] for c in stores[1].cells.values()} == {1}
 
 
+def test_local_workers_compute_on_one_thread_without_dasks_malloc_trimming(two_workers):
+    settings = two_workers.run(lambda: (os.environ.get("OMP_NUM_THREADS"),
+                                        os.environ.get("MALLOC_TRIM_THRESHOLD_")))
+    assert set(settings.values()) == {("1", None)}
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # nor here, where the cluster started
+
+
 class KillsItsWorker:
     """MEMO that kills its worker process when it reaches image ``victim`` the first time
     (a marker file says it has), logging every part it starts."""
