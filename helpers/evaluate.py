@@ -300,7 +300,9 @@ def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
 
 class Lazy:
     """Build a model on first use: a grid that resumes with every cell done loads nothing.
-    Sent to a cluster's workers, each worker builds it once for all its parts."""
+    Sent to a cluster's workers, each worker builds it once for all its parts. It travels as
+    its recipe, never as the built model: a worker that hands it to another may be adapting
+    that model in place at the time (a torn or frozen copy), and a recipe is small."""
 
     def __init__(self, build):
         self.build, self.value = build, None
@@ -309,6 +311,9 @@ class Lazy:
         if self.value is None:
             self.value = self.build()
         return self.value
+
+    def __getstate__(self):
+        return {"build": self.build, "value": None}
 
 
 def _evaluate_cell(make, model: Lazy, model_name, dataset, batch_size, progress,

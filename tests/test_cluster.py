@@ -19,7 +19,7 @@ import yaml
 from test_batch import notebook, write_profile
 from test_faults import tiny_clip  # noqa: F401 - a fixture
 
-from helpers import batch, cluster
+from helpers import batch, cluster, evaluate
 from helpers.data import ImageTensorDataset
 from helpers.evaluate import ResultStore, image_ranges, join_parts, predict, run_grid
 from helpers.tta import SHARDABLE, build_method, ensemble_grid, method_factories
@@ -101,6 +101,18 @@ def test_shardable_methods_predict_in_parts_as_in_one_run_and_the_others_do_not(
     joined = join_parts(parts)
     same = all(torch.equal(whole[k], joined[k]) for k in ("predictions", "confidences"))
     assert same == (method in SHARDABLE), method
+
+
+def test_a_lazy_model_travels_as_its_recipe_never_built():
+    """A worker may hand a model to another while adapting it in place: only the builder is
+    sent, and each worker builds its own."""
+    lazy = evaluate.Lazy(cnn)
+    model = lazy()
+    copy = cloudpickle.loads(cloudpickle.dumps(lazy))
+    assert lazy.value is model and copy.value is None
+    built = copy()
+    assert built is not model and all(torch.equal(a, b) for a, b in zip(
+        built.state_dict().values(), model.state_dict().values()))
 
 
 def test_image_ranges_are_whole_batches_covering_every_image_once():
