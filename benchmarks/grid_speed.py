@@ -23,8 +23,9 @@ engineers' test suites kept the 2 cores busy (load average 3-6.5): 1 worker / 2 
 together kept only 0.72-1.01 cores busy (the 1-worker runs 0.64-0.86): there was no second
 core to take. The CPU seconds of the grid were the same on 1 and 2 workers (16.0 vs 16.4 s in
 the run at load 3-4), so the parts split without extra work; the ratio on 2 idle cores is
-still to be measured. On 1 worker the grid took 0.96x the in-process time once Dask's
-``MALLOC_TRIM_THRESHOLD_`` was dropped (1.37x before, see ``cluster.worker_environment``).
+still to be measured. On 1 worker the grid took 0.96x and 1.25x the in-process time in two
+runs once Dask's ``MALLOC_TRIM_THRESHOLD_`` was dropped (1.37x before, see
+``cluster.worker_environment``).
 """
 
 from __future__ import annotations
