@@ -493,7 +493,7 @@ def start_cluster(jobs: int, scheduler: str | None = None, slurm=None, gpu: tupl
     (``slurm``: the options and their source, see ``cluster.slurm_options``) scaled to
     ``jobs`` workers."""
     if scheduler is not None:
-        client = cluster.connect(scheduler)
+        client = cluster.connect(scheduler, shared=False)
         client.wait_for_workers(1, timeout=WORKER_TIMEOUT)
         offered = {r for r in (cluster.NOTEBOOK, cluster.GPU) if cluster.offered(client, r)}
         return client, None, False, frozenset(offered)
@@ -501,11 +501,11 @@ def start_cluster(jobs: int, scheduler: str | None = None, slurm=None, gpu: tupl
         started = cluster.slurm_cluster(*slurm)
         started.scale(jobs)
         gpus = int(slurm[0].get("gpus", 0) or 0)
-        return (cluster.connect(started), started, False,
+        return (cluster.connect(started, shared=False), started, False,
                 frozenset({cluster.NOTEBOOK, *([cluster.GPU] if gpus else [])}))
     gpus = min(local_gpus() if gpu else 0, jobs)
     started = cluster.local_cluster(jobs, gpus=gpus, processes=processes)
-    return (cluster.connect(started, ignore_interrupts=processes), started, True,
+    return (cluster.connect(started, ignore_interrupts=processes, shared=False), started, True,
             frozenset({cluster.NOTEBOOK, *([cluster.GPU] if gpus else [])}))
 
 

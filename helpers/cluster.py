@@ -149,14 +149,17 @@ def slurm_cluster(options: dict, source: str = "the cluster options"):
     return SLURMCluster(**slurm_options(options, source))
 
 
-def connect(address_or_client, ignore_interrupts: bool = False):
+def connect(address_or_client, ignore_interrupts: bool = False, shared: bool = True):
     """A client of the scheduler at ``address_or_client`` (``tcp://host:8786``), of a cluster
     object, or the given client, with the ``TTA_*`` variables forwarded to its workers.
-    Clients of one address are made once per process and reused."""
+    ``shared`` clients of one address are made once per process and reused (a notebook's
+    grids); the batch runner makes its own (``shared=False``) and closes it."""
     from distributed import Client
 
     if isinstance(address_or_client, Client):
         client = address_or_client
+    elif not shared:
+        client = Client(address_or_client)
     else:
         key = getattr(address_or_client, "scheduler_address", address_or_client)
         client = CLIENTS.get(key)
@@ -196,7 +199,8 @@ def offered(client, resource: str) -> bool:
 
 def stop_cluster(client, cluster=None) -> None:
     """Close the client and the cluster this process started (never a remote scheduler)."""
-    CLIENTS.pop(getattr(cluster, "scheduler_address", None), None)
+    for key in [k for k, c in CLIENTS.items() if c is client]:
+        del CLIENTS[key]
     with contextlib.suppress(Exception):
         client.close()
     if cluster is not None:

@@ -285,6 +285,19 @@ def test_notebooks_on_two_worker_processes_share_gpus_as_a_resource(runner, monk
     assert {r["threads"] for r in (a, b, c)} == {"1"}
 
 
+def test_notebooks_on_an_existing_cluster_get_the_cores_of_their_worker(runner, two_workers):
+    """``--scheduler``: the notebooks run on the cluster's workers; a kernel there gets the
+    cores its worker may use (not this machine's thread settings) and the TTA_* variables."""
+    write_profile(runner, "r", {"jobs": 2})
+    assert batch.run("r", only=["01", "02"], scheduler=two_workers.scheduler.address) == 0
+    a, b = (results(runner, "r", n) for n in ("01_a", "02_b"))
+    workers = set(two_workers.run(os.getpid).values())
+    assert {a["worker"], b["worker"]} <= workers
+    assert a["threads"] == b["threads"] == str(len(os.sched_getaffinity(0)))
+    assert a["data"] == os.environ["TTA_DATA"]
+    assert len(two_workers.scheduler_info()["workers"]) == 2  # the cluster is not closed
+
+
 def test_a_profile_naming_an_unknown_gpu_notebook_is_an_error(runner):
     write_profile(runner, "g", {"gpu": ["09_none"]})
     with pytest.raises(SystemExit, match=r"names notebooks that do not exist: \['09_none'\]"):
