@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -372,7 +373,7 @@ def test_fixed_corruptions_match_imagecorruptions(monkeypatch):
     monkeypatch.setattr(corruptions, "gaussian", old_gaussian)
     monkeypatch.setattr(np, "float_", np.float64, raising=False)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (36, 44, 3), dtype=np.uint8))
-    for name in ("glass_blur", "fog", "frost"):
+    for name in ("glass_blur", "fog", "frost", "gaussian_blur"):
         for severity in (1, 5):
             np.random.seed(3)
             expected = getattr(corruptions, name)(image, severity)
@@ -411,3 +412,21 @@ def test_corruption_suite_uses_the_same_images_everywhere(fashion):
     assert all(torch.equal(task.labels, suite["clean"].labels) for task in suite.values())
     assert all(len(task) == 12 for task in suite.values())
     assert len(data.corruption_suite(fashion, "all", 1, n=2, clean=False)) == 15
+
+
+def test_validation_corruptions_are_held_out_and_run(fashion, photos64):
+    """ImageNet-C's four validation corruptions (for choosing settings) are not among the
+    15 test ones, and each runs and grows with severity on photos."""
+    assert set(data.VALIDATION_CORRUPTIONS).isdisjoint(data.CORRUPTIONS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the package's pkg_resources deprecation
+        from imagecorruptions import get_corruption_names
+    assert list(data.VALIDATION_CORRUPTIONS) == get_corruption_names("validation")
+    for corruption in data.VALIDATION_CORRUPTIONS:
+        outputs = [data.corrupt_images(photos64.images, corruption, s) for s in (1, 5)]
+        change = [_mean_abs_change(photos64.images, out) for out in outputs]
+        assert 0 < change[0] < change[1], (corruption, change)
+    suite = data.corruption_suite(fashion, "validation", 5, n=4, clean=False)
+    assert list(suite) == list(data.VALIDATION_CORRUPTIONS)
+    assert not torch.equal(suite["speckle_noise"].images, data.take(fashion, 4).images)
+
