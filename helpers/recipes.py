@@ -14,7 +14,7 @@ recipes (an ablation, ``none`` being the plain training):
   and two AugMix images of it (severity 3, width 3, depth 1-3, operations that do not
   overlap ImageNet-C's corruptions) in one batch, cross-entropy on the clean one plus 12
   times the Jensen-Shannon divergence of the three predictions;
-- ``clip``: what CLIP's training sees of an image, a random resized crop (area 35-100%,
+- ``clip``: what CLIP's training sees of an image, a random resized crop (area 50-100%,
   aspect 3/4-4/3), a flip, and photometric jitter (brightness and contrast factors in
   0.6-1.4, as torchvision's ``ColorJitter(0.4, 0.4)``). Brightness and contrast are also two
   of ImageNet-C's 15 corruptions: a model trained so is partly robust to them by
@@ -47,7 +47,7 @@ DESCRIPTIONS = {
 PADDING = 4
 AUGMIX_SEVERITY = 3  # AugMix's CIFAR default (MEMO's CIFAR test-time views use 1)
 JSD_WEIGHT = 12.0  # AugMix's lambda
-CLIP_CROP_SCALE = (0.35, 1.0)  # of the image's area; 28-pixel images allow no 8% crops
+CLIP_CROP_SCALE = (0.5, 1.0)  # of the image's area; 28-pixel images allow no 8% crops
 CLIP_JITTER = 0.4  # brightness and contrast factors uniform in 1 -+ 0.4
 
 
