@@ -59,7 +59,7 @@ TENT = {"lr": 0.001, "episodic": False}
 
 def memo_grid(cnn: bool) -> dict:
     views = MEMO_VIEWS if cnn else CLIP_MEMO_VIEWS
-    rates = (0.0, 0.001, 0.005) if cnn else (0.0001, 0.001, 0.005)
+    rates = (0.0, 0.00025, 0.001, 0.005) if cnn else (0.0001, 0.001, 0.005)
     priors = (16, None) if cnn else (None,)
     grid = {}
     for (view_name, spec), lr, prior in itertools.product(views.items(), rates, priors):
@@ -188,6 +188,33 @@ def measurement_methods(model: str) -> dict:
     return methods
 
 
+def _view_agreement(model: str, tasks: dict, n: int) -> dict:
+    """Why MEMO helps or not: per task, the source accuracy on the first ``n`` images, the
+    mean accuracy on MEMO's (chosen) views of them, and the accuracy of the marginal over
+    the views (what MEMO's loss pulls the prediction toward), without adapting anything."""
+    import torch
+
+    from helpers.views import generator_for, make_views
+
+    torch.set_num_threads(1)
+    settings = json.loads(SETTINGS_FILE.read_text())["chosen"][model]["memo"]["settings"]
+    views = make_views(settings["views"], settings["n_views"])
+    classes = next(iter(tasks.values())).class_names
+    classifier = build_classifier(model, classes, "cpu").eval()
+    out = {}
+    with torch.inference_mode():
+        for name, task in tasks.items():
+            images, labels = task.batch(range(min(n, len(task))))
+            stacked = torch.stack([views(image, generator_for(0, i))
+                                   for i, image in enumerate(images)])  # N x V x C x H x W
+            probs = classifier(stacked.flatten(0, 1)).softmax(-1).view(*stacked.shape[:2], -1)
+            source = classifier(images).argmax(-1)
+            out[name] = {"source": (source == labels).float().mean().item(),
+                         "views": (probs.argmax(-1) == labels[:, None]).float().mean().item(),
+                         "marginal": (probs.mean(1).argmax(-1) == labels).float().mean().item()}
+    return out
+
+
 def measure(args) -> int:
     test_set = data.fashion_mnist("test")
     tasks = data.corruption_suite(test_set, "all", SEVERITY, args.n_images, seed=0)
@@ -215,6 +242,21 @@ def measure(args) -> int:
                 print(f"  {method} per corruption: " + ", ".join(
                     f"{t} {acc[(model, method, t)] - acc[(model, 'source', t)]:+.3f}"
                     for t in tasks if t != "clean"))
+    print("\nMEMO's views without adaptation (first 100 images per task): accuracy of the "
+          "source on the originals, on the views, and of the marginal over the views")
+    with ProcessPoolExecutor(max_workers=max(1, min(args.jobs, len(args.models))),
+                             initializer=os.environ.__setitem__,
+                             initargs=("OMP_NUM_THREADS", "1")) as pool:
+        agreements = dict(zip(args.models, pool.map(_view_agreement, args.models,
+                                                     itertools.repeat(tasks),
+                                                     itertools.repeat(100))))
+    for model, per_task in agreements.items():
+        corrupted = [v for t, v in per_task.items() if t != "clean"]
+        mean = {k: np.mean([v[k] for v in corrupted]) for k in ("source", "views", "marginal")}
+        print(f"{model:20s} mean over corruptions: source {mean['source']:.3f}, views "
+              f"{mean['views']:.3f}, marginal {mean['marginal']:.3f}")
+        print("  marginal - source per task: " + ", ".join(
+            f"{t} {v['marginal'] - v['source']:+.2f}" for t, v in per_task.items()))
     print(f"{(time.time() - start) / 60:.1f} min")
     return 0
 
