@@ -158,7 +158,7 @@ def select(args) -> int:
             candidates = [(a, m) for m, a in rows if methods[m][0] == kind
                           and methods[m][1].get("lr", 1) > 0]
             if candidates:
-                acc, best = max(candidates)
+                acc, best = max(candidates, key=lambda c: c[0])  # ties: first in the grid
                 chosen[model][kind] = {"settings": methods[best][1], "name": best,
                                        "validation_accuracy": round(acc, 4),
                                        "validation_source": round(source, 4)}
