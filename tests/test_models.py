@@ -219,10 +219,12 @@ def accuracy(model, dataset):
     return correct / len(dataset)
 
 
-# Clean accuracy on the 10,000 FashionMNIST test images, measured once (in the comment) and
-# asserted a little below. Augmented recipes pay a little clean accuracy for robustness.
-CLEAN_FLOORS = {"small-clip": 0.83, "small-clip:none": 0.80, "small-cnn": 0.80,
-                "small-cnn:standard": 0.85, "small-cnn:none": 0.85}
+# Clean accuracy on the 10,000 FashionMNIST test images, asserted a little below what was
+# measured (2026-12-05: small-clip 0.841, small-clip:none 0.852, small-cnn (augmix) 0.827,
+# small-cnn:standard 0.850, small-cnn:none 0.861); the CLIP-style small CLIP must keep 0.83.
+# Augmented recipes pay some clean accuracy for robustness in these short trainings.
+CLEAN_FLOORS = {"small-clip": 0.83, "small-clip:none": 0.84, "small-cnn": 0.81,
+                "small-cnn:standard": 0.84, "small-cnn:none": 0.85}
 
 
 @pytest.mark.slow

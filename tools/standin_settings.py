@@ -59,7 +59,7 @@ TENT = {"lr": 0.001, "episodic": False}
 
 def memo_grid(cnn: bool) -> dict:
     views = MEMO_VIEWS if cnn else CLIP_MEMO_VIEWS
-    rates = (0.0, 0.00025, 0.001, 0.005) if cnn else (0.0001, 0.001, 0.005)
+    rates = (0.0, 0.00025, 0.001, 0.005) if cnn else (0.0001, 0.001, 0.005, 0.02)
     priors = (16, None) if cnn else (None,)
     grid = {}
     for (view_name, spec), lr, prior in itertools.product(views.items(), rates, priors):
