@@ -165,7 +165,8 @@ def select(args) -> int:
     payload = {"about": "MEMO's and TPT's settings per stand-in, chosen on ImageNet-C's held-out "
                         "validation corruptions by tools/standin_settings.py select",
                "corruptions": list(tasks), "severity": SEVERITY, "n_images": args.n_images,
-               "minutes": round((time.time() - start) / 60, 1), "chosen": chosen}
+               # a rerun reuses the cells in its store: then only the missing ones count here
+               "minutes_this_run": round((time.time() - start) / 60, 1), "chosen": chosen}
     SETTINGS_FILE.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"\nChosen (written to {SETTINGS_FILE}):")
     for model, kinds in chosen.items():
