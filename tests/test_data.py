@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -507,3 +508,21 @@ def test_severity_suite_keys_each_corruption_by_severity_on_the_same_images(fash
     direct = data.corruption_suite(fashion, ["contrast"], 4, n=6, seed=1)["contrast"]
     assert torch.equal(suite["contrast/4"].images, direct.images)
     assert "clean" not in data.severity_suite(fashion, ["contrast"], [2], n=6, clean=False)
+
+
+def test_validation_corruptions_are_held_out_and_run(fashion, photos64):
+    """ImageNet-C's four validation corruptions (for choosing settings) are not among the
+    15 test ones, and each runs and grows with severity on photos."""
+    assert set(data.VALIDATION_CORRUPTIONS).isdisjoint(data.CORRUPTIONS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the package's pkg_resources deprecation
+        from imagecorruptions import get_corruption_names
+    assert list(data.VALIDATION_CORRUPTIONS) == get_corruption_names("validation")
+    for corruption in data.VALIDATION_CORRUPTIONS:
+        outputs = [data.corrupt_images(photos64.images, corruption, s) for s in (1, 5)]
+        change = [_mean_abs_change(photos64.images, out) for out in outputs]
+        assert 0 < change[0] < change[1], (corruption, change)
+    suite = data.corruption_suite(fashion, "validation", 5, n=4, clean=False)
+    assert list(suite) == list(data.VALIDATION_CORRUPTIONS)
+    assert not torch.equal(suite["speckle_noise"].images, data.take(fashion, 4).images)
+

@@ -24,8 +24,6 @@ from helpers.models import (
     clip_classifier,
     efficientnet_lite0,
     load_clip,
-    small_clip_classifier,
-    small_cnn_classifier,
     text_features,
 )
 
@@ -285,21 +283,30 @@ def accuracy(model, dataset):
     return correct / len(dataset)
 
 
+# Clean accuracy on the 10,000 FashionMNIST test images, asserted a little below what was
+# measured (2026-12-05: small-clip 0.841, small-clip:none 0.852, small-cnn (augmix) 0.827,
+# small-cnn:standard 0.850, small-cnn:none 0.861); the CLIP-style small CLIP must keep 0.83.
+# Augmented recipes pay some clean accuracy for robustness in these short trainings. Only
+# the defaults, which the notebooks' smoke runs train anyway: the ablation's recipes would add
+# minutes of training to every clean-clone `make test` (their training path is tested on a
+# tiny net in test_standins.py).
+CLEAN_FLOORS = {"small-clip": 0.83, "small-cnn": 0.81}
+
+
 @pytest.mark.slow
-def test_small_models_trained_here_reach_their_accuracy(monkeypatch):
+@pytest.mark.parametrize("name", list(CLEAN_FLOORS))
+def test_small_models_trained_here_reach_their_accuracy(name, monkeypatch):
     monkeypatch.setattr(paths, "CACHE", REPO_CACHE)  # trained once, reused afterwards
     try:
         test_set = data.fashion_mnist("test")
     except data.DatasetNotFoundError as error:
         pytest.skip(str(error))
     assert len(test_set) == 10_000
-    small_clip = small_clip_classifier(device="cpu")
-    assert small_clip.class_names == test_set.class_names
-    assert small_clip.metrics["train_seconds"] > 0
-    assert accuracy(small_clip, test_set) >= 0.80
-    small_cnn = small_cnn_classifier(device="cpu")
-    assert small_cnn.metrics["train_seconds"] > 0
-    assert accuracy(small_cnn, test_set) >= 0.85
+    model = build_classifier(name, test_set.class_names, device="cpu")
+    assert model.class_names == test_set.class_names
+    assert model.metrics["train_seconds"] > 0
+    assert model.description == models.describe(name)
+    assert accuracy(model, test_set) >= CLEAN_FLOORS[name]
 
 
 def test_build_classifier_clip_needs_class_names():

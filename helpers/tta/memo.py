@@ -8,7 +8,7 @@ import contextlib
 import torch
 from torch.func import functional_call
 
-from ..views import AugMixViews, views_per_image
+from ..views import make_views, views_per_image
 from .base import Episodic
 from .losses import marginal_entropy
 from .norm import BatchNormPrior, has_batchnorm
@@ -21,7 +21,11 @@ class Memo(Episodic):
 
     ``bn_prior`` (CNNs): normalise with source statistics mixed with the test input's at
     weight ``bn_prior : 1`` while adapting and predicting, as the paper does for its
-    batch-norm models (N = 16); None keeps the source statistics."""
+    batch-norm models (N = 16); None keeps the source statistics.
+
+    ``views``: a view generator or its plain description (``helpers.views.make_views``:
+    ``"augmix"``, ``"crop"``, ``{"kind": "augmix", "severity": 1}`` ...), so that a
+    profile can choose them; None is AugMix with its defaults."""
 
     name = "memo"
 
@@ -39,7 +43,7 @@ class Memo(Episodic):
             raise ValueError("bn_prior needs batch-norm layers; this model has none: "
                              "leave bn_prior=None.")
         self.bn_prior = bn_prior
-        self.views = views or AugMixViews(n_views)
+        self.views = make_views(views, n_views)
         self.steps = steps
         names = {id(p): name for name, p in model.named_parameters()}
         self.param_names = [names[id(p)] for p in self.params]

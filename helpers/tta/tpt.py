@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import CLIP_MEAN, CLIP_STD, Classifier, Preprocess
-from ..views import AugMixViews, CropViews, views_per_image
+from ..views import make_views, views_per_image
 from .base import Episodic
 from .episodic import frozen
 from .losses import marginal_entropy
@@ -178,16 +178,17 @@ def confident_views(logits: torch.Tensor, keep: int) -> torch.Tensor:
 
 def tpt_views(kind, n_views: int, image_size: int):
     """TPT's views: random resized crops and flips for ImageNet-like sets, AugMix-style views
-    for the others (the paper's fine-grained sets); ``auto`` decides by image size (64 px)."""
+    for the others (the paper's fine-grained sets); ``auto`` decides by image size (64 px).
+    Any other ``kind`` is a view generator or its description (``views.make_views``:
+    ``"crop"``, ``"augmix"``, ``{"kind": "crop", "min_scale": 0.3}`` ...)."""
     if kind == "auto":
         kind = "crop" if image_size >= 64 else "augmix"
-    if kind == "crop":
-        return CropViews(n_views)
-    if kind == "augmix":
-        return AugMixViews(n_views)
-    if callable(kind):
-        return kind
-    raise ValueError(f"views must be 'auto', 'crop', 'augmix' or a view generator, not {kind!r}")
+    try:
+        return make_views(kind, n_views)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"views must be 'auto', 'crop', 'augmix', a dict such as "
+                         f"{{'kind': 'crop', 'min_scale': 0.3}} or a view generator, not "
+                         f"{kind!r} ({error})") from error
 
 
 def view_selection(views, n_views: int, selection: float, keep: int | None) -> tuple[int, int]:
