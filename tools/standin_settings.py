@@ -191,30 +191,19 @@ def measurement_methods(model: str) -> dict:
 
 
 def _view_agreement(model: str, tasks: dict, n: int) -> dict:
-    """Why MEMO helps or not: per task, the source accuracy on the first ``n`` images, the
-    mean accuracy on MEMO's (chosen) views of them, and the accuracy of the marginal over
-    the views (what MEMO's loss pulls the prediction toward), without adapting anything."""
+    """Why MEMO helps or not (``evaluate.view_agreement``) on ``n`` images (seeded) of each
+    task, with the model's chosen MEMO views, without adapting anything."""
     import torch
 
-    from helpers.views import generator_for, make_views
+    from helpers.evaluate import view_agreement
+    from helpers.views import make_views
 
     torch.set_num_threads(1)
     settings = json.loads(SETTINGS_FILE.read_text())["chosen"][model]["memo"]["settings"]
     views = make_views(settings["views"], settings["n_views"])
-    classes = next(iter(tasks.values())).class_names
-    classifier = build_classifier(model, classes, "cpu").eval()
-    out = {}
-    with torch.inference_mode():
-        for name, task in tasks.items():
-            images, labels = task.batch(range(min(n, len(task))))
-            stacked = torch.stack([views(image, generator_for(0, i))
-                                   for i, image in enumerate(images)])  # N x V x C x H x W
-            probs = classifier(stacked.flatten(0, 1)).softmax(-1).view(*stacked.shape[:2], -1)
-            source = classifier(images).argmax(-1)
-            out[name] = {"source": (source == labels).float().mean().item(),
-                         "views": (probs.argmax(-1) == labels[:, None]).float().mean().item(),
-                         "marginal": (probs.mean(1).argmax(-1) == labels).float().mean().item()}
-    return out
+    classifier = build_classifier(model, next(iter(tasks.values())).class_names, "cpu")
+    return {name: view_agreement(classifier, data.take(task, n, seed=0), views)
+            for name, task in tasks.items()}
 
 
 def measure(args) -> int:
