@@ -19,9 +19,6 @@ from concurrent.futures import ProcessPoolExecutor
 
 from . import models
 
-# What the offline profile's notebooks list: the default stand-ins and the recipe ablation.
-OFFLINE_STANDINS = ("small-clip", "small-clip:none", "small-cnn:none", "small-cnn:standard",
-                    "small-cnn:augmix")
 # Longest first, so that the parallel workers end together: minutes on one idle CPU thread,
 # from steps timed on this machine (CLIP 0.30 s per step of 256, CNN 0.046 s per step of 128,
 # 0.19 s with AugMix's three batches) times each recipe's steps.
@@ -54,9 +51,28 @@ def train(name: str) -> dict:
     return {"name": name, **metrics, "seconds": round(time.time() - start, 1)}
 
 
-def prepare(names=OFFLINE_STANDINS, jobs: int | None = None) -> list[dict]:
+def profile_standins(profile: str = "offline") -> list[str]:
+    """The stand-ins a profile's notebooks use: the stand-in names among their ``models`` and
+    ``photo_models``, as the profile gives them or, where it does not, as the notebook's
+    parameters cell does."""
+    import ast
+
+    from . import paths
+    from .batch import notebook_parameters, plan
+
+    names = []
+    for nb, given in plan(profile, sorted(paths.NOTEBOOKS.glob("[0-9]*.ipynb"))):
+        defaults = notebook_parameters(nb)
+        for key in ("models", "photo_models"):
+            value = given.get(key, ast.literal_eval(defaults.get(key, "[]")))
+            names += [name for name in value if models.parse_standin(name)]
+    return list(dict.fromkeys(names))
+
+
+def prepare(names=None, jobs: int | None = None) -> list[dict]:
     """Train ``names`` (default: the offline profile's stand-ins), ``jobs`` at a time
     (default: one per CPU core), and print the minutes each took; returns their records."""
+    names = names or profile_standins("offline")
     todo = sorted(dict.fromkeys(canonical(n) for n in names),
                   key=lambda n: -EXPECTED_MINUTES.get(n, 0))
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
@@ -80,8 +96,11 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepare", action="store_true",
                         help="train (or find cached) the stand-ins")
-    parser.add_argument("names", nargs="*", default=list(OFFLINE_STANDINS),
-                        help=f"stand-ins to prepare (default: {' '.join(OFFLINE_STANDINS)}); "
+    parser.add_argument("--profile", default="offline",
+                        help="prepare the stand-ins this profile's notebooks use (default: "
+                             "offline) when no names are given")
+    parser.add_argument("names", nargs="*",
+                        help="stand-ins to prepare (default: the profile's); "
                              f"valid: {' '.join(models.STANDIN_NAMES)}")
     parser.add_argument("--jobs", type=int, default=None,
                         help="trainings at once (default: one per CPU core)")
@@ -90,7 +109,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        prepare(args.names, args.jobs)
+        prepare(args.names or profile_standins(args.profile), args.jobs)
     except ValueError as error:
         print(error, file=sys.stderr)
         return 2
