@@ -26,8 +26,9 @@ def _dir(env: str, default: Path) -> Path:
 
 REPO = _repo_root()
 NOTEBOOKS = REPO / "notebooks"
-# Shipped inside the package, so that a notebook installed by pip (Colab) finds them too.
-PROFILES = Path(__file__).resolve().parent / "profiles"
+# Shipped inside the package, so that a notebook installed by pip (Colab) finds them too;
+# TTA_PROFILES points the batch runner at other profiles (the test suite's generated ones).
+PROFILES = _dir("TTA_PROFILES", Path(__file__).resolve().parent / "profiles")
 DATA = _dir("TTA_DATA", REPO / "data")
 CHECKPOINTS = _dir("TTA_CHECKPOINTS", REPO / "checkpoints")
 CACHE = _dir("TTA_CACHE", REPO / ".cache")
@@ -43,6 +44,22 @@ def resolve(path) -> Path:
     so that notebooks run by papermill (in notebooks/) and by hand agree."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else REPO / path
+
+
+def checkpoint_places(path) -> list[Path]:
+    """Where a checkpoint file is looked for, in order: an absolute path as it is; a relative
+    one under ``CHECKPOINTS`` (``$TTA_CHECKPOINTS``, so that a profile can name just the file
+    and a Colab user keep the weights on a drive), then under the repository (so that
+    ``checkpoints/<file>`` keeps working)."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return [path]
+    return list(dict.fromkeys([CHECKPOINTS / path, REPO / path]))
+
+
+def find_checkpoint(path) -> Path | None:
+    """The first of ``checkpoint_places(path)`` that is a file, else None."""
+    return next((place for place in checkpoint_places(path) if place.is_file()), None)
 
 
 def notebook_outputs(notebook: str, profile: str, results_path=None,

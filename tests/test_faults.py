@@ -379,6 +379,7 @@ write_json(results_path, {"summary": {"slept": [{"done": 1}]}})
 
 def _batch(root: Path, *args) -> subprocess.Popen:
     env = {**os.environ, "TTA_HOME": str(root), "OMP_NUM_THREADS": "1",
+           "TTA_PROFILES": str(root / "notebooks" / "profiles"),
            "PYTHONPATH": os.pathsep.join([str(Path(batch.__file__).parents[1]),
                                           os.environ.get("PYTHONPATH", "")])}
     for name in ("TTA_RESULTS", "TTA_RUNS", "TTA_FIGURES"):
