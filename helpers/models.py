@@ -130,6 +130,11 @@ def _official_clip_urls() -> dict:
     return clip_impl._MODELS
 
 
+def _clip_cache(download_root: str | None) -> Path:
+    """Where official CLIP files are kept: the clip package's ``~/.cache/clip`` by default."""
+    return Path(download_root or os.path.expanduser("~/.cache/clip"))
+
+
 def _clip_checkpoint(name_or_path: str, download_root: str | None) -> Path:
     """The file of a CLIP name or path. An official name's file already in the cache
     (``~/.cache/clip``, or ``download_root``) is used as it is, without hashing hundreds of
@@ -142,9 +147,8 @@ def _clip_checkpoint(name_or_path: str, download_root: str | None) -> Path:
             f"Give the path of a CLIP file (relative paths are looked for under "
             f"TTA_CHECKPOINTS, now {paths.CHECKPOINTS}, then the repository), or a CLIP name: "
             f"{_clip_names()}.")
-    root = Path(download_root or os.path.expanduser("~/.cache/clip"))
-    cached = root / os.path.basename(urls[name_or_path])
-    return cached if cached.is_file() else _download_clip(name_or_path, root)
+    cached = _clip_cache(download_root) / os.path.basename(urls[name_or_path])
+    return cached if cached.is_file() else _download_clip(name_or_path, cached.parent)
 
 
 def _download_clip(name: str, root: Path) -> Path:
@@ -206,8 +210,7 @@ def load_clip(name_or_path: str, device=None, download_root: str | None = None) 
     except NotACheckpointError:
         if name_or_path not in _official_clip_urls():
             raise
-        root = Path(download_root or os.path.expanduser("~/.cache/clip"))
-        model = _clip_from_file(_download_clip(name_or_path, root))
+        model = _clip_from_file(_download_clip(name_or_path, _clip_cache(download_root)))
     model.name = str(name_or_path)
     return model.to(device or default_device())
 
