@@ -118,18 +118,57 @@ class Classifier(nn.Module):
 
 # ---------------------------------------------------------------- CLIP
 
-def _clip_checkpoint(name_or_path: str, download_root: str | None) -> Path:
-    """Resolve a CLIP name to a file, downloading it to the usual cache when online."""
+def checkpoint_file(path, what: str, how: str) -> Path:
+    """The file of a checkpoint given as ``path``: an absolute path, or a relative one found
+    under ``$TTA_CHECKPOINTS``, then the repository (``paths.checkpoint_places``). Missing, a
+    CheckpointNotFoundError names every place looked at and ``how`` to get the file."""
+    found = paths.find_checkpoint(path)
+    if found is None:
+        places = " and ".join(str(place) for place in paths.checkpoint_places(path))
+        raise CheckpointNotFoundError(f"{what} {str(path)!r} not found: looked at {places}. {how}")
+    return found
+
+
+def _clip_names() -> list[str]:
+    import clip
+
+    return clip.available_models()
+
+
+def _official_clip_urls() -> dict:
     import clip.clip as clip_impl
 
-    if os.path.isfile(name_or_path):
-        return Path(name_or_path)
-    if name_or_path not in clip_impl._MODELS:
-        raise CheckpointNotFoundError(
-            f"No CLIP checkpoint {name_or_path!r}: give a file path or one of "
-            f"{clip_impl.available_models()}.")
-    url = clip_impl._MODELS[name_or_path]
-    root = Path(download_root or os.path.expanduser("~/.cache/clip"))
+    return clip_impl._MODELS
+
+
+def _clip_cache(download_root: str | None) -> Path:
+    """Where official CLIP files are kept: the clip package's ``~/.cache/clip`` by default."""
+    return Path(download_root or os.path.expanduser("~/.cache/clip"))
+
+
+def _clip_checkpoint(name_or_path: str, download_root: str | None) -> Path:
+    """The file of a CLIP name or path. An official name's file already in the cache
+    (``~/.cache/clip``, or ``download_root``) is used as it is, without hashing hundreds of
+    megabytes at every load: its SHA-256 is checked when it is downloaded, and when it does
+    not load (``load_clip``). A missing one is downloaded when online."""
+    urls = _official_clip_urls()
+    if name_or_path not in urls:
+        return checkpoint_file(
+            name_or_path, "CLIP checkpoint",
+            f"Give the path of a CLIP file (relative paths are looked for under "
+            f"TTA_CHECKPOINTS, now {paths.CHECKPOINTS}, then the repository), or a CLIP name: "
+            f"{_clip_names()}.")
+    cached = _clip_cache(download_root) / os.path.basename(urls[name_or_path])
+    return cached if cached.is_file() else _download_clip(name_or_path, cached.parent)
+
+
+def _download_clip(name: str, root: Path) -> Path:
+    """An official CLIP file fetched (or, when already there, checked against its published
+    SHA-256 and fetched again on a mismatch) by the clip package; offline, an error that says
+    whether the file is missing or does not match its checksum."""
+    import clip.clip as clip_impl
+
+    url = _official_clip_urls()[name]
     target = root / os.path.basename(url)
     try:
         return Path(clip_impl._download(url, str(root)))
@@ -141,29 +180,17 @@ def _clip_checkpoint(name_or_path: str, download_root: str | None) -> Path:
             from .data import file_sha256
             if file_sha256(target) != expected:
                 raise CheckpointNotFoundError(
-                    f"CLIP {name_or_path} at {target} does not match its published SHA-256 "
+                    f"CLIP {name} at {target} does not match its published SHA-256 "
                     f"({expected}): the file is incomplete or altered, and a fresh copy could "
                     f"not be downloaded ({error}). Delete it; {how}") from error
         raise CheckpointNotFoundError(
-            f"CLIP {name_or_path} is not at {target} and could not be downloaded ({error}). "
+            f"CLIP {name} is not at {target} and could not be downloaded ({error}). "
             f"{how}") from error
 
 
-def _clip_names() -> list[str]:
-    import clip
-
-    return clip.available_models()
-
-
-def load_clip(name_or_path: str, device=None, download_root: str | None = None) -> nn.Module:
-    """The OpenAI CLIP model (``clip.model.CLIP``) in float32, in eval mode.
-
-    Official checkpoints are TorchScript archives; plain state-dict files (such as the
-    small CLIP trained here) are loaded with ``weights_only=True``.
-    """
+def _clip_from_file(path: Path) -> nn.Module:
     from clip.model import build_model
 
-    path = _clip_checkpoint(name_or_path, download_root)
     try:
         try:
             state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -178,6 +205,23 @@ def load_clip(name_or_path: str, device=None, download_root: str | None = None) 
             f"not a CLIP checkpoint: {path} ({type(error).__name__}: neither an OpenAI CLIP "
             "TorchScript file nor a state dict of clip.model.CLIP). Give the path of one, or "
             f"a CLIP name: {', '.join(_clip_names())}.") from None
+    return model
+
+
+def load_clip(name_or_path: str, device=None, download_root: str | None = None) -> nn.Module:
+    """The OpenAI CLIP model (``clip.model.CLIP``) in float32, in eval mode, from a CLIP name
+    (``ViT-B/16``: its official file in ``~/.cache/clip``, downloaded when missing) or a file
+    (see ``checkpoint_file``). Official checkpoints are TorchScript archives; plain
+    state-dict files (such as the small CLIP trained here) are loaded with
+    ``weights_only=True``. An official file that does not load is checked against its
+    published SHA-256 and downloaded again (offline: an error saying it does not match)."""
+    path = _clip_checkpoint(name_or_path, download_root)
+    try:
+        model = _clip_from_file(path)
+    except NotACheckpointError:
+        if name_or_path not in _official_clip_urls():
+            raise
+        model = _clip_from_file(_download_clip(name_or_path, _clip_cache(download_root)))
     model.name = str(name_or_path)
     return model.to(device or default_device())
 
@@ -681,10 +725,16 @@ def photo_size(model: str) -> int:
 
 
 def build_classifier(model: str, class_names=None, device=None, **kw) -> Classifier:
-    """One call from a model name to a classifier over the task's classes: a stand-in
-    trained here (``small-clip``, ``small-cnn``, or with a recipe, ``small-cnn:none``; see
-    ``STANDIN_NAMES``), ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``, a CLIP name
-    (``ViT-B/32``) or a CLIP file."""
+    """One call from a model name to a classifier over the task's classes: a stand-in trained
+    here (``small-clip``, ``small-cnn``, or with a recipe, ``small-cnn:none``; see
+    ``STANDIN_NAMES``), ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``, a CLIP name (``ViT-B/32``)
+    or a CLIP file.
+
+    A CLIP is zero-shot as its authors evaluate it: OpenAI's CLIPs with the ensemble of the
+    seven templates of their ImageNet evaluation (``TEMPLATES["ensemble"]``), the small CLIP
+    with the captions it was trained with (``TEMPLATES["small"]``); ``templates=`` chooses
+    others. The single hand-written prompt "a photo of a {}." is TPT's starting point, the
+    method ``prompt`` (``helpers.tta.prompt``)."""
     parsed = parse_standin(model)
     if parsed and parsed[0] == "small-clip":
         return small_clip_classifier(class_names, standin_config(model), device=device)
@@ -696,4 +746,4 @@ def build_classifier(model: str, class_names=None, device=None, **kw) -> Classif
         raise ValueError(f"A CLIP classifier ({model!r}) needs the task's class names: pass "
                          "class_names=dataset.class_names.")
     clip_model = load_clip(model, device=device)
-    return clip_classifier(clip_model, class_names, kw.get("templates", TEMPLATES["simple"]))
+    return clip_classifier(clip_model, class_names, kw.get("templates", TEMPLATES["ensemble"]))

@@ -13,7 +13,11 @@
 #
 # `helpers.tta.Tpt` does exactly this, with two exact speed-ups (tested to leave the logits unchanged): the image encoder is frozen, so the 64 views' features are computed **once** per image (the original's among them), and the causal text encoder only runs up to the longest real prompt instead of all 77 tokens.
 #
-# We compare, on the same images: zero-shot CLIP (the model's own prompt templates), the fixed prompt "a photo of a {class}." (TPT's starting point; a learned **CoOp** context when `ctx_file` is given), **TPT**, **MEMO** (notebook 01: entropy of the marginal over views, here updating the image encoder), and two training-free successors of TPT:
+# We compare, on the same images:
+#
+# * **source**: CLIP's zero-shot classifier as its authors evaluate it. For OpenAI's CLIPs, each class's text feature is the average over the **seven prompt templates** of their ImageNet evaluation ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.", "art of the {}.", "a photo of the small {}."; `helpers.models.TEMPLATES["ensemble"]`); for the small CLIP trained here, over the eight captions it was trained with (`TEMPLATES["small"]`);
+# * **prompt**: the single hand-written prompt "a photo of a {class}." through TPT's prompt learner, i.e. TPT's starting point before any tuning (a learned **CoOp** context instead when `ctx_file` is given, column `coop`). TPT against *prompt* is what the tuning adds; *source* against *prompt* is what the template ensemble adds;
+# * **TPT**, **MEMO** (notebook 01: entropy of the marginal over views, here updating the image encoder), and two training-free successors of TPT:
 #
 # * **Zero** (Farina et al., *Frustratingly Easy Test-Time Adaptation of Vision-Language Models*, NeurIPS 2024): TPT's views and confidence selection, but no backward pass: the prediction is the **vote** of the confident views (the arg-max of their zero-temperature marginal);
 # * **TDA** (Karmanov et al., *Efficient Test-Time Adaptation of Vision-Language Models*, CVPR 2024): a positive and a negative **cache** of test features with their pseudo-labels, filled online as the test stream goes by, whose affinities to the current image are added to CLIP's logits.
@@ -22,7 +26,9 @@
 # |---|---|---|
 # | `smoke` (defaults below) | small CLIP **trained here** (not OpenAI's) | three corruptions of FashionMNIST, a few dozen images |
 # | `offline` | the same | FashionMNIST-C: the 15 corruptions of ImageNet-C at severity 5 |
-# | `full` (GPU) | CLIP ViT-B/16 and ViT-B/32 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk, the TPT paper's setting |
+# | `full` (GPU) | CLIP ViT-B/16, ViT-B/32, RN50 and RN101 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk, the TPT paper's setting |
+#
+# CLIP's ResNets (RN50, RN101) have batch norm in their image encoder: TPT and the prompts leave it as it is (the image side is frozen, in eval mode), and MEMO, which updates the image encoder, normalises with the source statistics mixed 16:1 with those of the image being adapted (`bn_prior: 16` in the full profile, MEMO's own handling of batch-norm models).
 
 # %%
 # In Colab: install the project's package, check for a GPU, show the full profile's parameters.
@@ -48,7 +54,7 @@ corruptions = ["gaussian_noise", "motion_blur", "contrast"]  # "all": ImageNet-C
 severity = 5
 n_images = 24  # test images per corruption (None: the whole test set)
 include_clean = False
-methods = ["source", "prompt", "tpt", "memo", "zero", "tda"]  # source: the model's templates
+methods = ["source", "prompt", "tpt", "memo", "zero", "tda"]  # source: CLIP's own templates; prompt: "a photo of a {}."
 ctx_file = None  # a learned CoOp context (tensor file): adds a "coop" column
 tpt = {"n_views": 63, "selection": 0.1, "steps": 1, "lr": 0.005, "views": "auto"}
 # Per-model overrides: the stand-ins' settings chosen on ImageNet-C's four held-out validation
