@@ -23,9 +23,11 @@ data: $(VENV)/.installed
 	  fi; \
 	fi
 
-# The batch, then the published report (report/, the README block) from what finished, even
-# when a notebook failed (the exit status is the batch's).
+# The stand-ins the profile uses, trained first (one per core: beside a notebook they train
+# at half speed), then the batch, then the published report (report/, the README block) from
+# what finished, even when a notebook failed (the exit status is the batch's).
 report: setup
+	$(PY) -m helpers.standins --prepare --profile $(PROFILE)
 	$(PY) -m helpers.batch --profile $(PROFILE) --resume; status=$$?; \
 	$(PY) -m helpers.report --profile $(PROFILE) && exit $$status
 

@@ -5,9 +5,12 @@ replicated to 3 channels, so every model sees RGB) and ``label`` an int. Every d
 carries ``class_names``, a short ``name`` for file names and tables, and a
 ``description`` saying where the data came from, so that outputs can state it.
 
-Small sets live in memory as uint8 (:class:`ImageTensorDataset`); ImageNet-A / -V2 are
-decoded lazily from folders (:class:`ImageFolderDataset`). A missing data set raises
-:class:`DatasetNotFoundError` telling how to get it; nothing is downloaded unless asked.
+Small sets live in memory as uint8 (:class:`ImageTensorDataset`), and so do the VPT study's
+Flowers-102 and CUB-200, decoded once at the model's side; ImageNet-A / -V2 are decoded lazily
+from folders (:class:`ImageFolderDataset`). A missing data set raises
+:class:`DatasetNotFoundError` telling how to get it; nothing is downloaded unless asked, and a
+download's checksum is checked when it arrives (files on disk are read as they are; one that
+is truncated or corrupt raises :class:`DatasetCorruptError`).
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ class DatasetCorruptError(ValueError):
 class DownloadError(ConnectionError):
     """A download that failed (offline, say) or whose checksum did not match; the message
     names the URL, the target path and how to put the file there by hand."""
+
+
+# What a data set that cannot be had here raises: not on disk, and not downloaded (offline,
+# or not downloadable at all). Notebooks skip, with a note, the parts that need such a set.
+UNAVAILABLE = (DatasetNotFoundError, DownloadError)
 
 
 def _not_found(what: str, path: Path, how: str) -> DatasetNotFoundError:
@@ -282,21 +290,47 @@ def _check_split(split: str) -> bool:
     return split == "train"
 
 
+def _read_pickle(file: Path, fix: str) -> dict:
+    """A CIFAR batch file (a Python pickle); a truncated or corrupt one is a
+    DatasetCorruptError naming it and ``fix``."""
+    import pickle
+
+    try:
+        with open(file, "rb") as stream:
+            return pickle.load(stream, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError) as error:
+        raise DatasetCorruptError(f"{file} is truncated or corrupt ({type(error).__name__}: "
+                                  f"{error}). {fix}") from error
+
+
 def _cifar(cls, label: str, split, root, download, names) -> ImageTensorDataset:
+    """CIFAR in torchvision's layout (``root/cifar-10-batches-py/``, ``root/cifar-100-python/``),
+    read here: torchvision's class checks every file's MD5 at each load, which is done once,
+    when ``download=True`` fetches the archive through it."""
     root = Path(root or paths.DATA)
     folder = root / cls.base_folder
-    if not download and not folder.is_dir():
-        raise _not_found(label, folder, f"Download {cls.url} and extract it into {root}, "
-                         f"or call with download=True.")
-    try:
+    batches = [name for name, _ in (cls.train_list if _check_split(split) else cls.test_list)]
+    needed = [folder / name for name in [*batches, cls.meta["filename"]]]
+    if not all(file.is_file() for file in needed):
+        if not download:
+            raise _not_found(label, folder, f"Download {cls.url} and extract it into {root}, "
+                             f"or call with download=True.")
         with _downloading(cls.url, folder, f"extract it into {root}"):
-            ds = cls(str(root), train=_check_split(split), download=download)
-    except RuntimeError as error:  # torchvision's "not found or corrupted"
-        how = f"({error}) Re-download {cls.url} or use download=True."
-        raise _not_found(label, folder, how) from error
+            try:
+                cls(str(root), train=split == "train", download=True)
+            except RuntimeError as error:  # torchvision's "not found or corrupted" (MD5)
+                raise DownloadError(f"{cls.url} was downloaded into {root} but does not match "
+                                    f"its published MD5 ({error}); download it again, or by "
+                                    f"hand, and extract it into {root}.") from error
+    fix = f"Delete {folder} and call with download=True (or extract {cls.url} there again)."
+    parts = [_read_pickle(folder / name, fix) for name in batches]
+    images = np.concatenate([part["data"] for part in parts]).reshape(-1, 3, 32, 32)
+    labels = [y for part in parts for y in part.get("labels", part.get("fine_labels", []))]
+    classes = _read_pickle(folder / cls.meta["filename"], fix)[cls.meta["key"]]
     return ImageTensorDataset(
-        ds.data, ds.targets, names(ds.classes), f"{label.lower().replace('-', '')}-{split}",
-        f"{label} {split} set (torchvision, {folder}), {len(ds.targets):,} images")
+        images, labels, names(classes), f"{label.lower().replace('-', '')}-{split}",
+        f"{label} {split} set (torchvision's layout, {folder}), {len(labels):,} images")
 
 
 def cifar10(split: str = "test", root=None, download: bool = False) -> ImageTensorDataset:
@@ -423,6 +457,132 @@ def imagenet_v2(root=None, size: int = 224, variant: str = "matched-frequency",
         class_names=imagenet_class_names(), name=f"imagenet-v2-{variant}",
         description=f"ImageNet-V2 {variant} from {folder}", size=size,
         imagenet_indices=list(range(1000)))
+
+
+def _decode_all(files: list[Path], size: int, fix: str) -> torch.Tensor:
+    """uint8 images N x 3 x size x size, each file resized (shorter side) and center-cropped
+    as ImageNet's evaluation does; a file that is missing or does not decode is a
+    DatasetCorruptError naming it and ``fix``."""
+    images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+    for index, file in enumerate(files):
+        try:
+            with Image.open(file) as image:
+                images[index] = _resize_crop(image, size)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise DatasetCorruptError(f"{file} is missing or does not decode "
+                                      f"({type(error).__name__}: {error}). {fix}") from error
+    return images
+
+
+FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+
+
+def _flowers_tables(folder: Path, fix: str) -> tuple[dict, np.ndarray]:
+    """(the image ids of each official split, the label 0..101 of every image id - 1)."""
+    from scipy.io import loadmat
+
+    try:
+        splits = loadmat(folder / "setid.mat", squeeze_me=True)
+        labels = loadmat(folder / "imagelabels.mat", squeeze_me=True)["labels"] - 1
+    except Exception as error:  # noqa: BLE001 - scipy raises many kinds for a bad file
+        raise DatasetCorruptError(f"setid.mat or imagelabels.mat in {folder} is truncated or "
+                                  f"corrupt ({type(error).__name__}: {error}). {fix}") from error
+    return {name: np.atleast_1d(splits[name]) for name in ("trnid", "valid", "tstid")}, labels
+
+
+def flowers102(split: str = "test", root=None, download: bool = False,
+               size: int = 224) -> ImageTensorDataset:
+    """Oxford Flowers-102 (Nilsback and Zisserman, 2008) in torchvision's layout,
+    ``root/flowers-102/``: ``jpg/image_00001.jpg`` ..., ``imagelabels.mat``, ``setid.mat``.
+    Read here (torchvision's class checks the .mat files' MD5 at every load; ``download=True``
+    fetches the files through it once, checked). ``train``: the official training and
+    validation splits together (2,040 images, 20 per class; VPT trains on both once its
+    settings are chosen); ``test``: the 6,149 test images. Decoded at ``size`` (shorter side,
+    center crop) and kept as uint8."""
+    from torchvision.datasets import Flowers102
+
+    folder = Path(root or paths.DATA) / "flowers-102"
+    files = ("imagelabels.mat", "setid.mat")
+    if not (all((folder / f).is_file() for f in files) and (folder / "jpg").is_dir()):
+        if not download:
+            raise _not_found("Oxford Flowers-102", folder,
+                             f"Call with download=True (torchvision fetches 102flowers.tgz, "
+                             f"{' and '.join(files)} from {FLOWERS_URL}), or put the two .mat "
+                             "files there and extract 102flowers.tgz there (its jpg/ folder).")
+        with _downloading(f"{FLOWERS_URL}102flowers.tgz", folder,
+                          f"put it and {' and '.join(files)} (same address) in {folder}, then "
+                          f"`tar -xzf 102flowers.tgz -C {folder}`"):
+            try:
+                Flowers102(str(folder.parent), split="train", download=True)
+            except RuntimeError as error:  # torchvision's "not found or corrupted" (MD5)
+                raise DownloadError(f"Flowers-102 was downloaded into {folder} but does not "
+                                    f"match its published MD5 ({error}); delete it and call "
+                                    "with download=True again.") from error
+    fix = f"Delete {folder} and call with download=True (or copy the files there again)."
+    splits, labels = _flowers_tables(folder, fix)
+    ids = (np.concatenate([splits["trnid"], splits["valid"]]) if _check_split(split)
+           else splits["tstid"])
+    images = _decode_all([folder / "jpg" / f"image_{i:05d}.jpg" for i in ids], size, fix)
+    return ImageTensorDataset(
+        images, labels[ids - 1], Flowers102.classes, f"flowers102-{split}",
+        f"Oxford Flowers-102 {split} set (torchvision's layout, {folder}), {len(ids):,} images, "
+        f"{size}x{size}")
+
+
+CUB_ARCHIVE = "CUB_200_2011.tgz"
+CUB_PAGE = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
+CUB_TABLES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
+
+
+def _cub_table(folder: Path, name: str, fix: str) -> dict[int, str]:
+    """One of CUB's ``<id> <value>`` text files as {id: value}."""
+    try:
+        rows = (line.split(maxsplit=1) for line in (folder / name).read_text().splitlines()
+                if line.strip())
+        return {int(key): value.strip() for key, value in rows}
+    except (ValueError, OSError, UnicodeDecodeError) as error:
+        raise DatasetCorruptError(f"{folder / name} is not CUB's '<id> <value>' table "
+                                  f"({type(error).__name__}: {error}). {fix}") from error
+
+
+def cub200(split: str = "test", root=None, size: int = 224) -> ImageTensorDataset:
+    """CUB-200-2011 (Wah et al., 2011) in its official layout, ``root/CUB_200_2011/``:
+    ``images/<class folder>/<file>.jpg`` listed in ``images.txt``, labels 1..200 in
+    ``image_class_labels.txt``, the split in ``train_test_split.txt`` (1: training, 5,994
+    images; 0: test, 5,794), class names in ``classes.txt``. Not downloadable from here
+    (Caltech's page hands out the archive): the archive ``CUB_200_2011.tgz`` put in ``root``
+    is extracted there at the first load. Decoded at ``size`` (shorter side, center crop) and
+    kept as uint8."""
+    root = Path(root or paths.DATA)
+    folder, archive = root / "CUB_200_2011", root / CUB_ARCHIVE
+    if not folder.is_dir() and archive.is_file():
+        from torchvision.datasets.utils import extract_archive
+        extract_archive(str(archive), str(root))
+    missing = [name for name in CUB_TABLES if not (folder / name).is_file()]
+    if missing or not (folder / "images").is_dir():
+        raise _not_found(
+            "CUB-200-2011", folder,
+            f"Download the archive {CUB_ARCHIVE} from {CUB_PAGE} and put it in {root} (it is "
+            f"extracted there at the first load), or extract it there yourself (missing: "
+            f"{', '.join(missing) or 'images/'}).")
+    fix = f"Delete {folder} and extract {CUB_ARCHIVE} into {root} again."
+    files, labels, is_train, classes = (_cub_table(folder, name, fix) for name in CUB_TABLES)
+    bad = sorted(set(is_train.values()) - {"0", "1"})
+    if bad:
+        raise DatasetCorruptError(f"{folder / 'train_test_split.txt'} gives is_training values "
+                                  f"{bad[:3]} where CUB's are 0 and 1. {fix}")
+    ids = sorted(i for i, flag in is_train.items() if (flag == "1") == _check_split(split))
+    names = [classes[i].split(".", 1)[-1].replace("_", " ") for i in sorted(classes)]
+    try:
+        targets = [int(labels[i]) - 1 for i in ids]
+        images = _decode_all([folder / "images" / files[i] for i in ids], size, fix)
+    except (KeyError, ValueError) as error:
+        raise DatasetCorruptError(f"The tables in {folder} do not agree: image {error} of "
+                                  f"train_test_split.txt has no row or label in images.txt "
+                                  f"or image_class_labels.txt. {fix}") from error
+    return ImageTensorDataset(
+        images, targets, names, f"cub200-{split}",
+        f"CUB-200-2011 {split} set ({folder}), {len(ids):,} images, {size}x{size}")
 
 
 def _read_idx(path: Path, fix: str) -> np.ndarray:
@@ -598,15 +758,17 @@ def sample_photos(size: int = 224) -> ImageTensorDataset:
 
 DATASETS = {"cifar10": cifar10, "cifar100": cifar100, "imagenet-a": imagenet_a,
             "imagenet-v2": imagenet_v2, "fashion-mnist": fashion_mnist, "mnist": mnist_digits,
-            "mnist-full": mnist_full, "digits": sklearn_digits, "photos": sample_photos}
+            "mnist-full": mnist_full, "digits": sklearn_digits, "photos": sample_photos,
+            "flowers102": flowers102, "cub200": cub200}
 
 
 def load_dataset(name: str, split: str = "test", root=None, download: bool = False,
                  size: int | None = None, **kw):
     """Load a data set by name; options a loader does not have must be left at their default,
     except ``download``, which means nothing for sets that ship inside a package (photos,
-    digits), and ``size``, the side at which sets of photos are decoded for a model (the
-    in-memory sets keep their own), so notebooks can always pass them."""
+    digits, CUB-200), and ``size``, the side at which sets of photos (the sample photos,
+    ImageNet-A/V2, Flowers-102, CUB-200) are decoded for a model (the 28x28 and 32x32 sets keep
+    their own), so notebooks can always pass them."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     loader = DATASETS[name]

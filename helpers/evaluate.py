@@ -483,3 +483,31 @@ def changed_predictions(results: list[dict], tasks: dict, baseline: str, method:
                             method: r["predictions"][i],
                             "outcome": "fixed" if ok[i] else "broken"})
     return records
+
+
+@torch.inference_mode()
+def view_agreement(classifier, dataset, views, seed: int = 0, batch_size: int = 16) -> dict:
+    """Why MEMO (or TPT) can help a model or not, without adapting anything: on ``dataset``,
+    the accuracy of the model on the images (``source``), on each of their views
+    (``views``: mean over views) and of the average prediction over the views (``marginal``:
+    what the marginal-entropy loss pulls the prediction toward). When the marginal is no
+    better than the source, agreeing on the views is no evidence for the right class. Views
+    are drawn as the methods draw them: per image index, from ``generator_for(seed, index)``."""
+    from .views import generator_for
+
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    hits = {"source": [], "views": [], "marginal": []}
+    for idx, images, labels in batches(dataset, batch_size):
+        images = images.to(device)
+        stacked = torch.stack([views(image, generator_for(seed, i))
+                               for i, image in zip(idx, images)])  # N x V x C x H x W
+        probs = classifier(stacked.flatten(0, 1)).float().softmax(-1)
+        probs = probs.view(*stacked.shape[:2], -1).cpu()
+        acceptable = getattr(dataset, "acceptable", None)
+        ok = None if acceptable is None else [acceptable[i] for i in idx]
+        hits["source"].append(_correct(classifier(images).argmax(-1).cpu(), labels, ok))
+        hits["views"].append(np.stack([_correct(probs[:, v].argmax(-1), labels, ok)
+                                       for v in range(probs.shape[1])], 1).mean(1))
+        hits["marginal"].append(_correct(probs.mean(1).argmax(-1), labels, ok))
+    return {name: float(np.concatenate(values).mean()) for name, values in hits.items()}

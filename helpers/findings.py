@@ -168,6 +168,12 @@ def markdown(text_lines: list[str]) -> str:
     return "\n".join(f"- {line}" for line in text_lines)
 
 
+def intervals(rows: list[dict]) -> list[dict]:
+    """The rows as a short table: model, method, change and its interval."""
+    return [{k: r.get(k) for k in ("model", "method", "baseline", "change", "ci_low", "ci_high")}
+            for r in rows]
+
+
 def table(rows: list[dict]) -> list[dict]:
     """The rows without their per-task lists, for tables and results files."""
     return [{k: v for k, v in r.items() if not k.endswith("_tasks")} for r in rows]

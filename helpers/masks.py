@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import paths
-from .models import CheckpointNotFoundError, NotACheckpointError, default_device
+from .models import NotACheckpointError, checkpoint_file, default_device
 
 SAM_CHECKPOINTS = {  # Meta's release files (segment-anything README)
     "vit_b": "sam_vit_b_01ec64.pth",
@@ -78,16 +78,17 @@ class SamMasks:
         self.predictor = SamPredictor(sam)
 
     def _load(self, checkpoint, model_type: str):
+        """SAM from ``checkpoint`` (a path: absolute, or relative to TTA_CHECKPOINTS, then the
+        repository), by default Meta's release file of ``model_type`` under TTA_CHECKPOINTS."""
         from segment_anything import sam_model_registry
 
         if model_type not in SAM_CHECKPOINTS:
             raise ValueError(f"Unknown SAM model {model_type!r}; valid: {sorted(SAM_CHECKPOINTS)}")
-        file = Path(checkpoint) if checkpoint else paths.CHECKPOINTS / SAM_CHECKPOINTS[model_type]
-        if not file.is_file():
-            raise CheckpointNotFoundError(
-                f"Segment-Anything checkpoint not found at {file}. Download "
-                f"{SAM_URL}{SAM_CHECKPOINTS[model_type]} and put it there (or pass "
-                f"checkpoint=<path>), or use masks='offline' (no weights needed).")
+        file = checkpoint_file(
+            checkpoint or SAM_CHECKPOINTS[model_type], "Segment-Anything checkpoint",
+            f"Download {SAM_URL}{SAM_CHECKPOINTS[model_type]} and put it under TTA_CHECKPOINTS "
+            f"(now {paths.CHECKPOINTS}; or pass checkpoint=<path>), or use masks='offline' (no "
+            "weights needed).")
         self.checkpoint = str(file)
         try:
             return sam_model_registry[model_type](checkpoint=str(file))

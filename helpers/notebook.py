@@ -70,17 +70,32 @@ class NotebookRun:
 
         return save(fig, self.figures_dir, name)
 
+    def show_changes(self, rows, figure: str, title: str) -> None:
+        """Comparison rows (``findings.compare``) as a table of changes (model x method) and,
+        as figure ``figure``, the changes with their intervals: a section's compact view of
+        part of the findings, such as one architecture under several training recipes."""
+        import pandas as pd
+        from IPython.display import display
+
+        from .plots import changes
+
+        if not rows:
+            return
+        display(pd.DataFrame(rows).pivot(index="model", columns="method", values="change")
+                .style.format("{:+.3f}", na_rep="—"))
+        self.figure(changes(list(rows), title=title), figure)
+
     def show_findings(self, rows=(), lines=None, figure: str | None = None,
                       title: str = "Change in mean accuracy (95% paired-bootstrap intervals)"):
         """Show the findings as Markdown (one sentence per comparison row of
-        ``findings.compare``, or the given ``lines``) and, as figure ``figure``, the rows'
+        ``findings.compare``, then the given ``lines``) and, as figure ``figure``, the rows'
         changes with their intervals; both are kept for the results file. Returns the lines."""
         from IPython.display import Markdown, display
 
         from .plots import changes
 
         self.comparisons = findings.table(list(rows))
-        self.finding_lines = list(lines) if lines is not None else findings.lines(list(rows))
+        self.finding_lines = findings.lines(list(rows)) + list(lines or [])
         display(Markdown(findings.markdown(self.finding_lines)))
         if rows and figure:
             self.figure(changes(list(rows), title=title), figure)

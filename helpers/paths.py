@@ -46,6 +46,22 @@ def resolve(path) -> Path:
     return path if path.is_absolute() else REPO / path
 
 
+def checkpoint_places(path) -> list[Path]:
+    """Where a checkpoint file is looked for, in order: an absolute path as it is; a relative
+    one under ``CHECKPOINTS`` (``$TTA_CHECKPOINTS``, so that a profile can name just the file
+    and a Colab user keep the weights on a drive), then under the repository (so that
+    ``checkpoints/<file>`` keeps working)."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return [path]
+    return list(dict.fromkeys([CHECKPOINTS / path, REPO / path]))
+
+
+def find_checkpoint(path) -> Path | None:
+    """The first of ``checkpoint_places(path)`` that is a file, else None."""
+    return next((place for place in checkpoint_places(path) if place.is_file()), None)
+
+
 def notebook_outputs(notebook: str, profile: str, results_path=None,
                      figures_dir=None) -> tuple[Path, Path]:
     """A notebook run's results file and figures folder: the given ones, else

@@ -159,9 +159,25 @@ def _table(rows: list[dict]) -> str:
     return markdown_table(rows)
 
 
+def comparison_table(rows: list[dict]) -> list[dict]:
+    """Comparison rows (``findings.compare``) as compact table rows: what changes, from what
+    to what, with its interval, on how many data sets significantly, and at what cost."""
+    from .findings import verdict
+
+    return [{"model": r["model"], "method": f"{r['method']} vs {r['baseline']}",
+             "accuracy": f"{r['baseline_accuracy']:.3f} → {r['accuracy']:.3f}",
+             "change (95% CI)": f"{r['change']:+.3f} ({r['ci_low']:+.3f}, {r['ci_high']:+.3f})",
+             "verdict": verdict(r),
+             "data sets better / worse": f"{r['better_on']} / {r['worse_on']} of {r['tasks']}",
+             "ECE": f"{r['baseline_ece']:.3f} → {r['ece']:.3f}",
+             "s / image": f"{r['seconds']:.3f}"} for r in rows]
+
+
 def readme_block(report_dir: Path = REPORT, relative_to: Path = paths.REPO) -> str:
-    """The README's results section: per published notebook its links, findings, headline
-    table and headline figure (from ``report/results/``)."""
+    """The README's results section: per published notebook its links and note, its
+    findings (the comparisons with their intervals as one table, or the finding sentences),
+    its headline table where it has no comparisons, and its headline figure (all from
+    ``report/results/``)."""
     base = report_dir.relative_to(relative_to) if report_dir.is_relative_to(relative_to) \
         else report_dir
     parts = [BEGIN, ""]
@@ -170,9 +186,14 @@ def readme_block(report_dir: Path = REPORT, relative_to: Path = paths.REPO) -> s
         parts += [f"### {_notebook_title(report_dir, name)}", "",
                   f"[Executed notebook]({base}/{name}.ipynb) · [HTML]({base}/{name}.html) · "
                   f"run time {results.get('seconds', 0) / 60:.1f} min", "",
-                  results.get("note", ""), "", _bullets(results.get("findings")), ""]
+                  results.get("note", ""), ""]
+        comparisons = results.get("comparisons")
         table = (results.get("summary") or {}).get(headline.get("table"))
-        if table:
+        if comparisons:
+            parts += [_table(comparison_table(comparisons)), ""]
+        else:
+            parts += [_bullets(results.get("findings")), ""]
+        if table and not comparisons:
             parts += [f"**{headline['table']}**", "", _table(table), ""]
         if headline.get("figure"):
             parts += [f"![{headline['figure']}](figures/{headline['figure']}.png)", ""]

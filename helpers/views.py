@@ -137,12 +137,13 @@ def _augmix_chain(base: torch.Tensor, ops: torch.Tensor, levels: torch.Tensor,
     return x
 
 
-def _crop_flip_theta(n: int, height: int, width: int, crop: str | None, flip: bool, gen):
-    """Per-view 3x3 matrices of the pre-augmentation: RandomResizedCrop (scale 0.08-1, ratio
-    3/4-4/3) for large images, a 4-pixel pad-and-crop for small ones, then a flip."""
+def _crop_flip_theta(n: int, height: int, width: int, crop: str | None, flip: bool, gen,
+                     min_scale: float = 0.08):
+    """Per-view 3x3 matrices of the pre-augmentation: RandomResizedCrop (scale min_scale-1,
+    ratio 3/4-4/3) for large images, a 4-pixel pad-and-crop for small ones, then a flip."""
     theta = _identity(n)
     if crop == "resized":
-        area = _uniform(n, 0.08, 1.0, gen)
+        area = _uniform(n, min_scale, 1.0, gen)
         log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), gen)
         w = (area * log_ratio.exp()).sqrt().clamp(max=1)
         h = (area / log_ratio.exp()).sqrt().clamp(max=1)
@@ -181,9 +182,10 @@ class AugMixViews:
         return (f"AugMixViews(n_views={self.n_views}, severity={self.severity}, "
                 f"width={self.width}, crop={self.crop!r}, flip={self.flip})")
 
-    def _plan(self, crop: str | None, height: int, width: int, gen) -> dict:
-        """Every random draw for one image's views, from that image's generator."""
-        n, depth = self.n_views, self.max_depth
+    def _plan(self, crop: str | None, height: int, width: int, gen, n: int | None = None) -> dict:
+        """Every random draw for ``n`` views (default: one image's ``n_views``), from one
+        generator."""
+        n, depth = n or self.n_views, self.max_depth
         plan = {"theta": _crop_flip_theta(n, height, width, crop, self.flip, gen)}
         weights = -torch.rand(n, self.width, generator=gen).log()  # Dirichlet(1, ..., 1)
         plan["weights"] = weights / weights.sum(1, keepdim=True)
@@ -198,46 +200,95 @@ class AugMixViews:
         plan["m"] = torch.rand(n, generator=gen)  # Beta(1, 1)
         return plan
 
-    def batch(self, images: torch.Tensor, generators) -> torch.Tensor:
-        """Views of several images (N x n_views x 3 x H x W) in one pass of batched
-        kernels: identical to calling the generator image by image, much faster on small
-        images where per-call overhead dominates."""
-        count, (_, height, width) = len(images), images.shape[1:]
-        crop = self.crop if self.crop != "auto" else ("resized" if min(height, width) >= 64
-                                                      else "pad")
-        plans = [self._plan(crop, height, width, g) for g in generators]
-        plan = {k: torch.cat([p[k] for p in plans], dim=-1 if k[:3] in ("ops", "lev", "sig")
-                             else 0) for k in plans[0]}
-        total = count * self.n_views
-        base = _affine(images.repeat_interleave(self.n_views, 0), plan["theta"])
+    def _crop_kind(self, height: int, width: int) -> str | None:
+        if self.crop != "auto":
+            return self.crop
+        return "resized" if min(height, width) >= 64 else "pad"
+
+    def _render(self, images: torch.Tensor, plan: dict) -> torch.Tensor:
+        """One view per row of ``images`` (a view's image repeated as often as it has
+        views), from the concatenated random draws of ``plan``."""
+        total = len(images)
+        base = _affine(images, plan["theta"])
         weights = plan["weights"].to(images)
         mix = torch.zeros_like(base)
         for chain in range(self.width):
             mix += weights[:, chain].view(total, 1, 1, 1) * _augmix_chain(
                 base, plan[f"ops{chain}"], plan[f"levels{chain}"], plan[f"signs{chain}"])
         m = plan["m"].to(images).view(total, 1, 1, 1)
-        views = ((1 - m) * base + m * mix).clamp(0, 1)
+        return ((1 - m) * base + m * mix).clamp(0, 1)
+
+    def batch(self, images: torch.Tensor, generators) -> torch.Tensor:
+        """Views of several images (N x n_views x 3 x H x W) in one pass of batched
+        kernels: identical to calling the generator image by image, much faster on small
+        images where per-call overhead dominates."""
+        count, (_, height, width) = len(images), images.shape[1:]
+        crop = self._crop_kind(height, width)
+        plans = [self._plan(crop, height, width, g) for g in generators]
+        plan = {k: torch.cat([p[k] for p in plans], dim=-1 if k[:3] in ("ops", "lev", "sig")
+                             else 0) for k in plans[0]}
+        views = self._render(images.repeat_interleave(self.n_views, 0), plan)
         return views.view(count, self.n_views, *images.shape[1:])
+
+    def mix(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One AugMix image per image of a batch (N x 3 x H x W), every draw from one
+        generator: AugMix as a training augmentation (``helpers.recipes``), where a batch
+        of thousands of images needs no generator per image."""
+        _, _, height, width = images.shape
+        plan = self._plan(self._crop_kind(height, width), height, width, generator,
+                          n=len(images))
+        return self._render(images, plan)
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.batch(image[None], [generator])[0]
 
 
 class CropViews:
-    """TPT's views for ImageNet-like sets: random resized crops and flips only."""
+    """TPT's views for ImageNet-like sets: random resized crops (area ``min_scale`` to 1 of
+    the image) and flips only; ``crop="pad"`` shifts by up to 4 pixels instead (the CIFAR
+    recipe, for small images a resized crop would shrink to a few pixels)."""
 
-    def __init__(self, n_views: int = 63, flip: bool = True):
+    def __init__(self, n_views: int = 63, flip: bool = True, crop: str = "resized",
+                 min_scale: float = 0.08):
         if n_views < 1:
             raise ValueError(f"n_views must be at least 1, got {n_views}")
-        self.n_views, self.flip = n_views, flip
+        if crop not in ("resized", "pad"):
+            raise ValueError(f"crop must be 'resized' or 'pad', not {crop!r}")
+        if not 0 < min_scale <= 1:
+            raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+        self.n_views, self.flip, self.crop, self.min_scale = n_views, flip, crop, min_scale
 
     def __repr__(self):
-        return f"CropViews(n_views={self.n_views}, flip={self.flip})"
+        extra = "" if self.crop == "resized" and self.min_scale == 0.08 else (
+            f", crop={self.crop!r}, min_scale={self.min_scale}")
+        return f"CropViews(n_views={self.n_views}, flip={self.flip}{extra})"
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, (_, height, width) = self.n_views, image.shape
-        theta = _crop_flip_theta(n, height, width, "resized", self.flip, generator)
+        theta = _crop_flip_theta(n, height, width, self.crop, self.flip, generator,
+                                 self.min_scale)
         return _affine(image.expand(n, -1, -1, -1), theta).clamp(0, 1)
+
+
+VIEW_KINDS = {"augmix": AugMixViews, "crop": CropViews}
+
+
+def make_views(spec, n_views: int):
+    """A view generator from a plain (JSON, YAML) description, so that a profile can choose
+    a method's views: ``"augmix"`` or ``"crop"`` (the defaults of AugMixViews and
+    CropViews), or a dict of one of them with its options, e.g. ``{"kind": "augmix",
+    "severity": 1}`` (MEMO's CIFAR views). None means AugMix; a view generator is returned
+    as it is."""
+    if spec is None:
+        spec = "augmix"
+    if callable(spec):
+        return spec
+    options = {"kind": spec} if isinstance(spec, str) else dict(spec)
+    kind = options.pop("kind", None)
+    if kind not in VIEW_KINDS:
+        raise ValueError(f"views must be one of {sorted(VIEW_KINDS)} or a dict with 'kind' "
+                         f"one of them (and its options), not {spec!r}")
+    return VIEW_KINDS[kind](n_views=n_views, **options)
 
 
 VIEW_BUDGET = 2**25  # floats of views built at once (128 MB)

@@ -13,7 +13,11 @@
 #
 # `helpers.tta.Tpt` does exactly this, with two exact speed-ups (tested to leave the logits unchanged): the image encoder is frozen, so the 64 views' features are computed **once** per image (the original's among them), and the causal text encoder only runs up to the longest real prompt instead of all 77 tokens.
 #
-# We compare, on the same images: zero-shot CLIP (the model's own prompt templates), the fixed prompt "a photo of a {class}." (TPT's starting point; a learned **CoOp** context when `ctx_file` is given), **TPT**, **MEMO** (notebook 01: entropy of the marginal over views, here updating the image encoder), and two training-free successors of TPT:
+# We compare, on the same images:
+#
+# * **source**: CLIP's zero-shot classifier as its authors evaluate it. For OpenAI's CLIPs, each class's text feature is the average over the **seven prompt templates** of their ImageNet evaluation ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.", "art of the {}.", "a photo of the small {}."; `helpers.models.TEMPLATES["ensemble"]`); for the small CLIP trained here, over the eight captions it was trained with (`TEMPLATES["small"]`);
+# * **prompt**: the single hand-written prompt "a photo of a {class}." through TPT's prompt learner, i.e. TPT's starting point before any tuning (a learned **CoOp** context instead when `ctx_file` is given, column `coop`). TPT against *prompt* is what the tuning adds; *source* against *prompt* is what the template ensemble adds;
+# * **TPT**, **MEMO** (notebook 01: entropy of the marginal over views, here updating the image encoder), and two training-free successors of TPT:
 #
 # * **Zero** (Farina et al., *Frustratingly Easy Test-Time Adaptation of Vision-Language Models*, NeurIPS 2024): TPT's views and confidence selection, but no backward pass: the prediction is the **vote** of the confident views (the arg-max of their zero-temperature marginal);
 # * **TDA** (Karmanov et al., *Efficient Test-Time Adaptation of Vision-Language Models*, CVPR 2024): a positive and a negative **cache** of test features with their pseudo-labels, filled online as the test stream goes by, whose affinities to the current image are added to CLIP's logits.
@@ -22,7 +26,9 @@
 # |---|---|---|
 # | `smoke` (defaults below) | small CLIP **trained here** (not OpenAI's) | three corruptions of FashionMNIST, a few dozen images |
 # | `offline` | the same | FashionMNIST-C: the 15 corruptions of ImageNet-C at severity 5 |
-# | `full` (GPU) | CLIP ViT-B/16 and ViT-B/32 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk, the TPT paper's setting |
+# | `full` (GPU) | CLIP ViT-B/16, ViT-B/32, RN50 and RN101 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk, the TPT paper's setting |
+#
+# CLIP's ResNets (RN50, RN101) have batch norm in their image encoder: TPT and the prompts leave it as it is (the image side is frozen, in eval mode), and MEMO, which updates the image encoder, normalises with the source statistics mixed 16:1 with those of the image being adapted (`bn_prior: 16` in the full profile, MEMO's own handling of batch-norm models).
 
 # %%
 # In Colab: install the project's package, check for a GPU, show the full profile's parameters.
@@ -48,12 +54,19 @@ corruptions = ["gaussian_noise", "motion_blur", "contrast"]  # "all": ImageNet-C
 severity = 5
 n_images = 24  # test images per corruption (None: the whole test set)
 include_clean = False
-methods = ["source", "prompt", "tpt", "memo", "zero", "tda"]  # source: the model's templates
+methods = ["source", "prompt", "tpt", "memo", "zero", "tda"]  # source: CLIP's own templates; prompt: "a photo of a {}."
 ctx_file = None  # a learned CoOp context (tensor file): adds a "coop" column
 tpt = {"n_views": 63, "selection": 0.1, "steps": 1, "lr": 0.005, "views": "auto"}
+# Per-model overrides: the stand-ins' settings chosen on ImageNet-C's four held-out validation
+# corruptions (tools/standin_settings.json); Zero takes TPT's views and selection.
+tpt_per_model = {"small-clip": {"views": {"kind": "crop", "min_scale": 0.5}},
+                 "small-clip:none": {"views": {"kind": "crop", "min_scale": 0.5},
+                                     "selection": 0.3}}
 memo = {"n_views": 16, "steps": 1, "optimizer": "sgd", "lr": 1e-5, "params": "all"}
-memo_per_model = {"small-clip": {"lr": 0.001}}
-zero = {"n_views": 63, "selection": 0.1, "views": "auto"}  # TPT's views and selection
+memo_per_model = {"small-clip": {"lr": 0.005, "views": {"kind": "crop", "min_scale": 0.5}},
+                  "small-clip:none": {"lr": 0.0001, "views": {"kind": "crop",
+                                                              "min_scale": 0.5}}}
+zero = {}  # Zero's settings beyond TPT's views and selection, which it always takes
 tda = {}  # the authors' ImageNet settings
 sweep_views = [15, 31, 63]  # accuracy vs number of views (at the selection ratio of tpt)
 sweep_selection = [0.1, 0.3, 1.0]  # accuracy vs selection ratio (at tpt's number of views)
@@ -71,14 +84,15 @@ from IPython.display import Markdown, display
 
 from helpers import data, findings, plots
 from helpers.evaluate import pivot, run_grid, summary_rows
-from helpers.models import build_classifier, describe
+from helpers.models import build_classifier, describe, parse_standin
 from helpers.notebook import start
-from helpers.tta import build_method, method_factories
+from helpers.tta import method_factories, view_settings
 
 run = start("03_tpt", dict(
     profile=profile, datasets=datasets, data_root=data_root, models=models,
     corruptions=corruptions, severity=severity, n_images=n_images, include_clean=include_clean,
-    methods=methods, ctx_file=ctx_file, tpt=tpt, memo=memo, memo_per_model=memo_per_model,
+    methods=methods, ctx_file=ctx_file, tpt=tpt, tpt_per_model=tpt_per_model, memo=memo,
+    memo_per_model=memo_per_model,
     zero=zero, tda=tda,
     sweep_views=sweep_views, sweep_selection=sweep_selection, sweep_images=sweep_images,
     batch_size=batch_size, seed=seed), results_path, figures_dir)
@@ -114,7 +128,11 @@ first_set = test_sets[datasets[0]]
 first_task_name, first_task = next(iter(tasks[datasets[0]].items()))
 classifier = build_classifier(models[0], first_task.class_names, run.device)
 image, label = first_task[0]
-batch, entropies, kept = build_method("tpt", classifier, **tpt).selection_of(
+methods_by_name = method_factories(
+    methods, {"tpt": tpt, "memo": memo, "zero": {**view_settings(tpt), **zero}, "tda": tda},
+    {"memo": memo_per_model, "tpt": tpt_per_model,
+     "zero": {m: view_settings(s) for m, s in tpt_per_model.items()}})
+batch, entropies, kept = methods_by_name["tpt"](classifier, models[0]).selection_of(
     image.to(run.device), key=0)
 fig = plots.selected_views(batch, entropies, kept,
                            title=f"{models[0]}, {first_task_name}, class "
@@ -128,13 +146,11 @@ run.figure(fig, "03_tpt_selection")
 # Every (model, data, method) cell runs through the same loop (`helpers.evaluate`): accuracy, expected calibration error (15 bins), mean confidence, seconds per test image (adaptation included). Finished cells are saved as they complete.
 
 # %%
-methods_by_name = method_factories(
-    methods, {"tpt": tpt, "memo": memo, "zero": zero, "tda": tda}, {"memo": memo_per_model})
 if ctx_file:
     methods_by_name["coop"] = method_factories(
         ["prompt"], {"prompt": {"ctx_file": ctx_file}})["prompt"]
 store = run.store(method_settings=("methods", "memo", "memo_per_model", "models", "zero",
-                                   "tda"))
+                                   "tda", "tpt", "tpt_per_model"))
 results = []
 for name, test_set in test_sets.items():
     builders = {m: (lambda m=m, names=test_set.class_names: build_classifier(m, names,
@@ -172,9 +188,10 @@ run.figure(fig, "03_tpt_accuracy")
 # %%
 sweep_task = ({first_task_name: data.take(first_task, sweep_images, seed)}
               if sweep_images else {})
-settings = ([("views", n, {**tpt, "n_views": n}) for n in sweep_views]
-            + [("selection", r, {**tpt, "selection": r}) for r in sweep_selection])
-sweep_methods = {f"tpt {kind}={value}": (lambda model, name, s=s: build_method("tpt", model, **s))
+first_tpt = methods_by_name["tpt"].settings(models[0])  # TPT's settings for the first model
+settings = ([("views", n, {**first_tpt, "n_views": n}) for n in sweep_views]
+            + [("selection", r, {**first_tpt, "selection": r}) for r in sweep_selection])
+sweep_methods = {f"tpt {kind}={value}": method_factories(["tpt"], {"tpt": s})["tpt"]
                  for kind, value, s in settings}
 sweep_results = (run_grid({models[0]: lambda: classifier}, sweep_task, sweep_methods, store,
                           batch_size, scheduler=scheduler) if sweep_images else [])
@@ -186,10 +203,23 @@ if sweep_rows:
                                                    "seconds_per_sample": "{:.4f}"}))
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3))
     plots.sweep([r for r in sweep_rows if r["setting"] == "views"], "value", ax=axes[0],
-                title=f"accuracy vs views (+ original), selection {tpt['selection']}")
+                title=f"accuracy vs views (+ original), selection {first_tpt['selection']}")
     plots.sweep([r for r in sweep_rows if r["setting"] == "selection"], "value", ax=axes[1],
-                title=f"accuracy vs selection ratio, {tpt['n_views']} views")
+                title=f"accuracy vs selection ratio, {first_tpt['n_views']} views")
     run.figure(fig, "03_tpt_sweep")
+
+# %% [markdown]
+# ## Does the training recipe decide whether TPT helps?
+#
+# The small CLIP trained CLIP-style (`small-clip`: random resized crops, flips and photometric jitter, on FashionMNIST and MNIST digits with their own captions) and on clean FashionMNIST only (`small-clip:none`): each method's change over the same model's zero-shot prediction, with its 95% paired-bootstrap interval. TPT, MEMO and Zero all trust the model's predictions on augmented views; a model never trained on such views gives them no reason to.
+
+# %%
+standins = [name for name in models if parse_standin(name)]
+recipe_rows = [row for row in findings.compare_all(results, methods=method_order)
+               if row["model"] in standins]
+run.show_changes(recipe_rows, "03_tpt_recipes", "Change over the same model's zero-shot "
+                                                "prediction, per training recipe (95% "
+                                                "paired-bootstrap intervals)")
 
 # %% [markdown]
 # ## Findings
@@ -211,6 +241,9 @@ assert set(table["method"]) <= set(method_order)
 # %%
 summary = {"Accuracy per data set (zero-shot = source)": pivot(results, methods=method_order),
            "Mean over the data sets": means.reset_index().round(4).to_dict("records")}
+if recipe_rows:
+    summary["Change over zero-shot per training recipe (95% paired-bootstrap interval)"] = \
+        findings.intervals(recipe_rows)
 if sweep_rows:
     n_sweep = len(next(iter(sweep_task.values())))
     summary[f"TPT sweep on {first_task_name} ({n_sweep} images)"] = sweep_rows

@@ -49,8 +49,11 @@ members = ["source", "tpt", "memo", "zero", "tda"]
 rules = ["mean", "temperature", "entropy", "vote"]
 tpt = {"n_views": 63, "selection": 0.1, "steps": 1, "lr": 0.005, "views": "auto"}
 memo = {"n_views": 16, "steps": 1, "optimizer": "sgd", "lr": 1e-5, "params": "all"}
-memo_per_model = {"small-clip": {"lr": 0.001}}
-zero = {"n_views": 63, "selection": 0.1, "views": "auto"}
+# Per-model overrides: the stand-ins' settings chosen on ImageNet-C's four held-out validation
+# corruptions (tools/standin_settings.json); Zero takes TPT's views and selection.
+tpt_per_model = {"small-clip": {"views": {"kind": "crop", "min_scale": 0.5}}}
+memo_per_model = {"small-clip": {"lr": 0.005, "views": {"kind": "crop", "min_scale": 0.5}}}
+zero = {}  # Zero's settings beyond TPT's views and selection, which it always takes
 tda = {}
 batch_size = 64
 seed = 0
@@ -65,13 +68,13 @@ from helpers import data, findings, plots
 from helpers.evaluate import pivot, summary_rows
 from helpers.models import build_classifier, describe
 from helpers.notebook import start
-from helpers.tta import disagreement, ensemble_grid, method_factories
+from helpers.tta import disagreement, ensemble_grid, method_factories, view_settings
 
 run = start("04_ensemble", dict(
     profile=profile, datasets=datasets, data_root=data_root, models=models,
     corruptions=corruptions, severity=severity, n_images=n_images, n_held_out=n_held_out,
-    include_clean=include_clean, members=members, rules=rules, tpt=tpt, memo=memo, zero=zero,
-    tda=tda,
+    include_clean=include_clean, members=members, rules=rules, tpt=tpt,
+    tpt_per_model=tpt_per_model, memo=memo, zero=zero, tda=tda,
     memo_per_model=memo_per_model, batch_size=batch_size, seed=seed), results_path, figures_dir)
 
 # %% [markdown]
@@ -101,8 +104,10 @@ for suite in tasks.values():
 # For each model and task: build the members, fit one temperature per member on the held-out part (each member adapting as it does at test time), then run every member once over the test part and combine.
 
 # %%
-factories = method_factories(members, {"tpt": tpt, "memo": memo, "zero": zero, "tda": tda},
-                             {"memo": memo_per_model})
+factories = method_factories(
+    members, {"tpt": tpt, "memo": memo, "zero": {**view_settings(tpt), **zero}, "tda": tda},
+    {"memo": memo_per_model, "tpt": tpt_per_model,
+     "zero": {m: view_settings(s) for m, s in tpt_per_model.items()}})
 store = run.store()
 results, temperatures = [], []
 for name, test_set in test_sets.items():

@@ -60,7 +60,6 @@ import pandas as pd
 from IPython.display import display
 
 from helpers import plots
-from helpers.data import DatasetNotFoundError
 from helpers.notebook import start
 from helpers.transfer import (
     clustering_ari,
@@ -68,7 +67,7 @@ from helpers.transfer import (
     layer_shapes,
     pretrained,
     repeats_for,
-    run_series,
+    run_series_or_skip,
     series_config,
     setting_scores,
     task_data,
@@ -113,17 +112,17 @@ print("repeats per fraction:", {f: repeats_for(f, min_repeats, max_repeats) for 
 # %% [markdown]
 # ## Pretraining and fine-tuning
 #
-# Each pretrained network is cached by its configuration (`.cache/models/transfer-cnn-*.pt`), with the epoch of its best validation accuracy (early stopping). Each series writes its runs to `results/<profile>/05_transfer/<series>.json` as they finish. A data set that is not on disk (CIFAR-10 without `download`) is skipped with a note.
+# Each pretrained network is cached by its configuration (`.cache/models/transfer-cnn-*.pt`), with the epoch of its best validation accuracy (early stopping). Each series writes its runs to `results/<profile>/05_transfer/<series>.json` as they finish. A series whose data cannot be had here is skipped with a note: not on disk (CIFAR-10 without `download`), or not downloadable (offline).
 
 # %%
 runs, pretraining, done = [], [], []
 for config in configs:
-    try:
-        found = run_series(config, series_dir / f"{config.name.replace('->', '_to_')}.json",
-                           root=data_root, download=download)
-    except DatasetNotFoundError as error:
-        notes.append(f"{config.name} skipped: {error}")
-        print(notes[-1])
+    found, skipped = run_series_or_skip(
+        config, series_dir / f"{config.name.replace('->', '_to_')}.json", root=data_root,
+        download=download)
+    if skipped:
+        notes.append(skipped)
+        print(skipped)
         continue
     runs += found
     done.append(config)

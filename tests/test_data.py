@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import itertools
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import standins
 import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
@@ -326,6 +328,122 @@ def test_load_dataset_dispatch():
     assert data.load_dataset("photos", size=48).images.shape[-2:] == (48, 48)
 
 
+# ---------------------------------------------------------------- CIFAR, Flowers-102, CUB-200
+
+def _offline(monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+
+
+def _center_views(files, size):
+    """Each file decoded, its shorter side resized to ``size`` and center-cropped, uint8."""
+    from torchvision.transforms import v2
+
+    view = v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    return torch.stack([view(Image.open(f).convert("RGB")).as_subclass(torch.Tensor)
+                        for f in files])
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_is_read_from_torchvisions_layout_without_torchvision(tmp_path, classes):
+    import pickle
+
+    folder = standins.cifar(tmp_path, classes, per_class=2)
+    load = data.cifar10 if classes == 10 else data.cifar100
+    test = load("test", root=tmp_path)
+    batch = pickle.loads((folder / ("test_batch" if classes == 10 else "test")).read_bytes())
+    assert torch.equal(test.images, torch.from_numpy(batch["data"]).view(-1, 3, 32, 32))
+    assert test.labels.tolist() == [c for c in range(classes) for _ in range(2)]
+    assert test.class_names[:2] == (["class_0", "class_1"] if classes == 10
+                                    else ["class 0", "class 1"])  # CIFAR-100's "_" read as " "
+    assert len(load("train", root=tmp_path)) == 2 * classes * (5 if classes == 10 else 1)
+    (folder / ("test_batch" if classes == 10 else "test")).write_bytes(b"\x80\x04truncated")
+    with pytest.raises(data.DatasetCorruptError, match="is truncated or corrupt .* Delete"):
+        load("test", root=tmp_path)
+
+
+def test_flowers102_reads_torchvisions_layout(tmp_path, monkeypatch):
+    from torchvision.datasets import Flowers102
+
+    labels = (1, 1, 2, 2, 3, 3, 1, 2, 3, 102)
+    folder = standins.flowers102(tmp_path, labels)
+    train = data.load_dataset("flowers102", "train", root=tmp_path, size=32)
+    test = data.flowers102("test", root=tmp_path, size=32)
+    # training and validation images train (ids 1-6), the rest test (7-10), labels 0-based
+    assert train.labels.tolist() == [0, 0, 1, 1, 2, 2] and test.labels.tolist() == [0, 1, 2, 101]
+    assert train.class_names == Flowers102.classes and len(train.class_names) == 102
+    files = [folder / "jpg" / f"image_{i:05d}.jpg" for i in (7, 8, 9, 10)]
+    assert torch.equal(test.images, _center_views(files, 32))
+    assert "Oxford Flowers-102 test set" in test.description and "32x32" in test.description
+    (folder / "setid.mat").write_bytes(b"MATLAB 5.0 but cut short")
+    with pytest.raises(data.DatasetCorruptError, match="setid.mat or imagelabels.mat in"):
+        data.flowers102(root=tmp_path, size=32)
+    missing = tmp_path / "elsewhere"
+    with pytest.raises(data.DatasetNotFoundError, match="download=True .*102flowers.tgz"):
+        data.flowers102(root=missing)
+    _offline(monkeypatch)
+    with pytest.raises(data.DownloadError) as error:
+        data.flowers102(root=missing, download=True)
+    assert str(error.value).startswith(f"Could not download {data.FLOWERS_URL}102flowers.tgz "
+                                       f"to {missing / 'flowers-102'} ")
+    assert isinstance(error.value, data.UNAVAILABLE)
+
+
+def test_cub200_reads_its_official_layout_and_names_the_archive(tmp_path):
+    import tarfile
+
+    images = ((1, 1), (1, 0), (2, 1), (2, 0), (200, 1), (200, 0))
+    source = standins.cub200(tmp_path / "source", images)
+    train = data.cub200("train", root=tmp_path / "source", size=24)
+    test = data.load_dataset("cub200", root=tmp_path / "source", download=True, size=24)
+    assert train.labels.tolist() == [0, 1, 199] and test.labels.tolist() == [0, 1, 199]
+    assert len(train.class_names) == 200 and train.class_names[1] == "Bird Number 2"
+    assert torch.equal(test.images, _center_views(
+        [source / "images" / f"{i:03d}.Bird_Number_{i}" / f"Bird_{n}.jpg"
+         for i, n in ((1, 2), (2, 4), (200, 6))], 24))
+    root = tmp_path / "data"
+    with pytest.raises(data.DatasetNotFoundError) as error:
+        data.cub200(root=root)
+    message = str(error.value)
+    assert message.startswith(f"CUB-200-2011 not found at {root / 'CUB_200_2011'}. Download "
+                              f"the archive CUB_200_2011.tgz from {data.CUB_PAGE} and put it in "
+                              f"{root} (it is extracted there at the first load)")
+    root.mkdir()
+    with tarfile.open(root / "CUB_200_2011.tgz", "w:gz") as archive:
+        archive.add(source, arcname="CUB_200_2011")
+    assert torch.equal(data.cub200(root=root, size=24).images, test.images)  # extracted
+    (root / "CUB_200_2011" / "train_test_split.txt").write_text("1 yes\n")
+    with pytest.raises(data.DatasetCorruptError, match=r"train_test_split.txt gives "
+                                                       r"is_training values \['yes'\]"):
+        data.cub200(root=root)
+
+
+def test_vpt_task_data_takes_flowers_and_cub_through_the_transfer_studys_loader(tmp_path):
+    from helpers.vpt import prompted_vit, small
+
+    standins.flowers102(tmp_path)
+    standins.cub200(tmp_path)
+    train, test, names = small.task_data("flowers102", "all", None, None, size=32,
+                                         root=tmp_path)
+    assert len(names) == 102 and train[0].dtype == torch.uint8
+    assert train[0].shape == (6, 3, 32, 32) and train[1].tolist() == [0, 0, 1, 1, 2, 2]
+    assert test[1].tolist() == [0, 1, 2, 101]
+    train, test, names = small.task_data("cub200", [199, 1], None, None, size=32, root=tmp_path)
+    assert names == ["Bird Number 200", "Bird Number 2"]  # in the order asked, relabelled
+    assert train[1].tolist() == [1, 0] and test[1].tolist() == [1, 0]
+    vit = prompted_vit("linear", 0, num_classes=2, arch="vit_tiny_patch16_224", img_size=16,
+                       patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    inputs = small.fit(vit, train[0])  # per batch: scaled to [-1, 1], resized to the ViT's side
+    assert inputs.shape == (2, 3, 16, 16) and inputs.min() >= -1 and inputs.max() <= 1
+    with pytest.raises(ValueError, match="cub200 has classes 0..199; no \\[200\\]"):
+        small.task_data("cub200", [0, 200], None, None, size=32, root=tmp_path)
+
+
 # ---------------------------------------------------------------- corruptions
 
 def _sharpness_loss(clean, corrupted):
@@ -507,3 +625,21 @@ def test_severity_suite_keys_each_corruption_by_severity_on_the_same_images(fash
     direct = data.corruption_suite(fashion, ["contrast"], 4, n=6, seed=1)["contrast"]
     assert torch.equal(suite["contrast/4"].images, direct.images)
     assert "clean" not in data.severity_suite(fashion, ["contrast"], [2], n=6, clean=False)
+
+
+def test_validation_corruptions_are_held_out_and_run(fashion, photos64):
+    """ImageNet-C's four validation corruptions (for choosing settings) are not among the
+    15 test ones, and each runs and grows with severity on photos."""
+    assert set(data.VALIDATION_CORRUPTIONS).isdisjoint(data.CORRUPTIONS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the package's pkg_resources deprecation
+        from imagecorruptions import get_corruption_names
+    assert list(data.VALIDATION_CORRUPTIONS) == get_corruption_names("validation")
+    for corruption in data.VALIDATION_CORRUPTIONS:
+        outputs = [data.corrupt_images(photos64.images, corruption, s) for s in (1, 5)]
+        change = [_mean_abs_change(photos64.images, out) for out in outputs]
+        assert 0 < change[0] < change[1], (corruption, change)
+    suite = data.corruption_suite(fashion, "validation", 5, n=4, clean=False)
+    assert list(suite) == list(data.VALIDATION_CORRUPTIONS)
+    assert not torch.equal(suite["speckle_noise"].images, data.take(fashion, 4).images)
+

@@ -95,3 +95,22 @@ def test_changed_predictions_lists_fixed_and_broken_images_with_acceptable_class
     assert records[1] == {"model": "m", "data": "d", "index": 1, "label": 1, "memo": 9,
                           "memo_plus": 1, "outcome": "fixed"}
     assert changed_predictions(results, tasks, "source", "memo_plus") == []
+
+
+def test_view_agreement_scores_the_source_each_view_and_their_marginal(tiny_cnn, images):
+    from helpers.evaluate import view_agreement
+
+    labels = tiny_cnn(images).argmax(1)  # the source is right on every image by construction
+    dataset = Labelled(images, labels.tolist())
+
+    def views(image, generator):  # the image itself, and a flat grey one
+        return torch.stack([image, torch.full_like(image, 0.5)])
+
+    grey = tiny_cnn(torch.full((1, 3, 16, 16), 0.5)).argmax(1).item()
+    on_grey = (labels == grey).float().mean().item()
+    scores = view_agreement(tiny_cnn, dataset, views, batch_size=4)
+    assert scores["source"] == 1.0
+    assert scores["views"] == pytest.approx((1.0 + on_grey) / 2)
+    probs = torch.stack([tiny_cnn(images).softmax(-1),
+                         tiny_cnn(torch.full_like(images, 0.5)).softmax(-1)]).mean(0)
+    assert scores["marginal"] == pytest.approx((probs.argmax(1) == labels).float().mean().item())

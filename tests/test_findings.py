@@ -82,3 +82,10 @@ def test_proportion_interval_is_wilsons():
     centre, half = 0.8 + z**2 / 200, z * np.sqrt(0.16 / 100 + z**2 / 40000)
     assert low == pytest.approx((centre - half) / (1 + z**2 / 100))
     assert high == pytest.approx((centre + half) / (1 + z**2 / 100))
+
+
+def test_intervals_keep_the_change_and_its_interval():
+    row = {"model": "m", "method": "memo", "baseline": "source", "change": 0.1, "ci_low": 0.05,
+           "ci_high": 0.15, "tasks": 3, "better_tasks": ["a"]}
+    assert findings.intervals([row]) == [{"model": "m", "method": "memo", "baseline": "source",
+                                          "change": 0.1, "ci_low": 0.05, "ci_high": 0.15}]

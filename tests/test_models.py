@@ -9,6 +9,7 @@ import clip
 import numpy as np
 import pytest
 import skimage.data
+import standins
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
@@ -24,8 +25,6 @@ from helpers.models import (
     clip_classifier,
     efficientnet_lite0,
     load_clip,
-    small_clip_classifier,
-    small_cnn_classifier,
     text_features,
 )
 
@@ -215,6 +214,80 @@ def test_load_clip_round_trips_a_float32_state_dict(random_clip, tmp_path):
         assert torch.equal(loaded.encode_text(text), random_clip.encode_text(text))
 
 
+def test_a_clip_file_is_looked_for_under_tta_checkpoints_then_the_repository(tmp_path,
+                                                                            monkeypatch):
+    model = standins.clip_model()
+    monkeypatch.setattr(paths, "CHECKPOINTS", tmp_path / "drive")
+    monkeypatch.setattr(paths, "REPO", tmp_path / "repo")
+    (tmp_path / "drive").mkdir()
+    torch.save(model.state_dict(), tmp_path / "drive" / "my-clip.pt")
+    loaded = load_clip("my-clip.pt", device="cpu")
+    images = rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), model.encode_image(images))
+    with pytest.raises(CheckpointNotFoundError) as error:
+        load_clip("checkpoints/other-clip.pt", device="cpu")
+    assert str(error.value).startswith(
+        f"CLIP checkpoint 'checkpoints/other-clip.pt' not found: looked at "
+        f"{tmp_path / 'drive' / 'checkpoints/other-clip.pt'} and "
+        f"{tmp_path / 'repo' / 'checkpoints/other-clip.pt'}. Give the path of a CLIP file")
+
+
+def test_an_official_clip_file_in_the_cache_loads_as_it_is(tmp_path, monkeypatch):
+    """The official file name in ``~/.cache/clip`` (here ``download_root``): loaded without
+    downloading or hashing it (its SHA-256 is checked on download, and when it does not load:
+    tests/test_faults.py); a TorchScript archive of float16 weights, as OpenAI's files are."""
+    model = standins.clip_model(vision_layers=(1, 1, 1, 1), vision_width=8, patch_size=None)
+    standins.save_as_official(model, tmp_path / "RN50.pt")
+
+    def no_download(*args):
+        raise AssertionError("an official file on disk was downloaded or verified again")
+
+    monkeypatch.setattr(models, "_download_clip", no_download)
+    loaded = load_clip("RN50", device="cpu", download_root=str(tmp_path))
+    assert loaded.name == "RN50" and type(loaded.visual).__name__ == "ModifiedResNet"
+    for name, value in model.state_dict().items():  # float16 in the file, float32 loaded
+        assert loaded.state_dict()[name].dtype == value.dtype
+        assert torch.equal(loaded.state_dict()[name], value.half().to(value.dtype)), name
+
+
+def test_clip_zero_shot_is_the_template_ensemble_and_prompt_the_single_prompt(tmp_path):
+    """Notebook 03's source and prompt columns: CLIP's zero-shot as its authors evaluate it
+    (the seven templates, averaged) and TPT's starting point ("a photo of a {}.")."""
+    from helpers.tta import build_method
+
+    model = standins.clip_model()
+    torch.save(model.state_dict(), tmp_path / "clip.pt")
+    source = build_classifier(str(tmp_path / "clip.pt"), NAMES, device="cpu")
+    prompt = build_method("prompt", source)
+    with torch.no_grad():
+        per_template = torch.stack([F.normalize(model.encode_text(clip.tokenize(
+            [t.format(n) for n in NAMES])), dim=-1) for t in models.TEMPLATES["ensemble"]])
+        ensemble = F.normalize(per_template.mean(0), dim=-1)
+        single = F.normalize(model.encode_text(clip.tokenize(
+            [f"a photo of a {n}." for n in NAMES])), dim=-1)
+        prompt_features = prompt.model.backbone.prompt()
+    assert len(models.TEMPLATES["ensemble"]) == 7
+    assert torch.allclose(source.backbone.text_features, ensemble, atol=1e-6)
+    assert torch.allclose(prompt_features, single, atol=1e-5)
+    assert (source.backbone.text_features - prompt_features).abs().max() > 1e-2
+    images = rand(3, 3, 32, 32)
+    assert not torch.allclose(source(images), prompt(images), atol=1e-3)
+    assert source.description.endswith("zero-shot (7 prompt templates)")
+
+
+def test_the_small_clips_zero_shot_uses_its_training_captions(monkeypatch):
+    model = standins.clip_model()
+    model.name, model.metrics = "small-clip-test", {"train_seconds": 1.0}
+    monkeypatch.setattr(models, "small_clip", lambda config, device: model)
+    classifier = build_classifier("small-clip", NAMES, device="cpu")
+    expected = text_features(model, NAMES, models.TEMPLATES["small"], cache=False)
+    assert torch.equal(classifier.backbone.text_features, expected)
+    assert SmallClipConfig().templates == models.TEMPLATES["small"]
+    assert not torch.allclose(expected, text_features(model, NAMES, models.TEMPLATES["ensemble"],
+                                                      cache=False), atol=1e-3)
+
+
 def test_build_classifier_unknown_name():
     with pytest.raises(CheckpointNotFoundError, match="available|ViT-B/32"):
         build_classifier("no-such-model", NAMES, device="cpu")
@@ -285,21 +358,30 @@ def accuracy(model, dataset):
     return correct / len(dataset)
 
 
+# Clean accuracy on the 10,000 FashionMNIST test images, asserted a little below what was
+# measured (2026-12-05: small-clip 0.841, small-clip:none 0.852, small-cnn (augmix) 0.827,
+# small-cnn:standard 0.850, small-cnn:none 0.861); the CLIP-style small CLIP must keep 0.83.
+# Augmented recipes pay some clean accuracy for robustness in these short trainings. Only
+# the defaults, which the notebooks' smoke runs train anyway: the ablation's recipes would add
+# minutes of training to every clean-clone `make test` (their training path is tested on a
+# tiny net in test_standins.py).
+CLEAN_FLOORS = {"small-clip": 0.83, "small-cnn": 0.81}
+
+
 @pytest.mark.slow
-def test_small_models_trained_here_reach_their_accuracy(monkeypatch):
+@pytest.mark.parametrize("name", list(CLEAN_FLOORS))
+def test_small_models_trained_here_reach_their_accuracy(name, monkeypatch):
     monkeypatch.setattr(paths, "CACHE", REPO_CACHE)  # trained once, reused afterwards
     try:
         test_set = data.fashion_mnist("test")
     except data.DatasetNotFoundError as error:
         pytest.skip(str(error))
     assert len(test_set) == 10_000
-    small_clip = small_clip_classifier(device="cpu")
-    assert small_clip.class_names == test_set.class_names
-    assert small_clip.metrics["train_seconds"] > 0
-    assert accuracy(small_clip, test_set) >= 0.80
-    small_cnn = small_cnn_classifier(device="cpu")
-    assert small_cnn.metrics["train_seconds"] > 0
-    assert accuracy(small_cnn, test_set) >= 0.85
+    model = build_classifier(name, test_set.class_names, device="cpu")
+    assert model.class_names == test_set.class_names
+    assert model.metrics["train_seconds"] > 0
+    assert model.description == models.describe(name)
+    assert accuracy(model, test_set) >= CLEAN_FLOORS[name]
 
 
 def test_build_classifier_clip_needs_class_names():

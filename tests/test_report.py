@@ -90,7 +90,7 @@ def test_readme_block_replaces_only_the_marked_part_and_needs_the_markers(batch_
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("end\n") and "stale" not in text
     assert "### 01 · A test" in text and "- **memo** vs source: a finding" in text
-    assert "| memo | 0.500 |" in text
+    assert "| memo | 0.500 |" in text  # no comparisons: the finding lines and headline table
     assert "![01_test_findings](figures/01_test_findings.png)" in text
     assert not report.update_readme(readme, out)  # the same block again: unchanged
     readme.write_text("no markers")
@@ -117,3 +117,14 @@ def test_compact_png_keeps_the_picture_and_never_grows_it():
     assert after.shape == before.shape
     assert np.abs(after.astype(int) - before).mean() < 4  # 256 colours: a close picture
     assert report.compact_png(compact) == compact  # already compact: kept as it is
+
+
+def test_comparisons_show_as_one_table_with_their_intervals():
+    row = {"model": "cnn", "method": "memo", "baseline": "source", "baseline_accuracy": 0.5,
+           "accuracy": 0.55, "change": 0.05, "ci_low": 0.01, "ci_high": 0.09, "better_on": 2,
+           "worse_on": 0, "tasks": 16, "baseline_ece": 0.2, "ece": 0.15, "seconds": 0.0123}
+    (table,) = report.comparison_table([row])
+    assert table == {"model": "cnn", "method": "memo vs source", "accuracy": "0.500 → 0.550",
+                     "change (95% CI)": "+0.050 (+0.010, +0.090)", "verdict": "gain",
+                     "data sets better / worse": "2 / 0 of 16", "ECE": "0.200 → 0.150",
+                     "s / image": "0.012"}

@@ -251,6 +251,41 @@ def test_series_runs_every_setting_on_shared_subsets_and_resumes(tmp_path, monke
     assert run_series(config, tmp_path / "tiny.json", verbose=False) == runs
 
 
+def test_a_series_whose_data_cannot_be_had_is_skipped_with_a_note(tmp_path, monkeypatch):
+    """Notebook 05 offline with download=True: the failed download of MNIST or CIFAR-10 is a
+    DownloadError, a missing set without download a DatasetNotFoundError; both skip the
+    series with a note that says why, and a series whose data is there runs."""
+    import urllib.error
+    import urllib.request
+
+    from helpers.transfer import run_series_or_skip
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    settings = dict(n_train=60, n_test=40, fractions=(1.0,), variants=("reinit/frozen",),
+                    cuts=(1,), min_repeats=1, max_repeats=1, min_steps=1, max_steps=1)
+    tiny = {"depth": 2, "channels": [3, 4], "hidden": 6}
+    for spec, download, why in (
+            ("mnist-full->mnist-full", True, "Could not download http"),
+            ({"pretrain": "cifar10", "finetune": "cifar10", "cnn": {"in_channels": 3,
+                                                                    "image_size": 32}},
+             True, "Could not download https://www.cs.toronto.edu/~kriz/cifar-10-python"),
+            ("mnist-full->mnist-full", False, "MNIST train set (train-images-idx3-ubyte) not "
+                                              "found at")):
+        config = series_config(spec, tiny, {"n_train": 60, "max_epochs": 1}, settings)
+        runs, note = run_series_or_skip(config, tmp_path / "series.json",
+                                        root=tmp_path / "data", download=download)
+        assert runs is None and note.startswith(f"{config.name} skipped: {why}")
+    config = series_config("digits->digits", tiny, {"n_train": 60, "max_epochs": 1}, settings)
+    runs, note = run_series_or_skip(config, tmp_path / "digits.json", download=True,
+                                    verbose=False)
+    assert note is None and len(runs) == 2  # the baseline and the one setting
+    with pytest.raises(ValueError, match="has classes 0..9"):  # other errors are not skipped
+        run_series_or_skip(replace(config, classes=(5, 12)), tmp_path / "bad.json")
+
+
 def test_kmeans_ari_is_one_on_separated_clusters_and_rows_cover_every_layer():
     labels = torch.arange(3).repeat_interleave(20)
     features = torch.randn(60, 5) * 0.01 + labels[:, None] * 10.0

@@ -253,3 +253,47 @@ def test_memo_adapted_yields_the_adapted_model_and_restores_it(tiny_cnn, images)
         changed = [k for k, v in tiny_cnn.state_dict().items() if not torch.equal(v, source[k])]
         assert changed  # adapted inside
     assert_same_state(tiny_cnn, source)
+
+
+def test_clip_resnets_have_batch_norm_so_norm_adapt_and_tent_apply_and_memo_uses_the_prior():
+    """CLIP's RN50 / RN101 image encoder (ModifiedResNet; here tiny, random) has batch norm,
+    unlike its ViTs: NormAdapt applies, Tent adapts the batch norms' affine weights, and MEMO
+    (the full profile's bn_prior: 16) normalises each layer with the source statistics mixed
+    16:1 with the adapted image's; without bn_prior it keeps the source statistics. Running
+    statistics never change."""
+    import standins
+
+    from helpers.models import clip_classifier
+    from helpers.tta import method_factories, select_parameters
+    from helpers.tta.norm import BatchNormPrior, has_batchnorm
+
+    names = ["cat", "dog", "car"]
+    resnet = clip_classifier(standins.clip_model(vision_layers=(1, 1, 1, 1), vision_width=8,
+                                                 patch_size=None), names, cache=False)
+    vit = clip_classifier(standins.clip_model(), names, cache=False)
+    assert has_batchnorm(resnet) and not has_batchnorm(vit)
+    factories = method_factories(["norm", "tent"], {"tent": {"lr": 1e-3}})
+    assert isinstance(factories["norm"](resnet, "RN50"), NormAdapt)
+    assert factories["norm"](vit, "ViT-B/32") is None  # reported as not applicable
+    batch_norms = [m for m in resnet.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    tent = factories["tent"](resnet, "RN50")
+    assert {id(p) for p in tent.params} == {id(p) for m in batch_norms for p in m.parameters()}
+    assert set(map(id, select_parameters(resnet, "norm"))) == set(map(id, tent.params))
+
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    source = state(resnet)
+    with torch.no_grad():
+        plain = resnet(images)
+        mixed = torch.cat([_with_prior(resnet, image, BatchNormPrior) for image in images])
+    # lr 0: what remains of MEMO is how it normalises the image it predicts
+    assert torch.allclose(Memo(resnet, n_views=2, lr=0.0)(images), plain, atol=1e-6)
+    assert torch.allclose(Memo(resnet, n_views=2, lr=0.0, bn_prior=16)(images), mixed,
+                          atol=1e-6)
+    assert not torch.allclose(mixed, plain, atol=1e-3)
+    Memo(resnet, n_views=2, lr=1e-2, bn_prior=16)(images)
+    assert_same_state(resnet, source)
+
+
+def _with_prior(model, image, prior):
+    with prior(model, 16):
+        return model(image[None])

@@ -232,3 +232,43 @@ def test_geometry_on_non_square_images_acts_in_pixels(name):
     else:
         axis, length = (0, width) if name == "translate_x" else (1, height)
         assert in_pixels[axis, 2].item() == pytest.approx(round(0.9 * length / 3))
+
+
+def test_make_views_builds_views_from_plain_descriptions():
+    """Profiles choose MEMO's and TPT's views by name or dict (JSON-able settings)."""
+    from helpers.views import make_views
+    assert repr(make_views(None, 8)) == repr(AugMixViews(8))
+    assert repr(make_views("crop", 5)) == repr(CropViews(5))
+    mild = make_views({"kind": "augmix", "severity": 1}, 4)
+    assert isinstance(mild, AugMixViews) and mild.severity == 1 and mild.n_views == 4
+    pad = make_views({"kind": "crop", "crop": "pad"}, 6)
+    image = rand_image(28, seed=5)
+    views = pad(image, generator_for(0, 1))
+    g = generator_for(0, 1)
+    shifts = torch.randint(-4, 5, (6, 2), generator=g).float()
+    for view, (dx, dy) in zip(views, shifts):  # whole-pixel shifts, and perhaps a flip
+        shifted = _affine(image[None], shift_theta(dx, dy, 28))[0]
+        mirrored = _affine(image[None], shift_theta(-dx, dy, 28))[0].flip(-1)
+        assert torch.allclose(view, shifted, atol=1e-5) or torch.allclose(
+            view, mirrored, atol=1e-5)
+    assert make_views(pad, 99) is pad
+    with pytest.raises(ValueError, match="augmix.*crop"):
+        make_views({"kind": "mixup"}, 4)
+    with pytest.raises(ValueError, match="min_scale"):
+        CropViews(4, min_scale=0)
+
+
+def test_crop_views_min_scale_bounds_the_crop_area():
+    theta = _crop_flip_theta(500, 28, 28, "resized", False, torch.Generator().manual_seed(0),
+                             min_scale=0.35)
+    area = (theta[:, 0, 0] * theta[:, 1, 1])
+    assert area.min() >= 0.35 * 0.99 and area.max() <= 1
+
+
+def test_augmix_mix_gives_one_view_per_image_from_one_generator():
+    images = torch.stack([rand_image(28, seed) for seed in range(5)])
+    views = AugMixViews(1, crop=None, flip=False)
+    mixed = views.mix(images, torch.Generator().manual_seed(3))
+    assert mixed.shape == images.shape and mixed.min() >= 0 and mixed.max() <= 1
+    assert torch.equal(mixed, views.mix(images, torch.Generator().manual_seed(3)))
+    assert (mixed - images).abs().amax(dim=(1, 2, 3)).min() > 0

@@ -172,6 +172,31 @@ def test_a_missing_weight_file_names_the_file_and_where_to_get_it():
     assert "ViT-B_16.npz" in message and str(paths.CHECKPOINTS) in message
 
 
+def test_weights_are_looked_for_under_tta_checkpoints_then_the_repository(tmp_path,
+                                                                          monkeypatch):
+    """The full profile names just the file: a Colab user keeps it on a drive
+    (TTA_CHECKPOINTS); ``checkpoints/<file>`` under the repository still works."""
+    sizes = {k: v for k, v in TINY.items() if k != "arch"}
+    source = tiny("full", 0).vit
+    for folder in ("drive", "repo/checkpoints"):
+        (tmp_path / folder).mkdir(parents=True)
+    monkeypatch.setattr(paths, "CHECKPOINTS", tmp_path / "drive")
+    monkeypatch.setattr(paths, "REPO", tmp_path / "repo")
+    torch.save(source.state_dict(), tmp_path / "drive" / "vit.pth")
+    torch.save({k: torch.zeros_like(v) for k, v in source.state_dict().items()},
+               tmp_path / "repo" / "vit.pth")  # the same name in the repository: not taken
+    loaded = build_vit(TINY["arch"], num_classes=3, weights_path="vit.pth", **sizes)
+    assert torch.equal(loaded.blocks[1].mlp.fc1.weight, source.blocks[1].mlp.fc1.weight)
+    torch.save(source.state_dict(), tmp_path / "repo" / "checkpoints" / "old.pth")
+    build_vit(TINY["arch"], num_classes=3, weights_path="checkpoints/old.pth", **sizes)
+    with pytest.raises(CheckpointNotFoundError) as error:
+        build_vit(TINY["arch"], num_classes=3, weights_path="missing.safetensors", **sizes)
+    assert str(error.value).startswith(
+        f"ViT weights 'missing.safetensors' not found: looked at "
+        f"{tmp_path / 'drive' / 'missing.safetensors'} and "
+        f"{tmp_path / 'repo' / 'missing.safetensors'}. Get ")
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_weights_load_from_a_state_dict_with_a_new_head(tmp_path, suffix):
     source = tiny("full", 0)

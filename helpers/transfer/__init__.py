@@ -19,11 +19,13 @@ from .study import (
     PretrainConfig,
     SeriesConfig,
     check_fractions,
+    class_images,
     gain_over_baseline,
     parse_variant,
     pretrained,
     repeats_for,
     run_series,
+    run_series_or_skip,
     series_config,
     setting_scores,
     stratified_subset,
@@ -32,8 +34,8 @@ from .study import (
 
 __all__ = ["AFTER_CUT", "FRACTIONS", "VARIANTS", "CnnConfig", "PretrainConfig", "SeriesConfig",
            "Stack", "accuracy_together", "batch_schedule", "build_cnn", "check_cut",
-           "check_fractions", "clustering_ari", "gain_over_baseline", "kept_layers", "kmeans_ari",
-           "layer_activations", "layer_shapes", "new_layers", "parse_variant", "pretrained",
-           "repeats_for", "run_series", "series_config", "setting_scores", "stratified_subset",
-           "task_data",
-           "train_one", "train_together"]
+           "check_fractions", "class_images", "clustering_ari", "gain_over_baseline",
+           "kept_layers", "kmeans_ari", "layer_activations", "layer_shapes", "new_layers",
+           "parse_variant", "pretrained", "repeats_for", "run_series", "run_series_or_skip",
+           "series_config", "setting_scores", "stratified_subset", "task_data", "train_one",
+           "train_together"]

@@ -30,7 +30,7 @@ from .network import CnnConfig, build_cnn, check_after, check_cut, kept_layers, 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 VARIANTS = ("reinit/frozen", "reinit/trainable", "truncate/frozen", "truncate/trainable")
 # Data sets with a train/test split of their own; of the others, TEST_SHARE is held out.
-OWN_SPLIT = ("fashion-mnist", "mnist-full", "cifar10")
+OWN_SPLIT = ("fashion-mnist", "mnist-full", "cifar10", "flowers102", "cub200")
 TEST_SHARE = 0.2
 RUN_KEY = ("lr", "fraction", "variant", "cut", "repeat")
 
@@ -72,12 +72,13 @@ def check_overlap(pretrain_dataset, pretrain_classes, dataset, classes, allow: b
 
 
 @lru_cache(maxsize=4)
-def _splits(name: str, root=None, download: bool = False):
-    """(train, test) of a data set; sets without a split hold out TEST_SHARE at random."""
+def _splits(name: str, root=None, download: bool = False, size: int | None = None):
+    """(train, test) of a data set; sets without a split hold out TEST_SHARE at random.
+    ``size``: the side at which sets of photos (Flowers-102, CUB-200) are decoded."""
     if name in OWN_SPLIT:
-        return tuple(data.load_dataset(name, split, root=root, download=download)
+        return tuple(data.load_dataset(name, split, root=root, download=download, size=size)
                      for split in ("train", "test"))
-    whole = data.load_dataset(name, root=root, download=download)
+    whole = data.load_dataset(name, root=root, download=download, size=size)
     test, train = data.split(whole, round(TEST_SHARE * len(whole)), seed=0)
     return train, test
 
@@ -95,23 +96,35 @@ def _fit(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
 
 
+def class_images(name: str, classes, split: str, n: int | None = None, seed: int = 0,
+                 root=None, download: bool = False, size: int | None = None):
+    """(uint8 images N x 3 x H x W, labels 0..K-1, class names) of ``classes`` of a data set's
+    split, in the order given (``"all"``: every class of the set, in its order); ``n``
+    random items at most. ``root``, ``download`` and ``size`` (the side of sets of photos) go
+    to :func:`helpers.data.load_dataset`. What every task of both studies starts from."""
+    dataset = _splits(name, root, download, size)[split == "test"]
+    count = len(dataset.class_names)
+    classes = tuple(range(count)) if classes == "all" else check_classes(classes, "the")
+    missing = sorted(set(classes) - set(range(count)))
+    if missing:
+        raise ValueError(f"{name} has classes 0..{count - 1}; no {missing}")
+    keep = torch.isin(dataset.labels, torch.tensor(classes)).nonzero().flatten()
+    note = "all classes" if len(classes) == count else f"classes {list(classes)}"
+    dataset = data.take(dataset.subset(keep, note), n, seed)
+    remap = torch.full((count,), -1, dtype=torch.int64)
+    remap[torch.tensor(classes)] = torch.arange(len(classes))
+    return dataset.images, remap[dataset.labels], [dataset.class_names[c] for c in classes]
+
+
 def task_data(name: str, classes, split: str, config: CnnConfig, n: int | None = None,
               seed: int = 0, root=None, download: bool = False):
     """Inputs (normalised to [-1, 1], the network's channels and size) and labels 0..K-1 of
     ``classes`` (in that order) from a data set's split; ``n`` random items at most.
     ``root`` and ``download`` are passed to :func:`helpers.data.load_dataset`."""
-    classes = check_classes(classes, "the")
-    dataset = _splits(name, root, download)[split == "test"]
-    missing = sorted(set(classes) - set(range(len(dataset.class_names))))
-    if missing:
-        raise ValueError(f"{name} has classes 0..{len(dataset.class_names) - 1}; no {missing}")
-    keep = torch.isin(dataset.labels, torch.tensor(classes)).nonzero().flatten()
-    dataset = data.take(dataset.subset(keep, f"classes {list(classes)}"), n, seed)
-    images = dataset.images.float() / 255
+    images, labels, _ = class_images(name, classes, split, n, seed, root, download)
+    images = images.float() / 255
     images = images[:, :1] if config.in_channels == 1 else images[:, :config.in_channels]
-    remap = torch.full((len(dataset.class_names),), -1, dtype=torch.int64)
-    remap[torch.tensor(classes)] = torch.arange(len(classes))
-    return (_fit(images, config.image_size) - 0.5) / 0.5, remap[dataset.labels]
+    return (_fit(images, config.image_size) - 0.5) / 0.5, labels
 
 
 def stratified_subset(labels: torch.Tensor, fraction: float, generator) -> torch.Tensor:
@@ -359,6 +372,17 @@ def run_series(config: SeriesConfig, path, verbose: bool = True, device=None, ro
                           "test_accuracy": round(float(test_acc[r]), 4),
                           "seconds": round(seconds, 3)} for r in todo])
     return log.runs
+
+
+def run_series_or_skip(config: SeriesConfig, path, root=None, download: bool = False,
+                       **options) -> tuple[list[dict] | None, str | None]:
+    """``run_series``, or, when a data set of the series cannot be had here (not on disk and
+    not downloaded: ``helpers.data.UNAVAILABLE``), no runs and a note that says why: a series
+    the profile lists "when the data is there" is skipped, and the study goes on."""
+    try:
+        return run_series(config, path, root=root, download=download, **options), None
+    except data.UNAVAILABLE as error:
+        return None, f"{config.name} skipped: {error}"
 
 
 def series_config(spec, cnn: dict, pretrain: dict, finetune: dict, **options) -> SeriesConfig:

@@ -77,12 +77,21 @@ def build_method(name: str, model, **options) -> Adapter:
 __all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "MemoPlus", "Tpt",
            "Snapshot", "PromptLearner", "METHODS", "build_method", "entropy", "marginal_entropy",
            "make_optimizer", "select_parameters", "has_batchnorm", "method_factories",
-           "method_module", "SHARDABLE",
+           "view_settings", "method_module", "SHARDABLE",
            "confident_views", "prompt_classifier", "tpt", "prompt", "Ensemble", "RULES",
            "combine", "disagreement", "ensemble_grid", "ensemble_results", "fit_temperature",
            "Zero", "zero_vote", "Tda", "FeatureCache", "Eata", "Sar", "sample_selection",
            "entropy_margin", "paper_lr", "sar_parameters", "batchnorm_train_mode", "frozen",
            "tpt_views"]
+
+
+VIEW_SETTINGS = ("views", "n_views", "selection", "keep")
+
+
+def view_settings(settings: dict) -> dict:
+    """The options of a TPT setting that choose its views and which of them it keeps: what
+    Zero takes to see (and select) exactly TPT's views."""
+    return {k: v for k, v in settings.items() if k in VIEW_SETTINGS}
 
 
 def method_factories(names, options: dict | None = None, per_model: dict | None = None):

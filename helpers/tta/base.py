@@ -7,6 +7,7 @@ from collections import Counter
 import torch
 from torch import nn
 
+from ..precision import Precision, model_device
 from ..views import generator_for
 from .episodic import Snapshot, norm_buffers, select_parameters
 
@@ -75,11 +76,15 @@ class Episodic(Adapter):
     """A method that changes some parameters (and perhaps batch-norm buffers) with an
     optimizer, and can go back to the source state at any time. ``params`` names a kind of
     parameters of the model (``all``, ``norm``) or lists the tensors to adapt (TPT's
-    prompt context, which is not a weight of the classifier's image side)."""
+    prompt context, which is not a weight of the classifier's image side). ``precision``
+    (``helpers.precision``) is the autocast of the method's forward passes and the loss
+    scaling of its steps; the methods that offer it default to ``"auto"``."""
 
     def __init__(self, model, params: str = "all", optimizer: str = "sgd", lr: float = 1e-3,
-                 momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0):
+                 momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0,
+                 precision: str = "fp32"):
         super().__init__(model, seed)
+        self.precision = Precision(precision, model_device(model))
         self.params_choice, self.optimizer_name, self.lr = params, optimizer, lr
         self.momentum, self.weight_decay = momentum, weight_decay
         self.params = (select_parameters(model, params) if isinstance(params, str)
@@ -98,16 +103,19 @@ class Episodic(Adapter):
         self.restore()
 
     def update(self, loss: torch.Tensor) -> bool:
-        """One optimizer step; a non-finite loss skips it, counts it, returns False."""
+        """One optimizer step; a non-finite loss (or, under float16 loss scaling, a gradient
+        that overflowed) skips it, counts it, returns False."""
         if not torch.isfinite(loss):
             self.counters["skipped_nonfinite"] += 1
             return False
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if not self.precision.step(loss, self.optimizer):
+            self.counters["skipped_overflow"] += 1
+            return False
         return True
 
     def config(self) -> dict:
         return {"method": self.name, "params": self.params_choice,
                 "optimizer": self.optimizer_name, "lr": self.lr, "momentum": self.momentum,
-                "weight_decay": self.weight_decay, "seed": self.seed}
+                "weight_decay": self.weight_decay, "seed": self.seed,
+                "precision": self.precision.describe()}

@@ -8,7 +8,7 @@ import contextlib
 import torch
 from torch.func import functional_call
 
-from ..views import AugMixViews, views_per_image
+from ..views import make_views, views_per_image
 from .base import Episodic
 from .losses import marginal_entropy
 from .norm import BatchNormPrior, has_batchnorm
@@ -19,19 +19,28 @@ class Memo(Episodic):
     0.00025, all parameters); the CLIP notebook uses the course report's (50 views, one
     SGD step at lr 1e-5). The original image is predicted, never adapted on.
 
-    ``bn_prior`` (CNNs): normalise with source statistics mixed with the test input's at
-    weight ``bn_prior : 1`` while adapting and predicting, as the paper does for its
-    batch-norm models (N = 16); None keeps the source statistics."""
+    ``bn_prior`` (models with batch norm: CNNs, CLIP's ResNets RN50 and RN101): normalise
+    with source statistics mixed with the test input's at weight ``bn_prior : 1`` while
+    adapting and predicting, as the paper does for its batch-norm models (N = 16); None keeps
+    the source statistics (batch norm in eval mode: its affine weights adapt with the others,
+    its running statistics never change).
+
+    ``views``: a view generator or its plain description (``helpers.views.make_views``:
+    ``"augmix"``, ``"crop"``, ``{"kind": "augmix", "severity": 1}`` ...), so that a
+    profile can choose them; None is AugMix with its defaults.
+
+    ``precision`` (``helpers.precision``): ``"auto"`` runs the views and the prediction under
+    float16 autocast on CUDA, in float32 on a CPU; the entropy and the step are float32."""
 
     name = "memo"
 
     def __init__(self, model, views=None, n_views: int = 64, steps: int = 1,
                  optimizer: str = "sgd", lr: float = 0.00025, params: str = "all",
                  momentum: float = 0.9, weight_decay: float = 0.0, bn_prior: float | None = None,
-                 seed: int = 0):
+                 seed: int = 0, precision: str = "auto"):
         # One SGD step with momentum equals one without: skip the momentum buffer's copy.
         super().__init__(model, params, optimizer, lr, momentum if steps > 1 else 0.0,
-                         weight_decay, seed)
+                         weight_decay, seed, precision)
         self.momentum = momentum
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
@@ -39,21 +48,28 @@ class Memo(Episodic):
             raise ValueError("bn_prior needs batch-norm layers; this model has none: "
                              "leave bn_prior=None.")
         self.bn_prior = bn_prior
-        self.views = views or AugMixViews(n_views)
+        self.views = make_views(views, n_views)
         self.steps = steps
         names = {id(p): name for name, p in model.named_parameters()}
         self.param_names = [names[id(p)] for p in self.params]
 
     @property
     def one_sgd_step(self) -> bool:
-        """The paper's and the course's setting, which takes the fast path."""
-        return self.steps == 1 and self.optimizer_name == "sgd"
+        """The paper's and the course's setting, which takes the fast path (not under float16
+        loss scaling, which needs the optimizer's step)."""
+        return (self.steps == 1 and self.optimizer_name == "sgd"
+                and not self.precision.scaled)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's logits under the method's autocast (float32 out)."""
+        with self.precision.autocast():
+            return self.model(images).float()
 
     def adapt(self, image: torch.Tensor, generator: torch.Generator, views=None) -> None:
         """``steps`` updates on fresh views of ``image`` (the first ones may be given)."""
         for _ in range(self.steps):
             views = views if views is not None else self.views(image, generator)
-            loss = marginal_entropy(self.model(views))
+            loss = marginal_entropy(self.logits(views))
             views = None
             if not self.update(loss):
                 self.restore()  # predict with the source model
@@ -64,11 +80,11 @@ class Memo(Episodic):
         beside them (the very operations of ``torch.optim.SGD``'s first step, so the result
         is the same bit for bit) and used for the prediction only. Nothing is restored
         afterwards, which saves a copy of every adapted tensor per image."""
-        loss = marginal_entropy(self.model(views))
+        loss = marginal_entropy(self.logits(views))
         if not torch.isfinite(loss):
             self.counters["skipped_nonfinite"] += 1
             with torch.inference_mode():
-                return self.model(image[None])
+                return self.logits(image[None])
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         adapted = {}
         with torch.no_grad():
@@ -78,8 +94,8 @@ class Memo(Episodic):
                 if self.weight_decay:
                     grad = grad.add(param, alpha=self.weight_decay)
                 adapted[name] = param.add(grad, alpha=-self.lr)
-        with torch.inference_mode():
-            return functional_call(self.model, adapted, (image[None],))
+        with torch.inference_mode(), self.precision.autocast():
+            return functional_call(self.model, adapted, (image[None],)).float()
 
     def _prior(self):
         return (BatchNormPrior(self.model, self.bn_prior) if self.bn_prior is not None
@@ -109,7 +125,7 @@ class Memo(Episodic):
                     continue
                 self.adapt(image, gen, views)
                 with torch.inference_mode():
-                    out.append(self.model(image[None]))
+                    out.append(self.logits(image[None]))
                 self.restore()
         return torch.cat(out)
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import CLIP_MEAN, CLIP_STD, Classifier, Preprocess
-from ..views import AugMixViews, CropViews, views_per_image
+from ..views import make_views, views_per_image
 from .base import Episodic
 from .episodic import frozen
 from .losses import marginal_entropy
@@ -178,16 +178,17 @@ def confident_views(logits: torch.Tensor, keep: int) -> torch.Tensor:
 
 def tpt_views(kind, n_views: int, image_size: int):
     """TPT's views: random resized crops and flips for ImageNet-like sets, AugMix-style views
-    for the others (the paper's fine-grained sets); ``auto`` decides by image size (64 px)."""
+    for the others (the paper's fine-grained sets); ``auto`` decides by image size (64 px).
+    Any other ``kind`` is a view generator or its description (``views.make_views``:
+    ``"crop"``, ``"augmix"``, ``{"kind": "crop", "min_scale": 0.3}`` ...)."""
     if kind == "auto":
         kind = "crop" if image_size >= 64 else "augmix"
-    if kind == "crop":
-        return CropViews(n_views)
-    if kind == "augmix":
-        return AugMixViews(n_views)
-    if callable(kind):
-        return kind
-    raise ValueError(f"views must be 'auto', 'crop', 'augmix' or a view generator, not {kind!r}")
+    try:
+        return make_views(kind, n_views)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"views must be 'auto', 'crop', 'augmix', a dict such as "
+                         f"{{'kind': 'crop', 'min_scale': 0.3}} or a view generator, not "
+                         f"{kind!r} ({error})") from error
 
 
 def view_selection(views, n_views: int, selection: float, keep: int | None) -> tuple[int, int]:
@@ -219,7 +220,9 @@ class Tpt(Episodic):
     ``keep`` (a count) overrides ``selection`` (a ratio). With ``steps > 1`` every step
     minimises the entropy of the views selected on the first step, as the original's
     ``test_time_tuning`` does. ``cache_features`` and ``trim`` switch the exact speed-ups
-    (see the module); off, this is the original loop."""
+    (see the module); off, this is the original loop. ``precision`` (``helpers.precision``):
+    ``"auto"`` is the original's float16 autocast with loss scaling on CUDA, float32 on a
+    CPU; the entropy and the AdamW step are float32 either way."""
 
     name = "tpt"
 
@@ -227,11 +230,13 @@ class Tpt(Episodic):
                  selection: float = 0.1, keep: int | None = None, steps: int = 1,
                  lr: float = 5e-3, optimizer: str = "adamw", weight_decay: float = 0.01,
                  n_ctx: int = 4, ctx_init: str | None = CTX_INIT, class_specific: bool = False,
-                 ctx_file=None, cache_features: bool = True, trim: bool = True, seed: int = 0):
+                 ctx_file=None, cache_features: bool = True, trim: bool = True, seed: int = 0,
+                 precision: str = "auto"):
         model = prompt_classifier(clip_model, class_names, trim, n_ctx=n_ctx, ctx_init=ctx_init,
                                   class_specific=class_specific, ctx_file=ctx_file, seed=seed)
         self.head: PromptHead = model.backbone
-        super().__init__(model, [self.head.prompt.ctx], optimizer, lr, 0.0, weight_decay, seed)
+        super().__init__(model, [self.head.prompt.ctx], optimizer, lr, 0.0, weight_decay, seed,
+                         precision)
         self.n_views, self.keep = view_selection(views, n_views, selection, keep)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
@@ -250,7 +255,7 @@ class Tpt(Episodic):
     def adapt_and_predict(self, image: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         batch = torch.cat([image[None], views])  # the original first, as in TPT
         if self.cache_features:
-            with torch.no_grad():
+            with torch.no_grad(), self.precision.autocast():
                 features = self.head.image_features(self.model.preprocess(batch))
             logits_of, predict = self.head.logits, lambda: self.head.logits(features[:1])
         else:  # the original loop: image features again for the step and the prediction
@@ -258,14 +263,15 @@ class Tpt(Episodic):
             predict = lambda: self.model(image[None])  # noqa: E731
         selected = None
         for _ in range(self.steps):
-            logits = logits_of(features)
+            with self.precision.autocast():
+                logits = logits_of(features).float()
             if selected is None:  # chosen on the first step and kept, as the original does
                 selected = confident_views(logits.detach(), self.keep)
             if not self.update(marginal_entropy(logits[selected])):
                 self.restore()  # predict with the initial prompt
                 break
-        with torch.inference_mode():
-            return predict()
+        with torch.inference_mode(), self.precision.autocast():
+            return predict().float()
 
     def forward(self, images, keys):
         self.model.eval()

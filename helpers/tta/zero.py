@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..precision import Precision, model_device
 from ..views import views_per_image
 from .base import Adapter
 from .tpt import confident_views, tpt_views, view_selection, views_for
@@ -69,13 +70,16 @@ class Zero(Adapter):
 
     Works on any classifier (it needs only logits); the method list offers it for CLIP
     classifiers, where the text features are fixed and cached (``clip_classifier``), so the
-    cost per image is one forward of the image encoder over the 64 inputs."""
+    cost per image is one forward of the image encoder over the 64 inputs. ``precision``
+    (``helpers.precision``): that forward under float16 autocast on CUDA (``"auto"``), in
+    float32 on a CPU; the vote is counted on float32 logits."""
 
     name = "zero"
 
     def __init__(self, model, views="auto", n_views: int = 63, selection: float = 0.1,
-                 keep: int | None = None, seed: int = 0):
+                 keep: int | None = None, seed: int = 0, precision: str = "auto"):
         super().__init__(model, seed)
+        self.precision = Precision(precision, model_device(model))
         self.n_views, self.keep = view_selection(views, n_views, selection, keep)
         self.selection = selection
         self.views = None if views == "auto" else tpt_views(views, self.n_views, 0)
@@ -87,11 +91,12 @@ class Zero(Adapter):
         with torch.inference_mode():
             for image, views in zip(images, views_per_image(
                     views_for(self.views, self.n_views, images), images, generators)):
-                logits = self.model(torch.cat([image[None], views]))
+                with self.precision.autocast():  # the model only, not the views' arithmetic
+                    logits = self.model(torch.cat([image[None], views])).float()
                 out.append(zero_vote(logits, self.keep))
         return torch.stack(out)
 
     def config(self) -> dict:
         return {"method": self.name, "views": repr(self.views) if self.views
                 else f"auto ({self.n_views})", "n_views": self.n_views, "keep": self.keep,
-                "seed": self.seed}
+                "seed": self.seed, "precision": self.precision.describe()}

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ..precision import Precision
 from .model import VIT_B16, PromptedViT, build_vit, train_step
 
 MB = 2 ** 20
@@ -58,6 +59,7 @@ class StepConfig:
     steps: int = 3
     device: str = "cpu"
     threads: int | None = None
+    precision: str = "auto"  # helpers.precision: float32 on a CPU, float16 autocast on CUDA
 
 
 # ---------------------------------------------------------------- resident memory (Linux)
@@ -115,8 +117,9 @@ def _backbone_key(config: StepConfig) -> str:
 
 
 def _build(config: StepConfig, backbones: dict | None = None):
-    """Model, optimizer and one batch; the backbone comes from ``backbones`` (a cache keyed
-    by architecture, sizes, weights and device) when it holds one."""
+    """Model, optimizer, one batch and the step's precision; the backbone comes from
+    ``backbones`` (a cache keyed by architecture, sizes, weights and device) when it holds
+    one."""
     backbones = {} if backbones is None else backbones
     key = _backbone_key(config)
     if key not in backbones:
@@ -134,14 +137,14 @@ def _build(config: StepConfig, backbones: dict | None = None):
                          generator=generator).to(config.device)
     labels = torch.randint(config.num_classes, (config.batch_size,),
                            generator=generator).to(config.device)
-    return model, optimizer, images, labels
+    return model, optimizer, images, labels, Precision(config.precision, config.device)
 
 
-def _timed_steps(config, model, optimizer, images, labels) -> list[float]:
+def _timed_steps(config, model, optimizer, images, labels, precision) -> list[float]:
     seconds = []
     for _ in range(config.steps):
         start = time.perf_counter()
-        train_step(model, optimizer, images, labels)
+        train_step(model, optimizer, images, labels, precision)
         if config.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
@@ -154,9 +157,9 @@ def measure_here(config: StepConfig, backbones: dict | None = None) -> dict:
     shared by the configurations measured in turn (see :func:`_build`)."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    model, optimizer, images, labels = _build(config, backbones)
+    model, optimizer, images, labels, precision = _build(config, backbones)
     cuda = config.device.startswith("cuda")
-    train_step(model, optimizer, images, labels)  # warm-up: optimizer state, kernels
+    train_step(model, optimizer, images, labels, precision)  # warm-up: optimizer state, kernels
     optimizer.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.synchronize()
@@ -166,12 +169,13 @@ def measure_here(config: StepConfig, backbones: dict | None = None) -> dict:
         _release_freed_memory()
         rest = _status_kb("VmRSS")
         meter = _PeakRss()
-    seconds = _timed_steps(config, model, optimizer, images, labels)
+    seconds = _timed_steps(config, model, optimizer, images, labels, precision)
     peak = torch.cuda.max_memory_allocated() if cuda else meter.peak()
     row = {"peak_mb": (peak - rest) / MB, "rest_mb": rest / MB,
            "seconds_per_step": statistics.median(seconds),
            "trainable": model.trainable_parameters(), "tokens": model.tokens(config.image_size),
-           "weights": model.vit.weights, "threads": torch.get_num_threads()}
+           "weights": model.vit.weights, "threads": torch.get_num_threads(),
+           "precision": precision.describe()}
     for parameter in model.parameters():  # the shared backbone keeps none of this step's state
         parameter.grad = None
     return row

@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import paths
-from ..models import CheckpointNotFoundError
+from ..models import checkpoint_file
+from ..precision import Precision
 
 MODES = ("linear", "full", "vpt-shallow", "vpt-deep")
 ATTENTION = ("eager", "sdpa")
@@ -46,16 +47,15 @@ def build_vit(arch: str = VIT_B16, num_classes: int = 10, weights_path=None, **o
 
 def load_backbone_weights(model, weights_path) -> None:
     """Load a local timm state dict (.pth/.bin/.safetensors) or a Google/VPT .npz into
-    ``model``; the classification head is kept new when its number of classes differs."""
+    ``model``; the classification head is kept new when its number of classes differs.
+    ``weights_path``: absolute, or relative to TTA_CHECKPOINTS, then the repository."""
     from timm.models import load_state_dict
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    path = paths.resolve(weights_path)
-    if not path.is_file():
-        raise CheckpointNotFoundError(
-            f"ViT weights not found: {path}. Get {WEIGHT_SOURCES}, put the file under "
-            f"{paths.CHECKPOINTS} (or set TTA_CHECKPOINTS) and pass weights_path=<that file>; "
-            f"weights_path=None runs with random weights.")
+    path = checkpoint_file(
+        weights_path, "ViT weights",
+        f"Get {WEIGHT_SOURCES}, put the file under {paths.CHECKPOINTS} (or set TTA_CHECKPOINTS) "
+        "and pass weights_path=<its name>; weights_path=None runs with random weights.")
     if path.suffix == ".npz":
         model.load_pretrained(str(path))  # timm's loader for the original JAX checkpoints
     else:
@@ -194,10 +194,16 @@ def expected_trainable(mode: str, n_prompts: int, dim: int, depth: int, num_clas
             "vpt-deep": depth * n_prompts * dim + head}[mode]
 
 
-def train_step(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """One optimisation step of cross-entropy; returns the loss."""
-    loss = nn.functional.cross_entropy(model(images), labels)
+def train_step(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tensor,
+               precision: Precision | None = None) -> float:
+    """One optimisation step of cross-entropy; returns the loss. ``precision``
+    (``helpers.precision.Precision``, None: float32): the forward under its autocast, the
+    cross-entropy and the step on float32 weights (under float16 loss scaling, a step whose
+    gradients overflowed is skipped, as torch's GradScaler does)."""
+    precision = precision or Precision("fp32")
+    with precision.autocast():
+        logits = model(images)
+    loss = nn.functional.cross_entropy(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    precision.step(loss, optimizer)
     return loss.item()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models import _cached_training
+from ..precision import Precision
 from .model import PromptedViT, build_vit, train_step
 
 # timm's smallest registered ViT; its sizes are overridden by the config below.
@@ -48,29 +49,38 @@ class FinetuneConfig:
     lr: dict | None = None
     prompt_dropout: float = 0.0
     seed: int = 0
+    precision: str = "auto"  # helpers.precision: float32 on a CPU, float16 autocast on CUDA
 
     def lr_for(self, mode: str) -> float:
         lrs = {"linear": 1e-2, "vpt-shallow": 1e-2, "vpt-deep": 1e-2, "full": 1e-3}
         return {**lrs, **(self.lr or {})}[mode]
 
 
-def task_data(name: str, classes, n_train: int | None, n_test: int | None, seed: int = 0):
-    """(train, test) pairs of (inputs in [-1, 1], labels 0..k-1) for ``classes`` of ``name``
-    (fashion-mnist, mnist, digits, ...), as 3-channel 28x28 images for the ViT: the transfer
-    study's loader, so both notebooks select, relabel and split the data alike."""
-    from ..transfer import CnnConfig
-    from ..transfer import task_data as class_data
+def task_data(name: str, classes, n_train: int | None, n_test: int | None, seed: int = 0,
+              size: int = 28, root=None, download: bool = False):
+    """``(train, test, class_names)``: train and test are (uint8 images N x 3 x H x W, labels
+    0..k-1) of ``classes`` (a list of class indices, or ``"all"``) of ``name`` (fashion-mnist,
+    mnist, digits, flowers102, cub200, ...), through the transfer study's loader, so both
+    notebooks select, relabel and split the data alike. The 28x28 sets keep their side; sets
+    of photos (Flowers-102, CUB-200) are decoded at ``size``, the backbone's input side. Kept
+    as uint8 (CUB's 11,788 images at 224 px are 1.8 GB so, four times that as floats) and
+    normalised per batch (:func:`fit`)."""
+    from ..transfer import class_images
 
-    shape = CnnConfig(in_channels=3, image_size=28)
-    return (class_data(name, classes, "train", shape, n_train, seed),
-            class_data(name, classes, "test", shape, n_test, seed))
+    train_x, train_y, names = class_images(name, classes, "train", n_train, seed, root,
+                                           download, size)
+    test_x, test_y, _ = class_images(name, classes, "test", n_test, seed, root, download, size)
+    return (train_x, train_y), (test_x, test_y), names
 
 
-def _fit(model, images: torch.Tensor) -> torch.Tensor:
-    """Move a batch to the model's device and resize it to the ViT's input size (28x28 data
-    on a 224 px ViT-B/16 in the full profile)."""
+def fit(model, images: torch.Tensor) -> torch.Tensor:
+    """A batch on the model's device as the ViT takes it: uint8 pixels scaled to [-1, 1]
+    (the mean and std 0.5 of timm's ViT-B/16 weights and of the small ViT) and resized to its
+    input size (28x28 data on a 224 px ViT-B/16 in the full profile)."""
     size = model.vit.patch_embed.img_size
     images = images.to(next(model.parameters()).device)
+    if images.dtype == torch.uint8:
+        images = (images.float() / 255 - 0.5) / 0.5
     if tuple(images.shape[-2:]) != tuple(size):
         images = torch.nn.functional.interpolate(images, size=size, mode="bilinear",
                                                  antialias=True)
@@ -78,17 +88,24 @@ def _fit(model, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 250) -> float:
+def accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 250,
+             precision: Precision | None = None) -> float:
+    """Top-1 accuracy, the forward passes under ``precision``'s autocast (None: float32)."""
     model.eval()
-    correct = sum(int((model(_fit(model, inputs[i:i + batch_size])).argmax(1).cpu()
-                       == labels[i:i + batch_size]).sum())
-                  for i in range(0, len(labels), batch_size))
+    precision = precision or Precision("fp32")
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        with precision.autocast():
+            logits = model(fit(model, inputs[i:i + batch_size])).float()
+        correct += int((logits.argmax(1).cpu() == labels[i:i + batch_size]).sum())
     return correct / len(labels)
 
 
-def _train(model, inputs, labels, steps, batch_size, lr, seed, weight_decay=0.0) -> float:
+def _train(model, inputs, labels, steps, batch_size, lr, seed, weight_decay=0.0,
+           precision: Precision | None = None) -> float:
     """AdamW with cosine decay over ``steps`` batches drawn with a seeded generator (the same
-    batches for every mode); returns the training seconds."""
+    batches for every mode), each step at ``precision`` (None: float32); returns the training
+    seconds."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
@@ -97,16 +114,16 @@ def _train(model, inputs, labels, steps, batch_size, lr, seed, weight_decay=0.0)
     start = time.perf_counter()
     for _ in range(steps):
         batch = torch.randint(len(labels), (batch_size,), generator=generator)
-        train_step(model, optimizer, _fit(model, inputs[batch]),
-                   labels[batch].to(next(model.parameters()).device))
+        train_step(model, optimizer, fit(model, inputs[batch]),
+                   labels[batch].to(next(model.parameters()).device), precision)
         schedule.step()
     return time.perf_counter() - start
 
 
 def _train_small_vit(config: SmallVitConfig):
     torch.manual_seed(config.seed)
-    (x, y), (x_test, y_test) = task_data("fashion-mnist", config.classes, config.n_train, None,
-                                         config.seed)
+    (x, y), (x_test, y_test), _ = task_data("fashion-mnist", config.classes, config.n_train,
+                                            None, config.seed)
     model = PromptedViT(build_vit(SMALL_ARCH, len(config.classes), **config.overrides()),
                         mode="full", n_prompts=0)
     steps = config.epochs * len(y) // config.batch_size
@@ -133,15 +150,18 @@ def pretrained_small_vit(config: SmallVitConfig | None = None, verbose: bool = T
 def finetune(backbone, mode: str, n_prompts: int, train, test, config: FinetuneConfig,
              num_classes: int, device=None, **model_options) -> dict:
     """Tune a copy of ``backbone`` with a new head in ``mode`` on ``train``; test accuracy,
-    trainable parameters and training time. ``model_options``: attention, checkpointing."""
+    trainable parameters, training time and the precision of the steps (``config.precision``,
+    resolved for ``device``). ``model_options``: attention, checkpointing."""
     torch.manual_seed(config.seed)
     vit = copy.deepcopy(backbone)
     vit.reset_classifier(num_classes)
     model = PromptedViT(vit, mode, n_prompts if mode.startswith("vpt") else 0,
                         config.prompt_dropout, **model_options).to(device or "cpu")
+    precision = Precision(config.precision, device or "cpu")
     seconds = _train(model, *train, config.steps, config.batch_size, config.lr_for(mode),
-                     config.seed)
+                     config.seed, precision=precision)
     return {"mode": mode, "prompts": model.n_prompts, "trainable": model.trainable_parameters(),
             "trainable %": 100 * model.trainable_parameters() / model.total_parameters(),
-            "accuracy": accuracy(model, *test), "train_seconds": round(seconds, 1)}
+            "accuracy": accuracy(model, *test, precision=precision),
+            "train_seconds": round(seconds, 1), "precision": precision.describe()}
 
