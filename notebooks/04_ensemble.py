@@ -57,6 +57,7 @@ zero = {}  # Zero's settings beyond TPT's views and selection, which it always t
 tda = {}
 batch_size = 64
 seed = 0
+scheduler = None  # a Dask scheduler's address (tcp://host:8786) for the grid; None: here
 results_path = None  # default: results/<profile>/04_ensemble.json ($TTA_RESULTS)
 figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 
@@ -114,7 +115,8 @@ for name, test_set in test_sets.items():
     builders = {m: (lambda m=m, names=test_set.class_names: build_classifier(m, names,
                                                                              run.device))
                 for m in models}
-    found, fitted = ensemble_grid(builders, tasks[name], factories, store, rules, batch_size)
+    found, fitted = ensemble_grid(builders, tasks[name], factories, store, rules, batch_size,
+                                  scheduler=scheduler)
     results, temperatures = results + found, temperatures + fitted
 method_order = list(dict.fromkeys(r["method"] for r in results))
 descriptions = {name: describe(name) for name in models}
