@@ -439,17 +439,22 @@ def run_all(client, todo: list[Job], profile_name: str, kernel: str, jobs: int,
     gpus = cluster.GPU in offered
     if gpu and not gpus and any(job.nb.stem in gpu for job in todo):
         tqdm.write(f"No worker offers a GPU: {', '.join(sorted(gpu))} run on the CPU.")
-    queue, running = list(todo), {}
+    queue, running, placed = list(todo), {}, {}
 
     def submit(job: Job):
         resources = {**slots, **({cluster.GPU: 1} if job.nb.stem in gpu and gpus else {})}
+        worker = cluster.idle_worker(client, resources, set(placed.values())) if slots else None
         future = client.submit(execute_on_worker, job.nb, job.params, job.executed, kernel,
                                job.record, env=env, resources=resources or None, pure=False,
-                               key=f"notebook {job.title}-{time.time_ns()}")
+                               key=f"notebook {job.title}-{time.time_ns()}",
+                               workers=[worker] if worker else None,
+                               allow_other_workers=bool(worker))  # elsewhere if it dies
         running[future] = job
+        placed[future] = worker
 
     def handle(future, interrupted=False):
         job = running.pop(future)
+        placed.pop(future, None)
         why = _outcome(job, future, interrupted)
         if why is None:
             seconds[job.key] = future.result()

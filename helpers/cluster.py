@@ -197,6 +197,20 @@ def offered(client, resource: str) -> bool:
     return any(resource in (w.get("resources") or {}) for w in workers)
 
 
+def idle_worker(client, resources: dict, busy) -> str | None:
+    """The address of a worker offering ``resources`` that is not in ``busy``, or None.
+
+    Why: Dask places a task with resource restrictions on a worker when it is submitted and
+    may choose one whose slot is taken (measured: notebook 02 queued behind 01 on one worker
+    while the other stood idle), so the batch runner names the worker itself."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    for address, info in sorted(workers.items()):
+        offers = info.get("resources") or {}
+        if address not in busy and all(offers.get(r, 0) >= n for r, n in resources.items()):
+            return address
+    return None
+
+
 def stop_cluster(client, cluster=None) -> None:
     """Close the client and the cluster this process started (never a remote scheduler)."""
     for key in [k for k, c in CLIENTS.items() if c is client]:

@@ -285,6 +285,18 @@ def test_notebooks_on_two_worker_processes_share_gpus_as_a_resource(runner, monk
     assert {r["threads"] for r in (a, b, c)} == {"1"}
 
 
+def test_a_notebook_waits_for_no_busy_worker_while_another_is_idle(runner, monkeypatch):
+    """One long notebook and two short ones on two local workers: both short ones run on the
+    worker the long one leaves free, the second as soon as the first ends (Dask alone once
+    queued notebook 02 behind 01 on one worker while the other stood idle)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    write_profile(runner, "w", {"jobs": 2, "notebooks": {"01_a": {"sleep": 25.0}}})
+    assert batch.run("w") == 0
+    a, b, c = (results(runner, "w", n) for n in ("01_a", "02_b", "03_c"))
+    assert b["worker"] == c["worker"] != a["worker"]
+    assert c["ended"] < a["ended"]
+
+
 def test_notebooks_on_an_existing_cluster_get_the_cores_of_their_worker(runner, two_workers):
     """``--scheduler``: the notebooks run on the cluster's workers; a kernel there gets the
     cores its worker may use (not this machine's thread settings) and the TTA_* variables."""
