@@ -58,6 +58,12 @@ def reference_tpt(tpt: Tpt, image: torch.Tensor, views: torch.Tensor) -> torch.T
     return prediction
 
 
+def imagenet_a_names(count: int) -> list:
+    """The first ``count`` of ImageNet-A's 200 class names (TPT's and Zero's benchmark set)."""
+    names = imagenet_class_names()
+    return [names[i] for i in imagenet_a_indices()][:count]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,8 +76,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     clip_model = random_clip(args.arch)
-    names = imagenet_class_names()
-    names = [names[i] for i in imagenet_a_indices()][:args.classes]
+    names = imagenet_a_names(args.classes)
     views_fn = CropViews(63)
     tpt = Tpt(clip_model, names, views=views_fn)
     image = test_image()

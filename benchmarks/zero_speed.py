@@ -42,8 +42,8 @@ import torch
 from memo_speed import ARCHS, random_clip, test_image
 from timing import timed_in_turn
 from torch.utils.flop_counter import FlopCounterMode
+from tpt_speed import imagenet_a_names
 
-from helpers.data import imagenet_a_indices, imagenet_class_names
 from helpers.models import clip_classifier
 from helpers.tta import Tpt, Zero
 from helpers.tta.episodic import frozen
@@ -81,8 +81,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     clip_model = random_clip(args.arch)
-    names = imagenet_class_names()
-    names = [names[i] for i in imagenet_a_indices()][:args.classes]
+    names = imagenet_a_names(args.classes)
     views = CropViews(63)
     zero = Zero(clip_classifier(clip_model, names, cache=False), views=views)
     tpt = Tpt(clip_model, names, views=views)
