@@ -441,11 +441,26 @@ def run_all(client, todo: list[Job], profile_name: str, kernel: str, jobs: int,
         tqdm.write(f"No worker offers a GPU: {', '.join(sorted(gpu))} run on the CPU.")
     queue, running, placed = list(todo), {}, {}
 
-    def submit(job: Job):
-        resources = {**slots, **({cluster.GPU: 1} if job.nb.stem in gpu and gpus else {})}
-        worker = cluster.idle_worker(client, resources, set(placed.values())) if slots else None
+    def resources(job: Job) -> dict:
+        return {**slots, **({cluster.GPU: 1} if job.nb.stem in gpu and gpus else {})}
+
+    def next_placement() -> tuple[Job | None, str | None]:
+        """The first queued notebook that an idle worker can take, and that worker; with
+        nothing running and no such worker (SLURM jobs still starting), the first notebook
+        for Dask to place; (None, None) while every queued one waits for a busy worker."""
+        if not slots:
+            return queue[0], None
+        for job in queue:
+            worker = cluster.idle_worker(client, resources(job), set(placed.values()))
+            if worker:
+                return job, worker
+        return (queue[0], None) if not running else (None, None)
+
+    def submit(job: Job, worker: str | None):
+        queue.remove(job)
         future = client.submit(execute_on_worker, job.nb, job.params, job.executed, kernel,
-                               job.record, env=env, resources=resources or None, pure=False,
+                               job.record, env=env, resources=resources(job) or None,
+                               pure=False,
                                key=f"notebook {job.title}-{time.time_ns()}",
                                workers=[worker] if worker else None,
                                allow_other_workers=bool(worker))  # elsewhere if it dies
@@ -468,7 +483,10 @@ def run_all(client, todo: list[Job], profile_name: str, kernel: str, jobs: int,
     try:
         while queue or running:
             while queue and len(running) < jobs:
-                submit(queue.pop(0))
+                job, worker = next_placement()
+                if job is None:
+                    break
+                submit(job, worker)
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in done:
                 handle(future)

@@ -198,17 +198,20 @@ def offered(client, resource: str) -> bool:
 
 
 def idle_worker(client, resources: dict, busy) -> str | None:
-    """The address of a worker offering ``resources`` that is not in ``busy``, or None.
+    """The address of a worker offering ``resources`` that is not in ``busy``, or None; of
+    several, one offering the fewest resources not asked for (a CPU notebook leaves the GPU
+    worker to the GPU notebooks).
 
     Why: Dask places a task with resource restrictions on a worker when it is submitted and
     may choose one whose slot is taken (measured: notebook 02 queued behind 01 on one worker
     while the other stood idle), so the batch runner names the worker itself."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
-    for address, info in sorted(workers.items()):
+    candidates = []
+    for address, info in workers.items():
         offers = info.get("resources") or {}
         if address not in busy and all(offers.get(r, 0) >= n for r, n in resources.items()):
-            return address
-    return None
+            candidates.append((len(set(offers) - set(resources)), address))
+    return min(candidates)[1] if candidates else None
 
 
 def stop_cluster(client, cluster=None) -> None:

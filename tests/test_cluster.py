@@ -297,6 +297,23 @@ def test_a_notebook_waits_for_no_busy_worker_while_another_is_idle(runner, monke
     assert c["ended"] < a["ended"]
 
 
+def test_an_idle_worker_is_chosen_by_resources_and_spares_the_gpu():
+    """The GPU worker takes a GPU notebook; a CPU notebook goes to a worker without a GPU
+    while one is idle, to the GPU worker only when it is the one idle; busy ones never."""
+    class Client:
+        def scheduler_info(self, n_workers):
+            return {"workers": {"tcp://a": {"resources": {"notebook": 1, "GPU": 1}},
+                                "tcp://b": {"resources": {"notebook": 1}},
+                                "tcp://c": {"resources": {}}}}
+
+    client, cpu, gpu = Client(), {"notebook": 1}, {"notebook": 1, "GPU": 1}
+    assert cluster.idle_worker(client, gpu, set()) == "tcp://a"
+    assert cluster.idle_worker(client, gpu, {"tcp://a"}) is None
+    assert cluster.idle_worker(client, cpu, set()) == "tcp://b"
+    assert cluster.idle_worker(client, cpu, {"tcp://b"}) == "tcp://a"
+    assert cluster.idle_worker(client, cpu, {"tcp://a", "tcp://b"}) is None
+
+
 def test_notebooks_on_an_existing_cluster_get_the_cores_of_their_worker(runner, two_workers):
     """``--scheduler``: the notebooks run on the cluster's workers; a kernel there gets the
     cores its worker may use (not this machine's thread settings) and the TTA_* variables."""
