@@ -20,6 +20,11 @@ from pathlib import Path
 
 PACKAGE = "helpers"
 PACKAGE_ROOT = Path(__file__).resolve().parent
+# Modules that decide where and when code runs, not what it computes: the batch runner and
+# the Dask plumbing. A cell computed on a cluster equals the one computed in process bit
+# for bit (tests/test_cluster.py), so editing them must not recompute every stored result.
+# They are neither hashed nor followed.
+SCHEDULING = frozenset({"helpers.batch", "helpers.cluster"})
 
 
 def module_file(name: str) -> Path | None:
@@ -89,14 +94,15 @@ def _direct_imports(name: str) -> frozenset[str]:
 
 def closure(*names: str) -> dict[str, str]:
     """The fingerprint of package modules ``names`` and all package modules they import:
-    ``{module: source hash}``, sorted. Names outside the package are ignored."""
-    todo = [n for n in names if module_file(n)]
+    ``{module: source hash}``, sorted. Names outside the package, and the ``SCHEDULING``
+    modules, are ignored."""
+    todo = [n for n in names if module_file(n) and n not in SCHEDULING]
     seen: set[str] = set()
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo += _direct_imports(name) - seen
+            todo += _direct_imports(name) - seen - SCHEDULING
     return {name: source_hash(name) for name in sorted(seen)}
 
 

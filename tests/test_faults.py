@@ -4,6 +4,7 @@ except the Ctrl-C test of the batch runner (real kernels, about 20 s)."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import gzip
 import hashlib
@@ -184,6 +185,17 @@ def test_fingerprints_follow_imports_statically():
                                      "from helpers.tta import memo")) == set(
         fingerprint.closure("helpers.paths", "helpers.data", "helpers.tta.memo"))
     assert fingerprint.closure("numpy", "tests.test_faults") == {}
+
+
+def test_fingerprints_leave_out_the_scheduling_modules():
+    """Editing the runner or the Dask plumbing recomputes nothing: evaluate imports cluster
+    (run_grid's scheduler), yet no cell's fingerprint names it."""
+    source = fingerprint.module_file("helpers.evaluate").read_text()
+    assert "helpers.cluster" in fingerprint.imports_in(ast.parse(source), "helpers.evaluate")
+    assert not {"helpers.cluster", "helpers.batch"} & set(fingerprint.closure(
+        "helpers.evaluate", "helpers.batch", "helpers.notebook"))
+    assert set(fingerprint.of_source("from helpers import batch, cluster, paths")) == {
+        "helpers.paths"}
 
 
 # ---------------------------------------------------------------- corrupt files
