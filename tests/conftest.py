@@ -1,7 +1,46 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from helpers import paths
 from helpers.models import Classifier, Preprocess, SmallCnn
+
+# The stand-ins the slow tests and the notebooks' defaults (nbval) load.
+TESTED_STANDINS = ("small-clip", "small-cnn")
+BACKGROUND = {}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """When a slow test or a notebook is to run, train the stand-ins they load in the
+    background from the start, one process of one thread each (``helpers.standins``, as
+    ``make report`` trains them), while the other tests run; a test that needs one waits on
+    its cache lock (``models._cached_training``) instead of training it on its own. Why: in
+    the test process, one after the other on the process's threads, they took ~8 of
+    ``make test``'s minutes and held up every test after them; side by side the CLIP's 7
+    minutes are the whole wait. Nothing starts when both are cached (``prepare`` loads)."""
+    if not any(item.get_closest_marker("slow") or item.path.suffix == ".ipynb"
+               for item in items):
+        return
+    log = paths.CACHE / "models" / "tests-standins.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    BACKGROUND["log"] = log.open("w")
+    BACKGROUND["process"] = subprocess.Popen(
+        [sys.executable, "-m", "helpers.standins", "--prepare", *TESTED_STANDINS,
+         "--jobs", str(min(len(TESTED_STANDINS), os.cpu_count() or 1))],
+        stdout=BACKGROUND["log"], stderr=subprocess.STDOUT, cwd=paths.REPO)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop a training still running (a run of a few tests); its model is not cached."""
+    process = BACKGROUND.pop("process", None)
+    if process is not None and process.poll() is None:
+        process.terminate()
+        process.wait(timeout=30)
+    if "log" in BACKGROUND:
+        BACKGROUND.pop("log").close()
 
 
 @pytest.fixture

@@ -35,7 +35,8 @@ FULL = batch.load_profile("full")
 SIZES = {"n_images": 1, "n_held_out": 1, "sweep_images": 1, "batch_size": 1, "n_train": 10,
          "n_test": 4, "timed_steps": 1, "min_repeats": 1, "max_repeats": 2, "epochs": 1,
          "max_epochs": 1, "patience": 1, "steps": 1, "min_steps": 1, "max_steps": 2,
-         "n_samples": 20, "n_subsets": 1, "vpt_prompts": 2}
+         "n_samples": 20, "n_subsets": 1, "vpt_prompts": 2, "fisher_size": 2,
+         "agreement_images": 2}
 VIEWS = {"memo": 2, "tpt": 9, "zero": 9}
 # Lists of sizes: the first (and last) kept, or values capped.
 SIZE_LISTS = {"fractions": lambda v: [v[0], v[-1]], "prompt_counts": lambda v: v[:2],
