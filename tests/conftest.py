@@ -13,17 +13,26 @@ TESTED_STANDINS = ("small-clip", "small-cnn")
 BACKGROUND = {}
 
 
+def needs_standins(item) -> bool:
+    """Whether a test loads the trained stand-ins: the slow tests and the notebooks (nbval)."""
+    return bool(item.get_closest_marker("slow")) or item.path.suffix == ".ipynb"
+
+
 def pytest_collection_modifyitems(session, config, items):
     """When a slow test or a notebook is to run, train the stand-ins they load in the
     background from the start, one process of one thread each (``helpers.standins``, as
     ``make report`` trains them), while the other tests run; a test that needs one waits on
     its cache lock (``models._cached_training``) instead of training it on its own. Why: in
     the test process, one after the other on the process's threads, they took ~8 of
-    ``make test``'s minutes and held up every test after them; side by side the CLIP's 7
-    minutes are the whole wait. Nothing starts when both are cached (``prepare`` loads)."""
-    if not any(item.get_closest_marker("slow") or item.path.suffix == ".ipynb"
-               for item in items):
+    ``make test``'s minutes and held up every test after them; side by side, while the
+    other tests run, the CLIP's 7 minutes are the whole wait. Nothing is trained when both
+    are cached (``prepare`` loads them)."""
+    if not any(map(needs_standins, items)):
         return
+    # The tests that wait for them last, and this process on one thread: the cores go to
+    # the trainings and the other tests, not to threads that wait for each other.
+    items.sort(key=needs_standins)
+    torch.set_num_threads(1)
     log = paths.CACHE / "models" / "tests-standins.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     BACKGROUND["log"] = log.open("w")
