@@ -9,6 +9,7 @@ told from noise.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -17,6 +18,9 @@ from scipy.stats import binomtest
 LEVEL = 0.95
 RESAMPLES = 10_000
 SIGNIFICANCE = 0.05
+# Online steps per corruption in the EATA and SAR papers' ImageNet-C runs: 50,000 test images
+# in batches of 64.
+PAPER_IMAGES, PAPER_BATCH = 50_000, 64
 
 
 def correct_per_image(result: dict) -> np.ndarray:
@@ -177,3 +181,25 @@ def intervals(rows: list[dict]) -> list[dict]:
 def table(rows: list[dict]) -> list[dict]:
     """The rows without their per-task lists, for tables and results files."""
     return [{k: v for k, v in r.items() if not k.endswith("_tasks")} for r in rows]
+
+
+def steps_lines(results: list[dict], methods, batch_size: int) -> list[str]:
+    """Per model and online method in ``methods`` (those that count their ``steps``, EATA and
+    SAR): the optimizer steps taken per data set on average, against the batches a data set
+    has and against the steps of the papers' ImageNet-C runs. Why: at the paper's learning
+    rate, a method that steps a few times cannot move a model as it does over 782 steps."""
+    found = []
+    for model in dict.fromkeys(r["model"] for r in results):
+        for method in methods:
+            rows = [r for r in results if r["model"] == model and r["method"] == method]
+            if not rows:
+                continue
+            steps = np.mean([r.get("counters", {}).get("steps", 0) for r in rows])
+            images = np.mean([r["n"] for r in rows])
+            found.append(
+                f"{model} · **{method}** at the paper's learning rate took {steps:.1f} SGD steps "
+                f"per data set on average, of {math.ceil(images / batch_size)} batches "
+                f"({images:.0f} images, batches of {batch_size}); the paper's ImageNet-C runs "
+                f"take {math.ceil(PAPER_IMAGES / PAPER_BATCH)} per corruption "
+                f"({PAPER_IMAGES:,} images, batches of {PAPER_BATCH}).")
+    return found

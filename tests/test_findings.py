@@ -89,3 +89,17 @@ def test_intervals_keep_the_change_and_its_interval():
            "ci_high": 0.15, "tasks": 3, "better_tasks": ["a"]}
     assert findings.intervals([row]) == [{"model": "m", "method": "memo", "baseline": "source",
                                           "change": 0.1, "ci_low": 0.05, "ci_high": 0.15}]
+
+
+def test_steps_lines_count_the_steps_against_the_batches_and_the_paper():
+    rows = [{"model": "m", "method": "eata", "n": 400, "counters": {"steps": 7}},
+            {"model": "m", "method": "eata", "n": 400, "counters": {"steps": 4}},
+            {"model": "m", "method": "sar", "n": 400, "counters": {}},
+            {"model": "m", "method": "source", "n": 400, "counters": {}}]
+    assert findings.steps_lines(rows, ["eata", "sar", "tent"], 64) == [
+        "m · **eata** at the paper's learning rate took 5.5 SGD steps per data set on average, "
+        "of 7 batches (400 images, batches of 64); the paper's ImageNet-C runs take 782 per "
+        "corruption (50,000 images, batches of 64).",
+        "m · **sar** at the paper's learning rate took 0.0 SGD steps per data set on average, "
+        "of 7 batches (400 images, batches of 64); the paper's ImageNet-C runs take 782 per "
+        "corruption (50,000 images, batches of 64)."]

@@ -317,7 +317,7 @@ def test_eata_step_is_the_weighted_entropy_step(tiny_cnn, images):
     assert torch.allclose(out, logits.detach(), atol=1e-6)  # predicted before the update
     for p, e in zip(eata.params, expected):
         assert torch.allclose(p, e, atol=1e-6)
-    assert eata.counters["selected"] == len(images)
+    assert eata.counters["selected"] == len(images) and eata.counters["steps"] == 1
 
 
 def test_eata_fisher_and_its_regulariser(tiny_cnn, images):
@@ -405,9 +405,9 @@ def test_sar_step_is_a_hand_written_sam_step(tiny_cnn, images, rho):
     if rho > 0.1:  # none left: no step, back at w exactly, nothing averaged
         assert not still.any()
         assert all(torch.equal(p, w) for p, w in zip(sar.params, source))
-        assert sar.loss_average is None
+        assert sar.loss_average is None and sar.counters["steps"] == 0
         return
-    assert 0 < still.sum() < 4
+    assert 0 < still.sum() < 4 and sar.counters["steps"] == 1
     g2 = torch.autograd.grad(second[still].mean(), params)
     for p, w, g in zip(sar.params, source, g2):
         assert torch.allclose(p, w - 0.1 * g, atol=1e-7)  # SGD's first step at w, gradient at w + e
@@ -497,3 +497,12 @@ def test_eata_fisher_images_by_data_set_name_for_profiles(tiny_cnn):
     assert config["variant"] == "EATA" and config["fisher_images"] == "fashion-mnist:train"
     assert config["fisher_count"] == 20
     assert all(torch.isfinite(f).all() and (f >= 0).all() for f in eata.fishers)
+
+
+def test_eata_and_sar_learning_rates_are_the_papers_times_lr_scale(tiny_cnn):
+    """0.00025 for a batch-norm CNN (EATA's ResNet-50 rate), scaled by ``lr_scale`` (notebook
+    01's probe of larger rates); an explicit ``lr`` is scaled too."""
+    assert Eata(tiny_cnn).lr == 0.00025 and Sar(tiny_cnn).lr == 0.00025
+    assert Eata(tiny_cnn, lr_scale=10).optimizer.param_groups[0]["lr"] == pytest.approx(0.0025)
+    assert Sar(tiny_cnn, lr_scale=100).config()["lr"] == pytest.approx(0.025)
+    assert Sar(tiny_cnn, lr=0.1, lr_scale=2).lr == pytest.approx(0.2)

@@ -61,7 +61,8 @@ class Sar(OnlineNormAdapter):
     architecture (``eata.paper_lr``: 0.00025 for batch/group-norm CNNs, 0.001 for ViTs, at
     batch size 64), one two-step update per test batch, online. ``params="sar"`` (default) is
     the authors' choice of norm layers (``sar_parameters``); ``"norm"`` or ``"all"`` as for
-    Tent. ``counters`` count reliable samples and recoveries.
+    Tent. ``counters`` count reliable samples, steps taken and recoveries. ``lr_scale``
+    multiplies the learning rate, as for EATA.
 
     When no sample of a batch is reliable (first or second filter) the step is skipped; the
     authors' code then takes the mean of an empty tensor (NaN, kept out of the average) and
@@ -71,10 +72,10 @@ class Sar(OnlineNormAdapter):
 
     def __init__(self, model, e_margin: float | None = None, rho: float = 0.05,
                  reset_threshold: float = 0.2, lr: float | None = None, momentum: float = 0.9,
-                 params: str = "sar", seed: int = 0):
+                 params: str = "sar", seed: int = 0, lr_scale: float = 1.0):
         chosen = sar_parameters(model) if params == "sar" else params
-        super().__init__(model, chosen, "sgd", paper_lr(model) if lr is None else lr,
-                         momentum, seed=seed)
+        super().__init__(model, chosen, "sgd", lr_scale * (paper_lr(model) if lr is None
+                                                            else lr), momentum, seed=seed)
         self.params_choice = params
         self.e_margin = entropy_margin(model, e_margin)
         self.rho, self.reset_threshold = rho, reset_threshold
@@ -116,6 +117,7 @@ class Sar(OnlineNormAdapter):
                 p.copy_(w)  # back to w, then step with the gradient taken at w + e(w)
         if len(second):
             self.optimizer.step()
+            self.counters["steps"] += 1
         self.optimizer.zero_grad(set_to_none=True)
         if self.loss_average is not None and self.loss_average < self.reset_threshold:
             self.recover()
