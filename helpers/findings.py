@@ -187,7 +187,8 @@ def steps_lines(results: list[dict], methods, batch_size: int) -> list[str]:
     """Per model and online method in ``methods`` (those that count their ``steps``, EATA and
     SAR): the optimizer steps taken per data set on average, against the batches a data set
     has and against the steps of the papers' ImageNet-C runs. Why: at the paper's learning
-    rate, a method that steps a few times cannot move a model as it does over 782 steps."""
+    rate, a method that steps a few times cannot move a model as it does over 782 steps, and
+    a batch never profits from its own step (a data set of one batch is all Source)."""
     found = []
     for model in dict.fromkeys(r["model"] for r in results):
         for method in methods:
@@ -199,7 +200,9 @@ def steps_lines(results: list[dict], methods, batch_size: int) -> list[str]:
             found.append(
                 f"{model} · **{method}** at the paper's learning rate took {steps:.1f} SGD steps "
                 f"per data set on average, of {math.ceil(images / batch_size)} batches "
-                f"({images:.0f} images, batches of {batch_size}); the paper's ImageNet-C runs "
-                f"take {math.ceil(PAPER_IMAGES / PAPER_BATCH)} per corruption "
+                f"({images:.0f} images, batches of {batch_size}); each batch is predicted "
+                f"before its own step, as in the authors' code, so the first batch is always "
+                f"the source model's and the last step acts on nothing. The paper's ImageNet-C "
+                f"runs take {math.ceil(PAPER_IMAGES / PAPER_BATCH)} steps per corruption "
                 f"({PAPER_IMAGES:,} images, batches of {PAPER_BATCH}).")
     return found

@@ -63,6 +63,9 @@ eata = {"fisher_images": "fashion-mnist:train", "fisher_size": 64}
 eata_per_model = {name: {"fisher_images": None} for name in
                   ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")}
 sar = {}
+# EATA and SAR again on the models without batch norm at these multiples of the paper's
+# learning rate ([]: not at all), to tell an inert method from a short-lived one.
+successor_lr_factors = [10, 100]
 batch_size = 64
 photo_models = []  # e.g. ["efficientnet-lite0"]: also run on the corrupted real photos
 photo_corruptions = None  # the photos' corruptions (None: the same as `corruptions`)
@@ -73,6 +76,8 @@ results_path = None  # default: results/<profile>/01_memo_cifar100.json ($TTA_RE
 figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 
 # %%
+from functools import partial
+
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
@@ -81,14 +86,14 @@ from helpers import data, findings, plots
 from helpers.evaluate import pivot, run_grid, summary_rows, view_agreement
 from helpers.models import build_classifier, describe, parse_standin, photo_size
 from helpers.notebook import start
-from helpers.tta import method_factories
+from helpers.tta import has_batchnorm, method_factories
 from helpers.views import AugMixViews, generator_for, make_views
 
 run = start("01_memo_cifar100", dict(
     profile=profile, dataset=dataset, data_root=data_root, models=models,
     corruptions=corruptions, severity=severity, n_images=n_images, include_clean=include_clean,
     methods=methods, memo=memo, memo_per_model=memo_per_model, tent=tent, eata=eata,
-    eata_per_model=eata_per_model, sar=sar,
+    eata_per_model=eata_per_model, sar=sar, successor_lr_factors=successor_lr_factors,
     batch_size=batch_size, photo_models=photo_models, photo_corruptions=photo_corruptions,
     agreement_images=agreement_images,
     seed=seed), results_path, figures_dir)
@@ -136,19 +141,20 @@ run.figure(fig, "01_memo_views")
 # Every (model, data, method) cell is evaluated by the same loop (`helpers.evaluate`): accuracy, expected calibration error (15 bins), mean confidence and seconds per test image, adaptation included. Finished cells are saved as they complete, so an interrupted run resumes where it stopped.
 
 # %%
-model_builders = {name: (lambda name=name: build_classifier(name, test_set.class_names,
-                                                            run.device))
+# Recipes, not models: a cluster's workers build their own (see evaluate.Lazy).
+model_builders = {name: partial(build_classifier, name, test_set.class_names, run.device)
                   for name in models}
 methods_by_name = method_factories(
     methods, {"memo": memo, "tent": tent, "eata": eata, "sar": sar},
     {"memo": memo_per_model, "eata": eata_per_model})
 store = run.store(method_settings=("memo", "memo_per_model", "tent", "eata", "eata_per_model",
-                                   "sar", "methods", "models", "photo_models",
+                                   "sar", "successor_lr_factors", "methods", "models",
+                                   "photo_models",
                                    "photo_corruptions", "agreement_images"))
 results = run_grid(model_builders, tasks, methods_by_name, store, batch_size,
                    scheduler=scheduler)
 for name, suite in photo_tasks.items():
-    photo_results = run_grid({name: lambda name=name: build_classifier(name, device=run.device)},
+    photo_results = run_grid({name: partial(build_classifier, name, device=run.device)},
                              suite, methods_by_name, store, batch_size, scheduler=scheduler)
     results += [{**r, "data": f"photos/{r['data']}"} for r in photo_results]
 descriptions = {name: describe(name) for name in [*models, *photo_models]}
@@ -207,6 +213,31 @@ if agreement:
     display(pd.DataFrame(agreement).set_index("model").style.format("{:.3f}"))
 
 # %% [markdown]
+# ## EATA and SAR on a model without batch norm: inert, or short-lived?
+#
+# EATA and SAR adapt online, one SGD step per test batch that has samples they trust, at the authors' learning rate, which was set for ImageNet-C's 50,000 test images per corruption. On a model with batch norm they also re-estimate its statistics on every batch, which is where their gain shows first; on a model with layer norms only (a CLIP ViT) all they can do is step. Each batch is predicted before its own step, as in the authors' code, so a data set of one batch (the smoke defaults) is predicted by the source model whatever the rate. A data set here has a few hundred images, so a few steps. Below: how many steps they took, and the same runs at larger multiples of the paper's rate (`successor_lr_factors`), each against Source on the same images.
+
+# %%
+successors = [m for m in ("eata", "sar") if m in methods]
+layer_norm_models = [name for name in models if successors and successor_lr_factors and not
+                     has_batchnorm(build_classifier(name, test_set.class_names, run.device))]
+scaled = {f"{m} lr x{factor}": method_factories(
+    [m], {m: {**{"eata": eata, "sar": sar}[m], "lr_scale": factor}}, {"eata": eata_per_model})[m]
+    for m in successors for factor in successor_lr_factors}
+scaled_results = run_grid({name: model_builders[name] for name in layer_norm_models}, tasks,
+                          scaled, store, batch_size, scheduler=scheduler) if layer_norm_models else []
+scaled_rows = findings.compare_all(
+    [r for r in results if r["model"] in layer_norm_models] + scaled_results,
+    methods=["source", *successors, *scaled])
+steps_lines = findings.steps_lines([r for r in results if r["model"] in layer_norm_models],
+                                   successors, batch_size)
+run.show_changes([r for r in scaled_rows if r["method"] in (*successors, *scaled)],
+                 "01_memo_successors_lr", "EATA and SAR on the models without batch norm, at "
+                 "multiples of the paper's learning rate: change over Source (95% intervals)")
+display(Markdown(findings.markdown(steps_lines + findings.lines(
+    [r for r in scaled_rows if r["method"] in scaled]))))
+
+# %% [markdown]
 # ## Findings
 #
 # Each method against the source model **on the same test images**: the change in mean accuracy over the data sets with a 95% paired-bootstrap interval (test images resampled with all their corruptions, since the corruptions of one image are not independent evidence), and on how many data sets McNemar's exact test finds the change significant at the 5% level in each direction. An interval that crosses zero means no detectable effect at this sample size. Every number below is computed from this run's results.
@@ -215,7 +246,8 @@ if agreement:
 
 # %%
 finding_rows = findings.compare_all(results, methods=methods)
-run.show_findings(finding_rows, agreement_lines, figure="01_memo_findings")
+run.show_findings(finding_rows, agreement_lines + steps_lines + findings.lines(
+    [r for r in scaled_rows if r["method"] in scaled]), figure="01_memo_findings")
 skipped = int(table["skipped_nonfinite"].sum())
 print(f"updates skipped for a non-finite loss: {skipped}")
 # Sanity checks that keep the notebook honest under nbval.
@@ -231,5 +263,9 @@ if recipe_rows:
         findings.intervals(recipe_rows)
 if agreement:
     summary["MEMO's views without adaptation (mean over the corruptions)"] = agreement
+if scaled_results:
+    summary["EATA and SAR at multiples of the paper's learning rate, models without batch "
+            "norm (change over Source, 95% paired-bootstrap interval)"] = findings.intervals(
+                [r for r in scaled_rows if r["method"] in (*successors, *scaled)])
 run.save(summary, note, headline_table="Mean over the data sets",
          results=summary_rows(results))

@@ -59,11 +59,13 @@ memo_plus = {"focus": 0.5,
 example = "coffee"  # the photo shown in the figures (a photo's name, or an index)
 batch_size = 16
 seed = 0
+scheduler = None  # a Dask scheduler's address (tcp://host:8786) for the grid; None: here
 results_path = None  # default: results/<profile>/02_memo_plus_sam_gradcam.json ($TTA_RESULTS)
 figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 
 # %%
 from collections import Counter
+from functools import partial
 
 import pandas as pd
 import torch
@@ -165,10 +167,11 @@ store = run.store(method_settings=("methods", "models", "memo", "memo_per_model"
                                    "example"))
 results = []
 for name in models:
-    builders = {name: (lambda name=name: model if name == model_name
-                       else build_classifier(name, test_set.class_names, run.device))}
+    # A recipe, not the model above: a cluster's workers build their own (evaluate.Lazy).
+    builders = {name: partial(build_classifier, name, test_set.class_names, run.device)}
     results += run_grid(builders, task_sets[sizes[name]],
-                        {method: factories[method] for method in methods}, store, batch_size)
+                        {method: factories[method] for method in methods}, store, batch_size,
+                        scheduler=scheduler)
 for r in results:
     r["severity"] = 0 if r["data"] == "clean" else int(r["data"].rsplit("/", 1)[1])
 table = pd.DataFrame(summary_rows(results, keys=("model", "data", "severity")))

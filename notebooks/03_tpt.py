@@ -78,6 +78,8 @@ results_path = None  # default: results/<profile>/03_tpt.json ($TTA_RESULTS)
 figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 
 # %%
+from functools import partial
+
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
@@ -153,8 +155,7 @@ store = run.store(method_settings=("methods", "memo", "memo_per_model", "models"
                                    "tda", "tpt", "tpt_per_model"))
 results = []
 for name, test_set in test_sets.items():
-    builders = {m: (lambda m=m, names=test_set.class_names: build_classifier(m, names,
-                                                                             run.device))
+    builders = {m: partial(build_classifier, m, test_set.class_names, run.device)
                 for m in models}
     results += run_grid(builders, tasks[name], methods_by_name, store, batch_size,
                         scheduler=scheduler)
@@ -193,8 +194,10 @@ settings = ([("views", n, {**first_tpt, "n_views": n}) for n in sweep_views]
             + [("selection", r, {**first_tpt, "selection": r}) for r in sweep_selection])
 sweep_methods = {f"tpt {kind}={value}": method_factories(["tpt"], {"tpt": s})["tpt"]
                  for kind, value, s in settings}
-sweep_results = (run_grid({models[0]: lambda: classifier}, sweep_task, sweep_methods, store,
-                          batch_size, scheduler=scheduler) if sweep_images else [])
+sweep_model = {models[0]: partial(build_classifier, models[0], first_task.class_names,
+                                  run.device)}
+sweep_results = (run_grid(sweep_model, sweep_task, sweep_methods, store, batch_size,
+                          scheduler=scheduler) if sweep_images else [])
 sweep_rows = [{"setting": kind, "value": value, "accuracy": r["accuracy"], "ece": r["ece"],
                "seconds_per_sample": r["seconds_per_sample"]}
               for (kind, value, _), r in zip(settings, sweep_results)]

@@ -62,6 +62,8 @@ results_path = None  # default: results/<profile>/04_ensemble.json ($TTA_RESULTS
 figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 
 # %%
+from functools import partial
+
 import pandas as pd
 from IPython.display import Markdown, display
 
@@ -112,8 +114,7 @@ factories = method_factories(
 store = run.store()
 results, temperatures = [], []
 for name, test_set in test_sets.items():
-    builders = {m: (lambda m=m, names=test_set.class_names: build_classifier(m, names,
-                                                                             run.device))
+    builders = {m: partial(build_classifier, m, test_set.class_names, run.device)
                 for m in models}
     found, fitted = ensemble_grid(builders, tasks[name], factories, store, rules, batch_size,
                                   scheduler=scheduler)

@@ -91,6 +91,11 @@ def test_intervals_keep_the_change_and_its_interval():
                                           "change": 0.1, "ci_low": 0.05, "ci_high": 0.15}]
 
 
+BEFORE = ("each batch is predicted before its own step, as in the authors' code, so the first "
+          "batch is always the source model's and the last step acts on nothing. The paper's "
+          "ImageNet-C runs take")
+
+
 def test_steps_lines_count_the_steps_against_the_batches_and_the_paper():
     rows = [{"model": "m", "method": "eata", "n": 400, "counters": {"steps": 7}},
             {"model": "m", "method": "eata", "n": 400, "counters": {"steps": 4}},
@@ -98,8 +103,8 @@ def test_steps_lines_count_the_steps_against_the_batches_and_the_paper():
             {"model": "m", "method": "source", "n": 400, "counters": {}}]
     assert findings.steps_lines(rows, ["eata", "sar", "tent"], 64) == [
         "m · **eata** at the paper's learning rate took 5.5 SGD steps per data set on average, "
-        "of 7 batches (400 images, batches of 64); the paper's ImageNet-C runs take 782 per "
-        "corruption (50,000 images, batches of 64).",
+        f"of 7 batches (400 images, batches of 64); {BEFORE} 782 steps per corruption "
+        "(50,000 images, batches of 64).",
         "m · **sar** at the paper's learning rate took 0.0 SGD steps per data set on average, "
-        "of 7 batches (400 images, batches of 64); the paper's ImageNet-C runs take 782 per "
-        "corruption (50,000 images, batches of 64)."]
+        f"of 7 batches (400 images, batches of 64); {BEFORE} 782 steps per corruption "
+        "(50,000 images, batches of 64)."]

@@ -46,3 +46,23 @@ def test_notebook_starts_and_saves_through_helpers(script):
     assert "sys.path" not in source
     assert f'start("{script.stem}"' in source and "run.save(" in source
     assert "## Findings" in source and "run.show_findings(" in source
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_every_grid_can_go_to_a_cluster_and_sends_recipes_not_models(script):
+    """Each call of ``run_grid`` or ``ensemble_grid`` passes the notebook's ``scheduler``
+    parameter, and its models as ``partial(build_classifier, ...)`` recipes: a lambda would
+    carry the notebook's globals (a built model, the test set) to every worker."""
+    import ast
+
+    tree = ast.parse(script.read_text())
+    grids = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and getattr(node.func, "id", None) in ("run_grid", "ensemble_grid")]
+    if grids:
+        assert any(isinstance(n, ast.Assign) and n.targets[0].id == "scheduler"
+                   for n in tree.body if isinstance(n, ast.Assign)), script.name
+    for call in grids:
+        assert any(k.arg == "scheduler" for k in call.keywords), (script.name, call.lineno)
+    lambdas = [node for node in ast.walk(tree) if isinstance(node, ast.Lambda)
+               and any(getattr(n, "id", None) == "build_classifier" for n in ast.walk(node))]
+    assert not lambdas, f"{script.name}: build a model through partial(build_classifier, ...)"
