@@ -204,5 +204,43 @@ def steps_lines(results: list[dict], methods, batch_size: int) -> list[str]:
                 f"before its own step, as in the authors' code, so the first batch is always "
                 f"the source model's and the last step acts on nothing. The paper's ImageNet-C "
                 f"runs take {math.ceil(PAPER_IMAGES / PAPER_BATCH)} steps per corruption "
-                f"({PAPER_IMAGES:,} images, batches of {PAPER_BATCH}).")
+                f"({PAPER_IMAGES:,} images, batches of {PAPER_BATCH})." + trusted(rows))
     return found
+
+
+def trusted(rows: list[dict]) -> str:
+    """The share of the images an entropy-filtering method trusted (``reliable``: entropy
+    below E_0) and used (EATA's ``selected``: also unlike the recent predictions), from its
+    counters; ``""`` when it counts neither."""
+    images = sum(r["n"] for r in rows)
+    counts = {key: sum(r.get("counters", {}).get(key, 0) for r in rows)
+              for key in ("reliable", "selected")}
+    if not images or not any(counts.values()):
+        return ""
+    text = f" It trusted {counts['reliable'] / images:.0%} of the images (entropy below E_0)"
+    if counts["selected"]:
+        text += (f" and used {counts['selected'] / images:.0%} (EATA also drops a sample whose "
+                 f"prediction resembles the average of those it used)")
+    return text + "."
+
+
+def mean_view_agreement(classifier, tasks: dict, views, n_images: int, seed: int = 0) -> dict:
+    """``evaluate.view_agreement`` over ``n_images`` of each corrupted data set of ``tasks``
+    (clean left out), averaged: the accuracy of the image, of each view and of the views'
+    average, without adaptation. The evidence for why a method that trusts the model on its
+    views (MEMO, TPT, Zero) helps one model and hurts another."""
+    from .data import take
+    from .evaluate import view_agreement
+
+    scores = [view_agreement(classifier, take(task, n_images, seed), views, seed)
+              for name, task in tasks.items() if name != "clean"]
+    return {key: round(float(np.mean([s[key] for s in scores])), 4) for key in scores[0]}
+
+
+def agreement_line(model: str, whose: str, score: dict, n_images: int) -> str:
+    """``mean_view_agreement``'s numbers as a sentence of the findings."""
+    return (f"{model}, {whose} views without adaptation (mean over the corruptions, "
+            f"{n_images} images each): a single view is right on {score['views']:.3f} of the "
+            f"images, the average over the views on {score['marginal']:.3f}, the image itself "
+            f"on {score['source']:.3f} (average minus image "
+            f"{score['marginal'] - score['source']:+.3f}).")

@@ -83,7 +83,7 @@ import torch
 from IPython.display import Markdown, display
 
 from helpers import data, findings, plots
-from helpers.evaluate import pivot, run_grid, summary_rows, view_agreement
+from helpers.evaluate import pivot, run_grid, summary_rows
 from helpers.models import build_classifier, describe, parse_standin, photo_size
 from helpers.notebook import start
 from helpers.tta import has_batchnorm, method_factories
@@ -199,16 +199,9 @@ for name in standins if "memo" in methods else []:
     settings = methods_by_name["memo"].settings(name)
     memo_views = make_views(settings.get("views"), settings["n_views"])
     classifier = build_classifier(name, test_set.class_names, run.device)
-    scores = pd.DataFrame([view_agreement(classifier, data.take(task, agreement_images, seed),
-                                          memo_views, seed)
-                           for task_name, task in tasks.items() if task_name != "clean"])
-    score = {"model": name, **scores.mean().round(4).to_dict()}
-    agreement.append(score)
-    agreement_lines.append(
-        f"{name}, MEMO's views without adaptation (mean over the corruptions, "
-        f"{agreement_images} images each): the average over the views is right on "
-        f"{score['marginal']:.3f} of the images, the image itself on {score['source']:.3f} "
-        f"({score['marginal'] - score['source']:+.3f}).")
+    score = findings.mean_view_agreement(classifier, tasks, memo_views, agreement_images, seed)
+    agreement.append({"model": name, **score})
+    agreement_lines.append(findings.agreement_line(name, "MEMO's", score, agreement_images))
 if agreement:
     display(pd.DataFrame(agreement).set_index("model").style.format("{:.3f}"))
 

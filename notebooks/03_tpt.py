@@ -71,6 +71,7 @@ tda = {}  # the authors' ImageNet settings
 sweep_views = [15, 31, 63]  # accuracy vs number of views (at the selection ratio of tpt)
 sweep_selection = [0.1, 0.3, 1.0]  # accuracy vs selection ratio (at tpt's number of views)
 sweep_images = 16  # images of the first task used by the sweeps (0: no sweep)
+agreement_images = 16  # images per data set for the views-without-adaptation diagnostic
 batch_size = 64
 seed = 0
 scheduler = None  # a Dask scheduler's address (tcp://host:8786) for the grid; None: here
@@ -88,7 +89,7 @@ from helpers import data, findings, plots
 from helpers.evaluate import pivot, run_grid, summary_rows
 from helpers.models import build_classifier, describe, parse_standin
 from helpers.notebook import start
-from helpers.tta import method_factories, view_settings
+from helpers.tta import method_factories, tpt_views, view_settings
 
 run = start("03_tpt", dict(
     profile=profile, datasets=datasets, data_root=data_root, models=models,
@@ -97,6 +98,7 @@ run = start("03_tpt", dict(
     memo_per_model=memo_per_model,
     zero=zero, tda=tda,
     sweep_views=sweep_views, sweep_selection=sweep_selection, sweep_images=sweep_images,
+    agreement_images=agreement_images,
     batch_size=batch_size, seed=seed), results_path, figures_dir)
 
 # %% [markdown]
@@ -152,7 +154,7 @@ if ctx_file:
     methods_by_name["coop"] = method_factories(
         ["prompt"], {"prompt": {"ctx_file": ctx_file}})["prompt"]
 store = run.store(method_settings=("methods", "memo", "memo_per_model", "models", "zero",
-                                   "tda", "tpt", "tpt_per_model"))
+                                   "tda", "tpt", "tpt_per_model", "agreement_images"))
 results = []
 for name, test_set in test_sets.items():
     builders = {m: partial(build_classifier, m, test_set.class_names, run.device)
@@ -223,6 +225,19 @@ recipe_rows = [row for row in findings.compare_all(results, methods=method_order
 run.show_changes(recipe_rows, "03_tpt_recipes", "Change over the same model's zero-shot "
                                                 "prediction, per training recipe (95% "
                                                 "paired-bootstrap intervals)")
+agreement, agreement_lines = [], []
+for name in standins if "zero" in methods and agreement_images else []:
+    settings = methods_by_name["zero"].settings(name)
+    zero_views = tpt_views(settings["views"], settings["n_views"], min(image.shape[-2:]))
+    model = build_classifier(name, first_task.class_names, run.device)
+    score = findings.mean_view_agreement(model, tasks[datasets[0]], zero_views,
+                                         agreement_images, seed)
+    agreement.append({"model": name, **score})
+    agreement_lines.append(findings.agreement_line(name, "Zero's and TPT's", score,
+                                                   agreement_images))
+if agreement:
+    display(pd.DataFrame(agreement).set_index("model").style.format("{:.3f}"))
+    display(Markdown(findings.markdown(agreement_lines)))
 
 # %% [markdown]
 # ## Findings
@@ -237,7 +252,7 @@ if {"prompt", "tpt"} <= set(method_order):
     finding_rows += findings.compare(results, "tpt", baseline="prompt")
 if {"tpt", "zero"} <= set(method_order):
     finding_rows += findings.compare(results, "zero", baseline="tpt")
-run.show_findings(finding_rows, figure="03_tpt_findings")
+run.show_findings(finding_rows, agreement_lines, figure="03_tpt_findings")
 assert all(0 <= r["accuracy"] <= 1 and r["n"] > 0 for r in results)
 assert set(table["method"]) <= set(method_order)
 
@@ -247,6 +262,8 @@ summary = {"Accuracy per data set (zero-shot = source)": pivot(results, methods=
 if recipe_rows:
     summary["Change over zero-shot per training recipe (95% paired-bootstrap interval)"] = \
         findings.intervals(recipe_rows)
+if agreement:
+    summary["Zero's and TPT's views without adaptation (mean over the corruptions)"] = agreement
 if sweep_rows:
     n_sweep = len(next(iter(sweep_task.values())))
     summary[f"TPT sweep on {first_task_name} ({n_sweep} images)"] = sweep_rows

@@ -97,14 +97,44 @@ BEFORE = ("each batch is predicted before its own step, as in the authors' code,
 
 
 def test_steps_lines_count_the_steps_against_the_batches_and_the_paper():
-    rows = [{"model": "m", "method": "eata", "n": 400, "counters": {"steps": 7}},
-            {"model": "m", "method": "eata", "n": 400, "counters": {"steps": 4}},
+    rows = [{"model": "m", "method": "eata", "n": 400,
+             "counters": {"steps": 7, "reliable": 300, "selected": 100}},
+            {"model": "m", "method": "eata", "n": 400,
+             "counters": {"steps": 4, "reliable": 100, "selected": 0}},
             {"model": "m", "method": "sar", "n": 400, "counters": {}},
             {"model": "m", "method": "source", "n": 400, "counters": {}}]
     assert findings.steps_lines(rows, ["eata", "sar", "tent"], 64) == [
         "m · **eata** at the paper's learning rate took 5.5 SGD steps per data set on average, "
         f"of 7 batches (400 images, batches of 64); {BEFORE} 782 steps per corruption "
-        "(50,000 images, batches of 64).",
+        "(50,000 images, batches of 64). It trusted 50% of the images (entropy below E_0) and "
+        "used 12% (EATA also drops a sample whose prediction resembles the average of those "
+        "it used).",
         "m · **sar** at the paper's learning rate took 0.0 SGD steps per data set on average, "
         f"of 7 batches (400 images, batches of 64); {BEFORE} 782 steps per corruption "
         "(50,000 images, batches of 64)."]
+
+
+def test_mean_view_agreement_averages_the_corrupted_sets_only(monkeypatch):
+    import torch
+
+    from helpers import evaluate
+    from helpers.data import ImageTensorDataset
+
+    seen = []
+
+    def fake(classifier, dataset, views, seed):
+        seen.append(len(dataset))
+        return {"source": 0.5, "views": 0.2 * len(seen), "marginal": 0.6}
+
+    monkeypatch.setattr(evaluate, "view_agreement", fake)
+    def task(name):
+        return ImageTensorDataset(torch.zeros(9, 3, 2, 2, dtype=torch.uint8), [0] * 9, ["a"],
+                                  name, name)
+
+    tasks = {name: task(name) for name in ("clean", "noise", "blur")}
+    score = findings.mean_view_agreement(None, tasks, None, n_images=4)
+    assert seen == [4, 4] and score == {"source": 0.5, "views": 0.3, "marginal": 0.6}
+    assert findings.agreement_line("m", "Zero's", score, 4) == (
+        "m, Zero's views without adaptation (mean over the corruptions, 4 images each): a single "
+        "view is right on 0.300 of the images, the average over the views on 0.600, the image "
+        "itself on 0.500 (average minus image +0.100).")
