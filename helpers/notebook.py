@@ -55,6 +55,7 @@ class NotebookRun:
     finding_lines: list = field(default_factory=list)
     comparisons: list = field(default_factory=list)
     findings_figure: str | None = None
+    stores: list = field(default_factory=list)
 
     def store(self, method_settings=()) -> ResultStore:
         """The store of finished grid cells beside the results file, kept while the parameters
@@ -62,7 +63,16 @@ class NotebookRun:
         methods' own options, which each cell records and compares itself, so that changing
         one method's options recomputes only its cells)."""
         kept = {k: v for k, v in self.parameters.items() if k not in set(method_settings)}
-        return ResultStore(self.results_path.with_suffix(".cells.json"), kept)
+        self.stores.append(ResultStore(self.results_path.with_suffix(".cells.json"), kept))
+        return self.stores[-1]
+
+    def cells_reused(self) -> dict:
+        """How many of the grid cells this run used were computed by an earlier run: a
+        resumed run's time is not the time its numbers took (the report says so)."""
+        started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started))
+        cells = [c for store in self.stores for c in store.cells.values()]
+        reused = [c for c in cells if c.get("run", {}).get("time", started)[:19] < started]
+        return {"cells": len(cells), "reused": len(reused)}
 
     def figure(self, fig, name: str) -> Path:
         """Save a figure as ``<figures_dir>/<name>.png`` (and keep showing it inline)."""
@@ -115,7 +125,7 @@ class NotebookRun:
             "notebook": self.name, "parameters": self.parameters, "run": self.info,
             "note": note, "summary": summary, "findings": self.finding_lines,
             "comparisons": self.comparisons, "headline": headline, "seconds": seconds,
-            **extra})
+            "grid_cells": self.cells_reused(), **extra})
         print(f"results: {path}\nfigures: {self.figures_dir}\n{seconds} s")
         return path
 

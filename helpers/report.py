@@ -123,6 +123,17 @@ def publish(profile: str = "offline", report_dir: Path = REPORT) -> list[str]:
     return names
 
 
+def run_time(results: dict) -> str:
+    """The notebook's run time, and how many of its grid cells an earlier run computed (a
+    resumed run takes minutes less than its numbers did)."""
+    text = f"run time {results.get('seconds', 0) / 60:.1f} min"
+    cells = results.get("grid_cells") or {}
+    if cells.get("reused"):
+        text += (f" (resumed: {cells['reused']:,} of its {cells['cells']:,} grid cells were "
+                 f"computed by an earlier run)")
+    return text
+
+
 def _index(report_dir: Path, profile: str):
     """The summary page: per notebook its title, links, note and findings."""
     parts = [f"# Test-time adaptation of pretrained vision models: the `{profile}` report",
@@ -131,8 +142,8 @@ def _index(report_dir: Path, profile: str):
     for name, results in load_results(report_dir).items():
         parts += [f"## {_notebook_title(report_dir, name)}",
                   f"[executed notebook (HTML)]({name}.html) · [ipynb]({name}.ipynb) · "
-                  f"run time {results.get('seconds', 0) / 60:.1f} min",
-                  results.get("note", ""), _bullets(results.get("findings"))]
+                  + run_time(results), results.get("note", ""),
+                  _bullets(results.get("findings"))]
     cell = nbformat.v4.new_markdown_cell("\n\n".join(parts))
     cell.id = "summary"  # a fixed id: the same summary gives the same page
     return nbformat.v4.new_notebook(cells=[cell])
@@ -185,7 +196,7 @@ def readme_block(report_dir: Path = REPORT, relative_to: Path = paths.REPO) -> s
         headline = results.get("headline") or {}
         parts += [f"### {_notebook_title(report_dir, name)}", "",
                   f"[Executed notebook]({base}/{name}.ipynb) · [HTML]({base}/{name}.html) · "
-                  f"run time {results.get('seconds', 0) / 60:.1f} min", "",
+                  + run_time(results), "",
                   results.get("note", ""), ""]
         comparisons = results.get("comparisons")
         table = (results.get("summary") or {}).get(headline.get("table"))

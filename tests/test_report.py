@@ -128,3 +128,24 @@ def test_comparisons_show_as_one_table_with_their_intervals():
                      "change (95% CI)": "+0.050 (+0.010, +0.090)", "verdict": "gain",
                      "data sets better / worse": "2 / 0 of 16", "ECE": "0.200 → 0.150",
                      "s / image": "0.012"}
+
+
+def test_run_time_says_when_a_resumed_run_reused_cells():
+    assert report.run_time({"seconds": 120}) == "run time 2.0 min"
+    assert report.run_time({"seconds": 54, "grid_cells": {"cells": 570, "reused": 0}}) == \
+        "run time 0.9 min"
+    assert report.run_time({"seconds": 54, "grid_cells": {"cells": 570, "reused": 540}}) == (
+        "run time 0.9 min (resumed: 540 of its 570 grid cells were computed by an earlier run)")
+
+
+def test_a_notebook_run_counts_the_cells_an_earlier_run_computed(tmp_path):
+    from helpers.notebook import start
+
+    run = start("01_test", {"seed": 0}, tmp_path / "r.json", tmp_path / "figures")
+    store = run.store()
+    store.put(("m", "d", "old"), {"accuracy": 1.0},
+              run={"time": "2020-01-01T00:00:00+0000"})
+    store.put(("m", "d", "new"), {"accuracy": 1.0})
+    assert run.cells_reused() == {"cells": 2, "reused": 1}
+    saved = json.loads(run.save({}).read_text())
+    assert saved["grid_cells"] == {"cells": 2, "reused": 1}
