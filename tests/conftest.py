@@ -1,6 +1,9 @@
+import ast
+import functools
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +17,22 @@ BACKGROUND = {}
 
 
 def needs_standins(item) -> bool:
-    """Whether a test loads the trained stand-ins: the slow tests and the notebooks (nbval)."""
-    return bool(item.get_closest_marker("slow")) or item.path.suffix == ".ipynb"
+    """Whether a test loads the trained stand-ins: the slow tests, and the notebooks (nbval)
+    whose default models name one (01, 03, 04; 02, 05 and 06 can run while they train)."""
+    if item.path.suffix == ".ipynb":
+        return notebook_uses_standins(item.path)
+    return bool(item.get_closest_marker("slow"))
+
+
+@functools.cache
+def notebook_uses_standins(notebook: Path) -> bool:
+    from helpers.batch import notebook_parameters
+    from helpers.models import parse_standin
+
+    defaults = notebook_parameters(notebook)
+    names = [name for key in ("models", "photo_models")
+             for name in ast.literal_eval(defaults.get(key, "[]"))]
+    return any(parse_standin(name) for name in names)
 
 
 def pytest_collection_modifyitems(session, config, items):
