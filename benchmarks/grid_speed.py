@@ -21,6 +21,13 @@ Measured 2026-12-05 04:39 on 2 quiet cores (load 0.1 before, default settings, 2
 in process 14.9 s, 1 worker 14.7 s, 2 workers 9.3 s (fastest): **1.58x** (1.60x medians), the
 target 1.7x not met; the 2 workers kept 1.67 cores busy, in process / 1 worker 1.01x.
 
+Measured 2026-12-05 06:37 with ``--images 400`` (notebook 01's count per task, quiet cores):
+1 worker 30.2 s, 2 workers 19.1 s, **1.58x** again (1.60x medians); the 2 workers kept 1.72
+cores busy and used 8% more CPU seconds than one (32.9 vs 30.5), so neither the grid's size
+nor building the models (0.1-0.4 s each) is what is missing. Replicating the held recipes and
+data sets on every worker (``client.replicate``, so that parts need not follow the data) made
+it worse: 1.46x (08:00, default settings); not kept.
+
 Measured 2026-12-05 (200 images per task, 3 corruptions + clean, 2 or 3 rounds) while other
 engineers' test suites kept the 2 cores busy (load average 3-6.5): 1 worker / 2 workers
 0.94x, 1.15x and 1.05x (fastest rounds), the **1.7x target not met**, since the two workers
