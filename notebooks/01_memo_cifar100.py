@@ -144,8 +144,9 @@ run.figure(fig, "01_memo_views")
 # Recipes, not models: a cluster's workers build their own (see evaluate.Lazy).
 model_builders = {name: partial(build_classifier, name, test_set.class_names, run.device)
                   for name in models}
+method_options = {"memo": memo, "tent": tent, "eata": eata, "sar": sar}
 methods_by_name = method_factories(
-    methods, {"memo": memo, "tent": tent, "eata": eata, "sar": sar},
+    methods, method_options,
     {"memo": memo_per_model, "eata": eata_per_model})
 store = run.store(method_settings=("memo", "memo_per_model", "tent", "eata", "eata_per_model",
                                    "sar", "successor_lr_factors", "methods", "models",
@@ -215,7 +216,7 @@ successors = [m for m in ("eata", "sar") if m in methods]
 layer_norm_models = [name for name in models if successors and successor_lr_factors and not
                      has_batchnorm(build_classifier(name, test_set.class_names, run.device))]
 scaled = {f"{m} lr x{factor}": method_factories(
-    [m], {m: {**{"eata": eata, "sar": sar}[m], "lr_scale": factor}}, {"eata": eata_per_model})[m]
+    [m], {m: {**method_options[m], "lr_scale": factor}}, {"eata": eata_per_model})[m]
     for m in successors for factor in successor_lr_factors}
 scaled_results = run_grid({name: model_builders[name] for name in layer_norm_models}, tasks,
                           scaled, store, batch_size, scheduler=scheduler) if layer_norm_models else []
@@ -224,11 +225,11 @@ scaled_rows = findings.compare_all(
     methods=["source", *successors, *scaled])
 steps_lines = findings.steps_lines([r for r in results if r["model"] in layer_norm_models],
                                    successors, batch_size)
-run.show_changes([r for r in scaled_rows if r["method"] in (*successors, *scaled)],
-                 "01_memo_successors_lr", "EATA and SAR on the models without batch norm, at "
-                 "multiples of the paper's learning rate: change over Source (95% intervals)")
-display(Markdown(findings.markdown(steps_lines + findings.lines(
-    [r for r in scaled_rows if r["method"] in scaled]))))
+scaled_lines = steps_lines + findings.lines([r for r in scaled_rows if r["method"] in scaled])
+run.show_changes(scaled_rows, "01_memo_successors_lr", "EATA and SAR on the models without "
+                 "batch norm, at multiples of the paper's learning rate: change over Source "
+                 "(95% intervals)")
+display(Markdown(findings.markdown(scaled_lines)))
 
 # %% [markdown]
 # ## Findings
@@ -239,8 +240,7 @@ display(Markdown(findings.markdown(steps_lines + findings.lines(
 
 # %%
 finding_rows = findings.compare_all(results, methods=methods)
-run.show_findings(finding_rows, agreement_lines + steps_lines + findings.lines(
-    [r for r in scaled_rows if r["method"] in scaled]), figure="01_memo_findings")
+run.show_findings(finding_rows, agreement_lines + scaled_lines, figure="01_memo_findings")
 skipped = int(table["skipped_nonfinite"].sum())
 print(f"updates skipped for a non-finite loss: {skipped}")
 # Sanity checks that keep the notebook honest under nbval.
@@ -258,7 +258,7 @@ if agreement:
     summary["MEMO's views without adaptation (mean over the corruptions)"] = agreement
 if scaled_results:
     summary["EATA and SAR at multiples of the paper's learning rate, models without batch "
-            "norm (change over Source, 95% paired-bootstrap interval)"] = findings.intervals(
-                [r for r in scaled_rows if r["method"] in (*successors, *scaled)])
+            "norm (change over Source, 95% paired-bootstrap interval)"] = \
+        findings.intervals(scaled_rows)
 run.save(summary, note, headline_table="Mean over the data sets",
          results=summary_rows(results))
