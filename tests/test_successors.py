@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.models import SmallClipConfig, _build_small_clip, clip_classifier
+from helpers.models import SmallClipConfig, build_small_clip, clip_classifier
 from helpers.tta import (
     Eata,
     FeatureCache,
@@ -25,6 +25,7 @@ from helpers.tta import (
     sar_parameters,
     zero_vote,
 )
+from helpers.tta import eata as eata_module
 from helpers.tta.eata import fisher_information
 from helpers.tta.sar import top_layers
 
@@ -49,7 +50,7 @@ def entropy_of(logits):
 @pytest.fixture(scope="module")
 def small_clip():
     torch.manual_seed(0)
-    model = _build_small_clip(SmallClipConfig()).float().eval()
+    model = build_small_clip(SmallClipConfig()).float().eval()
     model.name = ""
     return model
 
@@ -486,6 +487,39 @@ def test_bad_inputs_say_how_to_fix_them(tiny_cnn):
         Zero(tiny_cnn, n_views=7)
     with pytest.raises(ValueError, match="unknown dataset"):
         Eata(tiny_cnn, fisher_images="imagenet:train")
+
+
+def test_eata_estimates_the_fisher_once_per_model_and_source(tiny_cnn, monkeypatch):
+    """A grid builds EATA once per data set on the same source model: the second build reuses
+    the first estimate (equal bit for bit to a fresh one); changed weights or other source
+    images are estimated anew."""
+    eata_module.FISHERS.clear()
+    calls = []
+    estimate = eata_module.fisher_information
+    monkeypatch.setattr(eata_module, "fisher_information",
+                        lambda *args: calls.append(1) or estimate(*args))
+    clean = torch.rand(10, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    source = state(tiny_cnn)
+    first = Eata(tiny_cnn, fisher_images=clean, fisher_batch_size=4)
+    second = Eata(tiny_cnn, fisher_images=clean, fisher_batch_size=4)
+    assert len(calls) == 1 and second.fisher_count == 10
+    assert_same_state(tiny_cnn, source)
+    eata_module.FISHERS.clear()
+    fresh = Eata(tiny_cnn, fisher_images=clean, fisher_batch_size=4)
+    assert len(calls) == 2
+    for a, b, c in zip(first.fishers, second.fishers, fresh.fishers):
+        assert torch.equal(a, b) and torch.equal(a, c) and a is not b
+    Eata(tiny_cnn, fisher_images=clean[:8], fisher_batch_size=4)  # other images
+    Eata(tiny_cnn, fisher_images=clean, fisher_batch_size=2)  # other batches
+    assert len(calls) == 4
+    with torch.no_grad():
+        next(tiny_cnn.parameters()).add_(0.01)  # the model changed in place
+    Eata(tiny_cnn, fisher_images=clean, fisher_batch_size=4)
+    assert len(calls) == 5
+    dataset = torch.utils.data.TensorDataset(clean, torch.zeros(10, dtype=torch.long))
+    Eata(tiny_cnn, fisher_images=dataset, fisher_batch_size=4)
+    Eata(tiny_cnn, fisher_images=dataset, fisher_batch_size=4)  # unnamed: never cached
+    assert len(calls) == 7
 
 
 def test_eata_fisher_images_by_data_set_name_for_profiles(tiny_cnn):

@@ -16,7 +16,9 @@ chosen part of each test batch only:
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,13 @@ from .episodic import frozen
 from .norm import batchnorm_train_mode, entropy, has_batchnorm
 
 MOVING_AVERAGE = 0.9  # momentum of the probability average (``update_model_probs``)
+# The Fisher estimates made in this process, by what they depend on: the model's weights, the
+# adapted parameters and the source images with the estimate's settings. A grid builds EATA
+# once per data set on the same source model (16 times per model in notebook 01, each 0.4-0.7
+# s on one thread for 500 images), and the estimate is the same each time. The most recent
+# ``FISHERS_KEPT`` are kept.
+FISHERS: OrderedDict = OrderedDict()
+FISHERS_KEPT = 8
 
 
 def entropy_margin(model: nn.Module, e_margin: float | None = None,
@@ -118,6 +127,48 @@ def fisher_information(model: nn.Module, params, dataset, batch_size: int = 64):
     return [total / count for total in sums]
 
 
+def content_digest(tensors) -> str:
+    """A digest of the tensors' values (and dtypes and shapes): equal exactly when they are."""
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def source_key(images, size: int, seed: int):
+    """What names the Fisher images: a data set name with the subset's size and seed, or a
+    tensor's content; None for a data set object (not cached: it has no name to trust)."""
+    if isinstance(images, str):
+        return ("name", images, size, seed)
+    if isinstance(images, torch.Tensor):
+        return ("tensor", content_digest([images]), size)
+    return None
+
+
+def estimated_fisher(model: nn.Module, params, choice: str, images, size: int, seed: int,
+                     batch_size: int):
+    """``(fishers, count)``: the Fisher information of ``params`` (the model's ``choice`` of
+    parameters) on at most ``size`` of the source ``images``, estimated once per model
+    weights and source (``FISHERS``) and then reused, bit for bit the same. Copies: the
+    caller may keep them."""
+    source = source_key(images, size, seed)
+    key = (source and (content_digest(model.state_dict().values()), choice, source,
+                       batch_size))
+    if key not in FISHERS:
+        data = fisher_dataset(images, size, seed)
+        fishers = fisher_information(model, params, data, batch_size)
+        if key is None:
+            return fishers, len(data)
+        FISHERS[key] = (fishers, len(data))
+        while len(FISHERS) > FISHERS_KEPT:
+            FISHERS.popitem(last=False)
+    FISHERS.move_to_end(key)
+    fishers, count = FISHERS[key]
+    return [f.clone() for f in fishers], count
+
+
 class OnlineNormAdapter(Episodic):
     """What EATA and SAR share with Tent: per test batch, batch norm on batch statistics, one
     forward whose logits are the prediction (made before this batch's update, as in the
@@ -163,10 +214,9 @@ class Eata(OnlineNormAdapter):
         self.moving_probs = None
         self.fishers, self.anchors = None, [p.detach().clone() for p in self.params]
         if fisher_images is not None:
-            data = fisher_dataset(fisher_images, fisher_size, seed)
-            self.fishers = fisher_information(model, self.params, data, fisher_batch_size)
-            self.fisher_count = len(data)
-            self.restore()  # the estimate ran batch norm in train mode: running stats moved
+            self.fishers, self.fisher_count = estimated_fisher(
+                model, self.params, params, fisher_images, fisher_size, seed, fisher_batch_size)
+            self.restore()  # an estimate runs batch norm in train mode: running stats moved
 
     def anti_forgetting(self) -> torch.Tensor:
         """lambda * sum F (theta - theta_source)^2 over the adapted parameters."""
