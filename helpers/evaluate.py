@@ -358,27 +358,36 @@ def grid_on_cluster(scheduler, missing: list, built: dict, tasks: dict, methods:
                     progress: bool = True) -> None:
     """Compute the ``missing`` cells (key, settings, code) of ``run_grid`` on the cluster at
     ``scheduler``; each cell is stored as soon as all its parts are back. Models (their
-    builders) and data sets are sent once (``cluster.held``); the parts of a lost worker run
-    again on another, and a cell is stored once. ``pieces``: parts per shardable cell
-    (default: twice the cluster's threads)."""
-    from distributed import as_completed
-
+    builders) and data sets are sent once (``cluster.held``); the parts go out the longest
+    first, one per free worker thread (``cluster.in_order``, ``part_cost``); the parts of a
+    lost worker run again on another, and a cell is stored once. ``pieces``: parts per
+    shardable cell (default: twice the cluster's threads)."""
     client = cluster.connect(scheduler)
     pieces = pieces or 2 * cluster.total_threads(client)
     models = {name: cluster.held(client, built[name]) for name in {k[0] for k, _, _ in missing}}
     datasets = {name: cluster.held(client, tasks[name]) for name in {k[1] for k, _, _ in missing}}
-    parts, cells = {}, {}
+    cells, parts = {}, []
     for key, settings, code in missing:
-        futures = _submit_parts(client, store.name(key), methods[key[2]], models[key[0]],
-                                key[0], datasets[key[1]], len(tasks[key[1]]), batch_size,
-                                pieces)
-        cells[key] = {"settings": settings, "code": code, "parts": [None] * len(futures)}
-        parts.update({future: (key, i) for i, future in enumerate(futures)})
+        make = methods[key[2]]
+        ranges = image_ranges(len(tasks[key[1]]), batch_size,
+                              pieces if getattr(make, "shardable", False) else 1)
+        cells[key] = {"settings": settings, "code": code, "parts": [None] * len(ranges)}
+        parts += [(part_cost(make, key[0], start, stop), key, i, start, stop)
+                  for i, (start, stop) in enumerate(ranges)]
+    parts.sort(key=lambda part: -part[0])
+
+    def submit(part, address):
+        _, key, _, start, stop = part
+        return client.submit(evaluate_part, methods[key[2]], models[key[0]], key[0],
+                             datasets[key[1]], start, stop, batch_size,
+                             torch.get_num_threads(), pure=False, workers=[address],
+                             allow_other_workers=True,
+                             key=f"{store.name(key)} [{start}:{stop}]-{uuid.uuid4().hex}")
+
     bar = tqdm(total=len(parts), desc=f"{len(cells)} cells on {client.scheduler.address}",
                unit="part", disable=not progress, leave=False)
     try:
-        for future in as_completed(parts):
-            key, i = parts[future]
+        for (_, key, i, _, _), future in cluster.in_order(client, parts, submit):
             cell = cells[key]
             cell["parts"][i] = future.result()
             bar.update()
@@ -387,18 +396,15 @@ def grid_on_cluster(scheduler, missing: list, built: dict, tasks: dict, methods:
                           cell["code"], cell["parts"][0].get("run"))
     finally:
         bar.close()
-        client.cancel(list(parts) + list(models.values()) + list(datasets.values()))
+        client.cancel(list(models.values()) + list(datasets.values()))
 
 
-def _submit_parts(client, name: str, make, model, model_name: str, dataset, n: int,
-                  batch_size: int, pieces: int) -> list:
-    """The futures of one cell's parts (``pieces`` of them for a shardable method, else one),
-    computed with this process's number of CPU threads."""
-    ranges = image_ranges(n, batch_size, pieces if getattr(make, "shardable", False) else 1)
-    return [client.submit(evaluate_part, make, model, model_name, dataset, start, stop,
-                          batch_size, torch.get_num_threads(), pure=False,
-                          key=f"{name} [{start}:{stop}]-{uuid.uuid4().hex}")
-            for start, stop in ranges]
+def part_cost(make, model_name: str, start: int, stop: int) -> int:
+    """A part's images times its method's passes per image (``tta.passes_per_image``; 1
+    for a method that does not say): the order a cluster gets the parts in, longest first,
+    so that the last parts are short and the workers end together."""
+    passes = make.passes(model_name) if hasattr(make, "passes") else 1
+    return passes * (stop - start)
 
 
 def _joined(parts: list[dict], dataset) -> dict:

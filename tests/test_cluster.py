@@ -126,6 +126,41 @@ def test_image_ranges_are_whole_batches_covering_every_image_once():
         assert all(r[1] == s[0] for r, s in zip(ranges, ranges[1:]))
 
 
+def test_a_parts_cost_is_its_images_times_its_methods_passes_per_image():
+    """What a grid's parts are handed out by, longest first: views, once more per step; an
+    online method a forward and a backward pass; Source one."""
+    make = method_factories(["source", "memo", "tent", "tpt", "zero"],
+                            {"memo": {"n_views": 8}, "tpt": {"n_views": 7, "steps": 2}})
+    costs = {name: evaluate.part_cost(f, "cnn", 64, 100) for name, f in make.items()}
+    assert costs == {"source": 36, "memo": 36 * 17, "tent": 36 * 2, "tpt": 36 * 22,
+                     "zero": 36 * 64}  # Zero: its default 63 views, no step
+    assert evaluate.part_cost(lambda model, name: None, "cnn", 0, 10) == 10
+
+
+def test_jobs_go_out_in_order_one_per_free_worker_thread(two_workers):
+    """``cluster.in_order``: never more jobs on the cluster than worker threads (and one
+    waiting per worker), each sent to a free worker, in the given order, every one run
+    once."""
+    import time
+
+    submitted, futures, peak, done = [], [], [], []
+
+    def submit(job, address):
+        submitted.append((job, address))
+        peak.append(1 + sum(not f.done() for f in futures))  # on the cluster with this one
+        futures.append(two_workers.submit(time.sleep, 0.05 * (job % 3), pure=False,
+                                          workers=[address], allow_other_workers=True))
+        return futures[-1]
+
+    for job, future in cluster.in_order(two_workers, list(range(8)), submit):
+        future.result()
+        done.append(job)
+    assert [job for job, _ in submitted] == list(range(8)) and sorted(done) == list(range(8))
+    # two workers of one thread each, and the next job waiting on each
+    assert max(peak) == 2 * (1 + cluster.LOOKAHEAD)
+    assert {address for _, address in submitted} == set(two_workers.nthreads())
+
+
 # ---------------------------------------------------------------- grids on a cluster
 
 

@@ -1,5 +1,7 @@
 """Test-time adaptation methods behind one interface (see ``base.Adapter``)."""
 
+import inspect
+
 from .base import Adapter, Episodic, Source, make_optimizer
 from .eata import Eata, entropy_margin, paper_lr, sample_selection
 from .ensemble import (
@@ -77,7 +79,7 @@ def build_method(name: str, model, **options) -> Adapter:
 __all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "MemoPlus", "Tpt",
            "Snapshot", "PromptLearner", "METHODS", "build_method", "entropy", "marginal_entropy",
            "make_optimizer", "select_parameters", "has_batchnorm", "method_factories",
-           "view_settings", "method_module", "SHARDABLE",
+           "view_settings", "method_module", "SHARDABLE", "passes_per_image",
            "confident_views", "prompt_classifier", "tpt", "prompt", "Ensemble", "RULES",
            "combine", "disagreement", "ensemble_grid", "ensemble_results", "fit_temperature",
            "Zero", "zero_vote", "Tda", "FeatureCache", "Eata", "Sar", "sample_selection",
@@ -86,6 +88,23 @@ __all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "Memo", "MemoPl
 
 
 VIEW_SETTINGS = ("views", "n_views", "selection", "keep")
+# The methods that update on every test batch (a forward and a backward pass per image).
+ONLINE = ("norm", "tent", "eata", "sar")
+
+
+def passes_per_image(name: str, settings: dict) -> int:
+    """About how many passes through the model a method makes per test image, from its
+    settings and its defaults: a view-based method one per view and once more per update
+    step, an online one two (forward and backward), the others one. What a cluster's work is
+    ordered by, longest first (``evaluate.grid_on_cluster``), so that no worker is left alone
+    with a long part at the end while the other idles: a rough count, never a result."""
+    signature = inspect.signature(Tpt if name == "tpt" else METHODS[name])
+    defaults = {k: p.default for k, p in signature.parameters.items()}
+    views = settings.get("n_views", defaults.get("n_views")) or 0
+    steps = settings.get("steps", defaults.get("steps")) or 0
+    if views:
+        return 1 + views * (1 + steps)
+    return 2 if name in ONLINE else 1
 
 
 def view_settings(settings: dict) -> dict:
@@ -115,6 +134,7 @@ def method_factories(names, options: dict | None = None, per_model: dict | None 
         make.settings = settings  # what a results store compares to reuse a finished cell
         make.code_modules = [method_module(name)]  # and where its code fingerprint starts
         make.shardable = name in SHARDABLE  # whether a cell's images may be split (a cluster)
+        make.passes = lambda model_name: passes_per_image(name, settings(model_name))
         return make
 
     return {name: factory(name) for name in names}
