@@ -504,7 +504,9 @@ def _fashion_arrays(split: str):
     return ds.images, ds.labels, ds.class_names
 
 
-def _build_small_clip(config: SmallClipConfig):
+def build_small_clip(config: SmallClipConfig):
+    """The small CLIP's architecture (OpenAI's ``clip.model.CLIP``) with random weights: what
+    ``small_clip`` trains, and what tests use where training does not matter."""
     from clip.model import CLIP
 
     return CLIP(config.embed_dim, config.image_resolution, config.vision_layers,
@@ -560,7 +562,7 @@ def _train_small_clip(config: SmallClipConfig):
 
     torch.manual_seed(config.seed)
     images, labels, names, captions, flippable = _clip_training_data(config)
-    model = _build_small_clip(config).float()
+    model = build_small_clip(config).float()
     # templates x classes x context; template k of a class is its domain's k-th
     tokens = torch.stack([clip.tokenize([c[k].format(n) for n, c in zip(names, captions)],
                                         context_length=config.context_length)

@@ -61,7 +61,7 @@ def tiny_clip():
     torch.manual_seed(0)
     config = SmallClipConfig(embed_dim=16, vision_layers=1, vision_width=64,
                              transformer_width=64, transformer_layers=1)
-    model = models._build_small_clip(config).float().eval()
+    model = models.build_small_clip(config).float().eval()
     model.name = ""
     return clip_classifier(model, [f"c{i}" for i in range(5)], cache=False)
 

@@ -20,8 +20,8 @@ from helpers.models import (
     CheckpointNotFoundError,
     Preprocess,
     SmallClipConfig,
-    _build_small_clip,
     build_classifier,
+    build_small_clip,
     clip_classifier,
     efficientnet_lite0,
     load_clip,
@@ -46,7 +46,7 @@ def isolated_cache(tmp_path, monkeypatch):
 def random_clip():
     """The small CLIP architecture with random weights (no training), float32, eval."""
     torch.manual_seed(0)
-    return _build_small_clip(SmallClipConfig()).float().eval()
+    return build_small_clip(SmallClipConfig()).float().eval()
 
 
 def rand(*shape, seed=0):

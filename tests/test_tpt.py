@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from helpers.models import SmallClipConfig, _build_small_clip, clip_classifier
+from helpers.models import SmallClipConfig, build_small_clip, clip_classifier
 from helpers.tta import (
     PromptLearner,
     Tpt,
@@ -24,7 +24,7 @@ NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "ankle boot"]
 def clip77():
     """A random small CLIP with the real 77-token context, so that trimming matters."""
     torch.manual_seed(0)
-    model = _build_small_clip(SmallClipConfig(context_length=77)).float().eval()
+    model = build_small_clip(SmallClipConfig(context_length=77)).float().eval()
     model.name = ""
     return model
 
