@@ -159,6 +159,7 @@ def test_jobs_go_out_in_order_one_per_free_worker_thread(two_workers):
     # two workers of one thread each, and the next job waiting on each
     assert max(peak) == 2 * (1 + cluster.LOOKAHEAD)
     assert {address for _, address in submitted} == set(two_workers.nthreads())
+    assert submitted[0][1] != submitted[1][1]  # the two longest start on different workers
 
 
 # ---------------------------------------------------------------- grids on a cluster
