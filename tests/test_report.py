@@ -80,6 +80,18 @@ def test_publish_writes_stable_notebooks_html_results_and_index(batch_run):
     assert {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()} == before
 
 
+def test_published_notebooks_drop_text_progress_bars_and_keep_other_output():
+    """tqdm without widgets writes every redraw to stderr; the report keeps the rest."""
+    cell = nbformat.v4.new_code_cell("run()")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="\r 10%|#  | 1/10"),
+                    nbformat.v4.new_output("stream", name="stderr", text=["\r", ""]),
+                    nbformat.v4.new_output("stream", name="stderr", text="UserWarning: x\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="\rkept\n")]
+    kept = report.stable_notebook(nbformat.v4.new_notebook(cells=[cell])).cells[0].outputs
+    assert [(o.name, o.text) for o in kept] == [("stderr", "UserWarning: x\n"),
+                                               ("stdout", "\rkept\n")]
+
+
 def test_readme_block_replaces_only_the_marked_part_and_needs_the_markers(batch_run):
     out = batch_run / "report"
     batch.record_file("offline", Path("01_test.ipynb")).write_text("{}")
