@@ -6,7 +6,7 @@ Run on demand:
 The grid is a slice of notebook 01's offline profile: MEMO (8 AugMix views, one SGD step, the
 notebook's per-model learning rates and the CNN's batch-norm prior) and Source on the small
 CLIP and the small CNN trained here, FashionMNIST clean and under the first corruptions at
-severity 5. Each cell goes to the workers in parts of whole batches (``evaluate.run_grid``
+severity 5. Each cell goes to the workers in parts of whole batches (``grid.run_grid``
 with a scheduler); this process and every worker compute on one CPU thread (the batch's
 setting on 2 cores), and the store is fresh for every run. Also timed: the same grid in this
 process, and the start of a LocalCluster (the batch runner's overhead over its thread pool).
@@ -66,7 +66,8 @@ import psutil
 import torch
 
 from helpers import cluster, data
-from helpers.evaluate import ResultStore, run_grid
+from helpers.evaluate import ResultStore
+from helpers.grid import run_grid
 from helpers.models import build_classifier
 from helpers.tta import method_factories
 

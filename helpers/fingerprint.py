@@ -20,11 +20,11 @@ from pathlib import Path
 
 PACKAGE = "helpers"
 PACKAGE_ROOT = Path(__file__).resolve().parent
-# Modules that decide where and when code runs, not what it computes: the batch runner and
-# the Dask plumbing. A cell computed on a cluster equals the one computed in process bit
-# for bit (tests/test_cluster.py), so editing them must not recompute every stored result.
-# They are neither hashed nor followed.
-SCHEDULING = frozenset({"helpers.batch", "helpers.cluster"})
+# Modules that decide where and when code runs, not what it computes: the batch runner, the
+# Dask plumbing and the experiment grid's dispatch. A cell computed on a cluster equals the
+# one computed in process bit for bit (tests/test_cluster.py), so editing them must not
+# recompute every stored result. They are neither hashed nor followed.
+SCHEDULING = frozenset({"helpers.batch", "helpers.cluster", "helpers.grid"})
 
 
 def module_file(name: str) -> Path | None:

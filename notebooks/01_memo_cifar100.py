@@ -83,7 +83,8 @@ import torch
 from IPython.display import Markdown, display
 
 from helpers import data, findings, plots
-from helpers.evaluate import pivot, run_grid, summary_rows
+from helpers.evaluate import pivot, summary_rows
+from helpers.grid import run_grid
 from helpers.models import build_classifier, describe, parse_standin, photo_size
 from helpers.notebook import start
 from helpers.tta import has_batchnorm, method_factories
@@ -141,7 +142,7 @@ run.figure(fig, "01_memo_views")
 # Every (model, data, method) cell is evaluated by the same loop (`helpers.evaluate`): accuracy, expected calibration error (15 bins), mean confidence and seconds per test image, adaptation included. Finished cells are saved as they complete, so an interrupted run resumes where it stopped.
 
 # %%
-# Recipes, not models: a cluster's workers build their own (see evaluate.Lazy).
+# Recipes, not models: a cluster's workers build their own (see grid.Lazy).
 model_builders = {name: partial(build_classifier, name, test_set.class_names, run.device)
                   for name in models}
 method_options = {"memo": memo, "tent": tent, "eata": eata, "sar": sar}

@@ -72,7 +72,8 @@ import torch
 from IPython.display import Markdown, display
 
 from helpers import augment, cam, data, findings, plots
-from helpers.evaluate import changed_predictions, run_grid, summary_rows
+from helpers.evaluate import changed_predictions, summary_rows
+from helpers.grid import run_grid
 from helpers.models import build_classifier, describe, photo_size
 from helpers.notebook import start
 from helpers.tta import method_factories
@@ -167,7 +168,7 @@ store = run.store(method_settings=("methods", "models", "memo", "memo_per_model"
                                    "example"))
 results = []
 for name in models:
-    # A recipe, not the model above: a cluster's workers build their own (evaluate.Lazy).
+    # A recipe, not the model above: a cluster's workers build their own (grid.Lazy).
     builders = {name: partial(build_classifier, name, test_set.class_names, run.device)}
     results += run_grid(builders, task_sets[sizes[name]],
                         {method: factories[method] for method in methods}, store, batch_size,

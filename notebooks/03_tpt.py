@@ -86,7 +86,8 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from helpers import data, findings, plots
-from helpers.evaluate import pivot, run_grid, summary_rows
+from helpers.evaluate import pivot, summary_rows
+from helpers.grid import run_grid
 from helpers.models import build_classifier, describe, parse_standin
 from helpers.notebook import start
 from helpers.tta import method_factories, tpt_views, view_settings

@@ -19,9 +19,10 @@ import yaml
 from test_batch import notebook, write_profile
 from test_faults import tiny_clip  # noqa: F401 - a fixture
 
-from helpers import batch, cluster, evaluate
+from helpers import batch, cluster
 from helpers.data import ImageTensorDataset
-from helpers.evaluate import ResultStore, image_ranges, join_parts, predict, run_grid
+from helpers.evaluate import ResultStore, join_parts, predict
+from helpers.grid import Lazy, image_ranges, part_cost, run_grid
 from helpers.tta import SHARDABLE, build_method, ensemble_grid, method_factories
 
 # The test's own method factories travel to the workers by value (the workers cannot import
@@ -106,7 +107,7 @@ def test_shardable_methods_predict_in_parts_as_in_one_run_and_the_others_do_not(
 def test_a_lazy_model_travels_as_its_recipe_never_built():
     """A worker may hand a model to another while adapting it in place: only the builder is
     sent, and each worker builds its own."""
-    lazy = evaluate.Lazy(cnn)
+    lazy = Lazy(cnn)
     model = lazy()
     copy = cloudpickle.loads(cloudpickle.dumps(lazy))
     assert lazy.value is model and copy.value is None
@@ -131,10 +132,10 @@ def test_a_parts_cost_is_its_images_times_its_methods_passes_per_image():
     online method a forward and a backward pass; Source one."""
     make = method_factories(["source", "memo", "tent", "tpt", "zero"],
                             {"memo": {"n_views": 8}, "tpt": {"n_views": 7, "steps": 2}})
-    costs = {name: evaluate.part_cost(f, "cnn", 64, 100) for name, f in make.items()}
+    costs = {name: part_cost(f, "cnn", 64, 100) for name, f in make.items()}
     assert costs == {"source": 36, "memo": 36 * 17, "tent": 36 * 2, "tpt": 36 * 22,
                      "zero": 36 * 64}  # Zero: its default 63 views, no step
-    assert evaluate.part_cost(lambda model, name: None, "cnn", 0, 10) == 10
+    assert part_cost(lambda model, name: None, "cnn", 0, 10) == 10
 
 
 def test_jobs_go_out_in_order_one_per_free_worker_thread(two_workers):

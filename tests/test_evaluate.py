@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from helpers.evaluate import ResultStore, pivot, run_grid, summary_rows, write_json
+from helpers.evaluate import ResultStore, pivot, summary_rows, write_json
+from helpers.grid import run_grid
 from helpers.tta import Source, method_factories
 
 

@@ -30,8 +30,9 @@ from PIL import Image
 from test_batch import make_repo, notebook, notebooks, write_profile
 from test_evaluate import Labelled
 
-from helpers import batch, data, evaluate, fingerprint, models, paths
-from helpers.evaluate import ResultStore, RunLog, run_grid
+from helpers import batch, data, evaluate, fingerprint, grid, models, paths
+from helpers.evaluate import ResultStore, RunLog
+from helpers.grid import run_grid
 from helpers.jsonfile import CorruptFileWarning, write_json
 from helpers.models import SmallClipConfig, clip_classifier
 from helpers.tta import method_factories
@@ -78,7 +79,7 @@ def _grids(tiny_cnn, tiny_clip, images, store, monkeypatch):
         computed.append(desc)
         return real(adapter, dataset, *args, desc=desc, **kwargs)
 
-    monkeypatch.setattr(evaluate, "evaluate", counted)
+    monkeypatch.setattr(grid, "evaluate", counted)
     task = {"t": Labelled(images[:3], [0, 1, 2])}
     options = {"memo": {"n_views": 2}, "memo_plus": {"n_views": 2}, "tent": {"lr": 1e-3},
                "tpt": {"n_views": 3, "keep": 1}}
@@ -188,13 +189,20 @@ def test_fingerprints_follow_imports_statically():
 
 
 def test_fingerprints_leave_out_the_scheduling_modules():
-    """Editing the runner or the Dask plumbing recomputes nothing: evaluate imports cluster
-    (run_grid's scheduler), yet no cell's fingerprint names it."""
-    source = fingerprint.module_file("helpers.evaluate").read_text()
-    assert "helpers.cluster" in fingerprint.imports_in(ast.parse(source), "helpers.evaluate")
-    assert not {"helpers.cluster", "helpers.batch"} & set(fingerprint.closure(
-        "helpers.evaluate", "helpers.batch", "helpers.notebook"))
-    assert set(fingerprint.of_source("from helpers import batch, cluster, paths")) == {
+    """Editing the runner, the Dask plumbing or the grid's dispatch recomputes nothing: the
+    ensemble method imports the grid (its cells go to a cluster too), the grid imports the
+    evaluation loop and the cluster, yet no cell's fingerprint names the grid or the cluster,
+    and the evaluation loop is still in it."""
+    ensemble = fingerprint.module_file("helpers.tta.ensemble").read_text()
+    assert "helpers.grid" in fingerprint.imports_in(ast.parse(ensemble), "helpers.tta.ensemble")
+    grid = fingerprint.module_file("helpers.grid").read_text()
+    assert {"helpers.cluster", "helpers.evaluate"} <= set(
+        fingerprint.imports_in(ast.parse(grid), "helpers.grid"))
+    code = fingerprint.closure("helpers.tta.ensemble", "helpers.evaluate", "helpers.batch",
+                               "helpers.notebook")
+    assert not {"helpers.cluster", "helpers.batch", "helpers.grid"} & set(code)
+    assert "helpers.evaluate" in code
+    assert set(fingerprint.of_source("from helpers import batch, cluster, grid, paths")) == {
         "helpers.paths"}
 
 

@@ -11,7 +11,7 @@ that no notebook tests on (the last ``--n-images`` of the seed-0 order whose fir
 ``data.take`` draws), prints the grid, and writes the settings with the best mean accuracy
 to ``tools/standin_settings.json``. ``measure`` reads that file and runs Source, NormAdapt,
 Tent, MEMO (and TPT for the small CLIP) on clean images and the 15 test corruptions through
-``evaluate.run_grid``, printing the mean accuracy per (model, method) and how many
+``grid.run_grid``, printing the mean accuracy per (model, method) and how many
 corruptions MEMO and TPT win or lose against Source. Both resume from their cells under
 ``results/standin_settings/`` and run one model per CPU core (one thread each).
 """
@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from helpers import data, paths  # noqa: E402
-from helpers.evaluate import ResultStore, run_grid  # noqa: E402
+from helpers.evaluate import ResultStore  # noqa: E402
+from helpers.grid import run_grid  # noqa: E402
 from helpers.models import build_classifier, parse_standin  # noqa: E402
 from helpers.tta import method_factories  # noqa: E402
 

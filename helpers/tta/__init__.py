@@ -52,7 +52,7 @@ METHODS = {"source": Source, "norm": NormAdapt, "tent": Tent, "memo": Memo,
 # CLIP's image features and zero-shot head.
 CLIP_ONLY = ("tpt", "prompt", "zero", "tda")
 # The methods whose predictions for a batch of test images depend on that batch alone, so that
-# a grid on a cluster may split their cells into parts of whole batches (``evaluate.run_grid``):
+# a grid on a cluster may split their cells into parts of whole batches (``grid.run_grid``):
 # the episodic per-image methods (each image starts from the source model, its views seeded by
 # its index) and NormAdapt (each batch's own statistics, the source ones restored after it).
 # Not Tent, EATA and SAR (weights carried from batch to batch), nor TDA (a cache that grows
@@ -96,7 +96,7 @@ def passes_per_image(name: str, settings: dict) -> int:
     """About how many passes through the model a method makes per test image, from its
     settings and its defaults: a view-based method one per view and once more per update
     step, an online one two (forward and backward), the others one. What a cluster's work is
-    ordered by, longest first (``evaluate.grid_on_cluster``), so that no worker is left alone
+    ordered by, longest first (``grid.grid_on_cluster``), so that no worker is left alone
     with a long part at the end while the other idles: a rough count, never a result."""
     signature = inspect.signature(Tpt if name == "tpt" else METHODS[name])
     defaults = {k: p.default for k, p in signature.parameters.items()}
@@ -114,7 +114,7 @@ def view_settings(settings: dict) -> dict:
 
 
 def method_factories(names, options: dict | None = None, per_model: dict | None = None):
-    """For ``evaluate.run_grid``: each method name mapped to ``f(model, model_name)``.
+    """For ``grid.run_grid``: each method name mapped to ``f(model, model_name)``.
     ``options[method]`` are the method's settings; ``per_model[method][model_name]`` overrides
     some of them for one model (MEMO's learning rate differs between a CLIP and a CNN).
     NormAdapt is reported as not applicable to models without batch norm, TPT, fixed

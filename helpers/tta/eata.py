@@ -154,14 +154,13 @@ def estimated_fisher(model: nn.Module, params, choice: str, images, size: int, s
     weights and source (``FISHERS``) and then reused, bit for bit the same. Copies: the
     caller may keep them."""
     source = source_key(images, size, seed)
-    key = (source and (content_digest(model.state_dict().values()), choice, source,
-                       batch_size))
+    if source is None:  # a data set object: estimated anew each time
+        data = fisher_dataset(images, size, seed)
+        return fisher_information(model, params, data, batch_size), len(data)
+    key = (content_digest(model.state_dict().values()), choice, source, batch_size)
     if key not in FISHERS:
         data = fisher_dataset(images, size, seed)
-        fishers = fisher_information(model, params, data, batch_size)
-        if key is None:
-            return fishers, len(data)
-        FISHERS[key] = (fishers, len(data))
+        FISHERS[key] = (fisher_information(model, params, data, batch_size), len(data))
         while len(FISHERS) > FISHERS_KEPT:
             FISHERS.popitem(last=False)
     FISHERS.move_to_end(key)

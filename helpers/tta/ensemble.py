@@ -21,7 +21,8 @@ import math
 import torch
 
 from .. import cluster
-from ..evaluate import ONE_PART_AT_A_TIME, Lazy, cell_code, evaluate, run_info
+from ..evaluate import cell_code, evaluate, run_info
+from ..grid import ONE_PART_AT_A_TIME, Lazy
 from .base import Adapter
 from .norm import entropy
 
@@ -214,7 +215,7 @@ def ensemble_cell(members: dict, model: Lazy, model_name: str, held_out, test, r
 
 def ensemble_grid(models: dict, tasks: dict, members: dict, store, rules=RULES,
                   batch_size: int = 64, progress: bool = True, scheduler=None):
-    """``evaluate.run_grid`` for ensembles: for every (model, task) build the members
+    """``grid.run_grid`` for ensembles: for every (model, task) build the members
     (``members`` maps a name to ``f(model, model_name) -> Adapter``, None where it does not
     apply), fit their temperatures on the task's held-out part, and evaluate members and
     rules on its test part. ``tasks`` map a name to ``(held_out, test)``; an empty held-out
