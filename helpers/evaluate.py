@@ -13,7 +13,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import fingerprint
-from .jsonfile import jsonable, move_aside, plain, read_json, write_json
+from .jsonfile import (
+    append_json_line,
+    jsonable,
+    move_aside,
+    plain,
+    read_json,
+    read_json_lines,
+    write_json,
+)
 
 __all__ = ["ResultStore", "RunLog", "changed_predictions", "evaluate", "pivot", "run_info",
            "summary_rows", "write_json", "cell_code", "expected_calibration_error"]
@@ -168,8 +176,13 @@ def summary_rows(results: list[dict], keys=("model", "data")) -> list[dict]:
 
 
 class ResultStore:
-    """Finished cells of an experiment grid, rewritten atomically after each one, so that
-    an interrupted notebook resumes where it stopped. The store is kept for the same
+    """Finished cells of an experiment grid, saved as each one finishes, so that an
+    interrupted notebook resumes where it stopped. A finished cell is appended to a journal
+    beside the file (``<file>.journal``, one JSON line flushed to disk): rewriting the whole
+    file per cell cost a grid of n cells O(n^2) (notebook 01's 9 MB store, 700 cells: about
+    2 minutes of its 15). The file is rewritten atomically, the journal folded in, when the
+    journal has grown larger than the file (so each cell is written O(1) times on average)
+    and when the store is opened. The store is kept for the same
     ``parameters`` (data, seed); a cell is kept for the same ``settings`` (its method's
     options for its model) and the same ``code`` (the fingerprint of the code that computed
     it, see ``cell_code``), so changing one method's options or source recomputes only its
@@ -179,14 +192,23 @@ class ResultStore:
 
     def __init__(self, path, parameters: dict):
         self.path, self.parameters = Path(path), plain(parameters)
+        self.journal = journal_of(self.path)
         self.cells: dict[str, dict] = {}
         self._announced: set[str] = set()
+        # Bytes of the file and of the journal; None: the file is not this store's (other
+        # parameters, or none yet), so the first cell rewrites it and starts a new journal.
+        self._file_bytes: int | None = None
+        self._journal_bytes = 0
         saved = read_json(self.path, dict)
         if saved is not None and not isinstance(saved.get("cells", {}), dict):
             move_aside(self.path, "its 'cells' entry is not a mapping")
             saved = None
         if saved is not None and saved.get("parameters") == self.parameters:
             self.cells = saved.get("cells", {})
+            self._file_bytes = self.path.stat().st_size
+            self.cells.update(journaled_cells(self.journal))
+            if self.journal.exists():
+                self._rewrite()
 
     @staticmethod
     def name(key: tuple) -> str:
@@ -229,10 +251,41 @@ class ResultStore:
             run: dict | None = None) -> dict:
         """Store a finished cell and rewrite the file atomically; ``run`` says where it was
         computed (default: this process, ``run_info``)."""
-        self.cells[self.name(key)] = {**result, "settings": plain(settings), "code": code,
-                                      "run": run or run_info(self.parameters.get("seed"))}
+        name = self.name(key)
+        self.cells[name] = plain({**result, "settings": settings, "code": code,
+                                  "run": run or run_info(self.parameters.get("seed"))})
+        if self._file_bytes is None or self._journal_bytes > self._file_bytes:
+            self._rewrite()
+        else:
+            self._journal_bytes += append_json_line(self.journal,
+                                                    {"name": name, "cell": self.cells[name]})
+        return self.cells[name]
+
+    def _rewrite(self) -> None:
+        """The whole store into its file, atomically; then the journal is no longer needed
+        (a crash between the two replays cells the file already holds: the same values)."""
         write_json(self.path, {"parameters": self.parameters, "cells": self.cells})
-        return self.cells[self.name(key)]
+        self.journal.unlink(missing_ok=True)
+        self._file_bytes, self._journal_bytes = self.path.stat().st_size, 0
+
+
+def journal_of(path) -> Path:
+    """The journal beside a store's file: the cells finished since the file was written."""
+    path = Path(path)
+    return path.with_name(path.name + ".journal")
+
+
+def journaled_cells(journal) -> dict:
+    """The cells a journal holds, by name, the later of two lines for one cell winning."""
+    return {r["name"]: r["cell"] for r in read_json_lines(journal)
+            if isinstance(r, dict) and {"name", "cell"} <= set(r)}
+
+
+def stored_cells(path) -> dict:
+    """Every cell of a store's file and journal, whatever its parameters: for tools that
+    only read a store (``ResultStore`` checks the parameters)."""
+    saved = read_json(path, dict) or {}
+    return {**saved.get("cells", {}), **journaled_cells(journal_of(path))}
 
 
 def _differences(old, new) -> str:

@@ -77,3 +77,31 @@ def read_json(path, expect: type | None = None):
         move_aside(path, f"a JSON {type(value).__name__} where a {expect.__name__} belongs")
         return None
     return value
+
+
+def append_json_line(path, record) -> int:
+    """Append ``record`` as one line of JSON and flush it to disk; the bytes written. A crash
+    can cut only this last line short, which ``read_json_lines`` then skips."""
+    line = json.dumps(record, default=jsonable) + "\n"
+    with open(path, "a") as file:
+        file.write(line)
+        file.flush()
+        os.fsync(file.fileno())
+    return len(line.encode())
+
+
+def read_json_lines(path) -> list:
+    """The records of a file of JSON lines (``append_json_line``); an unreadable line (a
+    crash in the middle of an append) is skipped with a warning naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError as error:
+            warnings.warn(f"{path}: line {number} is unreadable ({type(error).__name__}: "
+                          f"{error}); what it held will be computed again.",
+                          CorruptFileWarning, stacklevel=2)
+    return records

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from helpers.evaluate import ResultStore, pivot, summary_rows, write_json
+from helpers.evaluate import ResultStore, pivot, stored_cells, summary_rows, write_json
 from helpers.grid import run_grid
 from helpers.tta import Source, method_factories
 
@@ -59,6 +59,32 @@ def test_result_store_resumes_only_for_the_same_parameters(tmp_path):
     ResultStore(path, {"n": 20}).run(("m", "d", "memo"), compute, {"lr": 0.2})
     assert len(calls) == 3  # other parameters: everything recomputed
     assert json.loads(path.read_text())["parameters"] == {"n": 20}
+
+
+def test_result_store_appends_each_cell_and_rewrites_its_file_rarely(tmp_path, monkeypatch):
+    """A finished cell costs one line appended to the journal, not a rewrite of the whole
+    store (quadratic over a grid): the file is rewritten when the journal outgrows it, so
+    the rewrites over a grid are few, and once more on opening, the journal folded in."""
+    from helpers import evaluate
+
+    rewrites, real = [], evaluate.write_json
+    monkeypatch.setattr(evaluate, "write_json",
+                        lambda path, payload: rewrites.append(len(payload["cells"]))
+                        or real(path, payload))
+    path, journal = tmp_path / "cells.json", tmp_path / "cells.json.journal"
+    store = ResultStore(path, {"n": 1})
+    for i in range(64):
+        store.put(("m", f"d{i}", "memo"), {"accuracy": i / 64, "predictions": [i] * 50},
+                  {"lr": 0.1})
+    assert rewrites[0] == 1 and len(rewrites) <= 6  # the first cell, then as the journal grows
+    assert all(b >= 2 * a for a, b in zip(rewrites, rewrites[1:]))
+    assert journal.exists() and len(journal.read_text().splitlines()) == 64 - rewrites[-1]
+    assert stored_cells(path) == store.cells  # a reader of file and journal
+    again = ResultStore(path, {"n": 1})
+    assert again.cells == store.cells and len(again.cells) == 64
+    assert not journal.exists() and json.loads(path.read_text())["cells"] == store.cells
+    store.put(("m", "late", "memo"), {"accuracy": 1.0})  # a journal for these parameters
+    assert ResultStore(path, {"n": 2}).cells == {}  # another run's journal is never read
 
 
 def test_write_json_is_atomic_and_leaves_no_temporary_file(tmp_path):

@@ -231,6 +231,23 @@ def test_truncated_cells_store_is_moved_aside_and_recomputed(tmp_path):
     assert (tmp_path / "r.cells.json.corrupt-2").read_text() == "[1, 2]"
 
 
+def test_a_journal_line_cut_short_loses_that_cell_alone(tmp_path):
+    """A crash in the middle of appending a finished cell to the store's journal: the cells
+    before it are kept, that one is computed again, with a warning naming the line."""
+    path, journal = tmp_path / "r.cells.json", tmp_path / "r.cells.json.journal"
+    store = ResultStore(path, {"n": 1})
+    for i in range(3):
+        store.put(("m", f"d{i}", "source"), {"accuracy": i / 10})
+    text = journal.read_text()
+    assert len(text.splitlines()) == 2  # the first cell wrote the file, the others a line each
+    journal.write_text(text[:-10])
+    with pytest.warns(CorruptFileWarning, match=r"r\.cells\.json\.journal: line 2 is unread"):
+        again = ResultStore(path, {"n": 1})
+    assert sorted(again.cells) == ["m / d0 / source", "m / d1 / source"]
+    assert again.cells["m / d1 / source"] == store.cells["m / d1 / source"]
+    assert not journal.exists()  # folded into the file
+
+
 def test_truncated_run_log_is_moved_aside_and_the_series_resumes_from_scratch(tmp_path):
     path = tmp_path / "series.json"
     RunLog(path, {"a": 1}, ("r",)).add([{"r": 0}, {"r": 1}])

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from helpers import data, paths  # noqa: E402
-from helpers.evaluate import ResultStore  # noqa: E402
+from helpers.evaluate import ResultStore, stored_cells  # noqa: E402
 from helpers.grid import run_grid  # noqa: E402
 from helpers.models import build_classifier, parse_standin  # noqa: E402
 from helpers.tta import method_factories  # noqa: E402
@@ -261,7 +261,7 @@ def intervals(args) -> int:
     for model in args.models:
         file = STORE_DIR / f"measure-{model.replace(':', '_')}.cells.json"
         hits: dict = {}
-        for key, cell in json.loads(file.read_text())["cells"].items():
+        for key, cell in stored_cells(file).items():
             _, task, method = key.split(" / ")
             if task != "clean" and not cell.get("not_applicable"):
                 hits.setdefault(method, {})[task] = (np.array(cell["predictions"])
