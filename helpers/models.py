@@ -13,6 +13,8 @@ import json
 import os
 import time
 import urllib.error
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -192,10 +194,7 @@ def _clip_from_file(path: Path) -> nn.Module:
     from clip.model import build_model
 
     try:
-        try:
-            state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except RuntimeError:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = _clip_state_dict(path)
         model = build_model(state_dict).float().eval()
         # build_model loads the weights into float16 layers; load them again at full
         # precision, or a float32 checkpoint (the small CLIP trained here) loses its low bits.
@@ -206,6 +205,27 @@ def _clip_from_file(path: Path) -> nn.Module:
             "TorchScript file nor a state dict of clip.model.CLIP). Give the path of one, or "
             f"a CLIP name: {', '.join(_clip_names())}.") from None
     return model
+
+
+def _clip_state_dict(path: Path) -> dict:
+    """The weights of an OpenAI TorchScript archive, or a plain state dict (the small CLIPs
+    trained here). ``torch.jit.load`` is the one reader of those archives; torch 2.x
+    deprecates it for ``torch.export``, which cannot read them, so its warning is muted,
+    and a state dict never goes through it."""
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip file with the ``constants.pkl`` that ``torch.save``'s
+    zip files lack."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def load_clip(name_or_path: str, device=None, download_root: str | None = None) -> nn.Module:
