@@ -52,3 +52,24 @@ def test_start_checks_the_counts_a_notebook_was_given(tmp_path):
 
     with pytest.raises(ParameterError, match="n_images = -1"):
         notebook.start("01_x", {"profile": "smoke", "n_images": -1}, tmp_path / "x.json")
+
+
+def test_progress_bars_in_a_kernel_without_ipywidgets_print_no_warning(tmp_path):
+    """tqdm.auto in a papermill kernel without ipywidgets falls back to text bars and warns
+    with its site-packages path, which every published notebook showed; importing the
+    package mutes that one warning, and the bars still draw."""
+    import nbformat
+    import papermill
+
+    from helpers import paths
+
+    cell = nbformat.v4.new_code_cell("import helpers.evaluate\nfrom tqdm.auto import tqdm\n"
+                                     "for _ in tqdm(range(3), desc='bar'):\n    pass")
+    source = tmp_path / "bars.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell], metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}}), source)
+    papermill.execute_notebook(str(source), str(tmp_path / "out.ipynb"), progress_bar=False,
+                               cwd=str(paths.REPO))
+    outputs = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].outputs
+    text = "".join(output.get("text", "") for output in outputs)
+    assert "bar: 100%" in text and "Warning" not in text
