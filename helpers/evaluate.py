@@ -249,8 +249,9 @@ class ResultStore:
 
     def put(self, key: tuple, result: dict, settings=None, code: dict | None = None,
             run: dict | None = None) -> dict:
-        """Store a finished cell and rewrite the file atomically; ``run`` says where it was
-        computed (default: this process, ``run_info``)."""
+        """Store a finished cell: a line appended to the journal, or the whole file rewritten
+        atomically when the journal has outgrown it; ``run`` says where it was computed
+        (default: this process, ``run_info``)."""
         name = self.name(key)
         self.cells[name] = plain({**result, "settings": settings, "code": code,
                                   "run": run or run_info(self.parameters.get("seed"))})
