@@ -48,12 +48,13 @@ def _write_text(path: Path, text: str) -> None:
 
 def is_progress(output) -> bool:
     """Whether an output is a text progress bar's update (tqdm without widgets writes each
-    redraw to stderr, starting with a carriage return): a terminal overwrites them, a saved
-    notebook keeps them all (2,800 of them, 380 KB, in notebook 01's fresh offline run)."""
+    redraw to stderr, starting with a carriage return) or the blank line that closes it: a
+    terminal overwrites them, a saved notebook keeps them all (2,800 of them, 380 KB, in
+    notebook 01's fresh offline run), and a blank one shows as an empty error box."""
     text = output.get("text", "")
     text = "".join(text) if isinstance(text, list) else text
     return (output.get("output_type") == "stream" and output.get("name") == "stderr"
-            and text.startswith("\r"))
+            and (text.startswith("\r") or not text.strip()))
 
 
 def stable_notebook(notebook) -> nbformat.NotebookNode:
@@ -74,11 +75,15 @@ def stable_notebook(notebook) -> nbformat.NotebookNode:
 def compact_png(data: str) -> str:
     """A base64 PNG as an optimised 256-colour PNG when that is smaller (about 3x for plots):
     the report is read on GitHub and in browsers, where a palette is indistinguishable, and
-    it keeps the published report small. Deterministic: the same figure gives the same bytes."""
+    it keeps the published report small. Deterministic: the same figure gives the same bytes;
+    a palette PNG is left as it is, so publishing a published notebook again changes nothing."""
     from PIL import Image
 
     original = base64.b64decode(data)
-    image = Image.open(io.BytesIO(original)).convert("RGB")
+    image = Image.open(io.BytesIO(original))
+    if image.mode == "P":
+        return data
+    image = image.convert("RGB")
     palette = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT,
                              dither=Image.Dither.NONE)
     buffer = io.BytesIO()

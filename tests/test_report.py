@@ -85,6 +85,7 @@ def test_published_notebooks_drop_text_progress_bars_and_keep_other_output():
     cell = nbformat.v4.new_code_cell("run()")
     cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="\r 10%|#  | 1/10"),
                     nbformat.v4.new_output("stream", name="stderr", text=["\r", ""]),
+                    nbformat.v4.new_output("stream", name="stderr", text="\n"),  # its end
                     nbformat.v4.new_output("stream", name="stderr", text="UserWarning: x\n"),
                     nbformat.v4.new_output("stream", name="stdout", text="\rkept\n")]
     kept = report.stable_notebook(nbformat.v4.new_notebook(cells=[cell])).cells[0].outputs
