@@ -941,11 +941,22 @@ def _uint8_images(dataset) -> torch.Tensor:
     return (images * 255).round().to(torch.uint8)
 
 
+def content_digest(tensors) -> str:
+    """A digest of the tensors' values (and dtypes and shapes): equal exactly when they are.
+    What the caches keyed by data use: the corrupted images (the digest catches same-named
+    different data), and EATA's Fisher estimates (the model's weights, the source images)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _cache_file(name: str, corruption: str, severity: int, seed: int, images) -> Path:
-    """Keyed by everything the result depends on; the hash catches same-named different data."""
-    digest = hashlib.sha1(str(tuple(images.shape)).encode())
-    digest.update(images.numpy().tobytes())
-    key = f"{corruption}-{severity}-seed{seed}-v{_CORRUPTION_VERSION}-{digest.hexdigest()[:16]}"
+    """Keyed by everything the result depends on."""
+    key = (f"{corruption}-{severity}-seed{seed}-v{_CORRUPTION_VERSION}-"
+           f"{content_digest([images])[:16]}")
     return paths.CACHE / "corruptions" / name.replace("/", "_") / f"{key}.npz"
 
 

@@ -596,11 +596,15 @@ def test_corrupted_dataset_is_cached_atomically(fashion, monkeypatch):
     files = list((paths.CACHE / "corruptions").rglob("*"))
     assert [f.suffix for f in files if f.is_file()] == [".npz"]  # no temporary file left behind
 
-    def fail(*args, **kwargs):
-        raise AssertionError("should have been read from the cache")
-
-    monkeypatch.setattr(data, "corrupt_images", fail)
+    computed, real = [], data.corrupt_images
+    monkeypatch.setattr(data, "corrupt_images",
+                        lambda *args, **kwargs: computed.append(1) or real(*args, **kwargs))
     assert torch.equal(data.corrupted(small, "gaussian_noise", 5, seed=0).images, out.images)
+    assert computed == []  # read from the cache
+    other = data.take(fashion, 16, seed=1)  # the same name, other images: their own file
+    assert other.name == small.name
+    data.corrupted(other, "gaussian_noise", 5, seed=0)
+    assert computed == [1]
 
 
 def test_grey_sets_stay_grey_and_colour_sets_keep_colour(fashion, photos64):

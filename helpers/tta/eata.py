@@ -16,7 +16,6 @@ chosen part of each test batch only:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import load_dataset, take
+from ..data import content_digest, load_dataset, take
 from ..evaluate import batches
 from .base import Episodic
 from .episodic import frozen
@@ -125,16 +124,6 @@ def fisher_information(model: nn.Module, params, dataset, batch_size: int = 64):
         raise ValueError("No source images for the Fisher estimate: pass some, or "
                          "fisher_images=None for ETA (no anti-forgetting term).")
     return [total / count for total in sums]
-
-
-def content_digest(tensors) -> str:
-    """A digest of the tensors' values (and dtypes and shapes): equal exactly when they are."""
-    digest = hashlib.blake2b(digest_size=16)
-    for tensor in tensors:
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def source_key(images, size: int, seed: int):
