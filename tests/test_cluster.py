@@ -202,14 +202,15 @@ def test_grid_on_two_workers_equals_the_grid_in_process_bit_for_bit(
 
 def test_ensemble_grid_on_two_workers_equals_the_grid_in_process(two_workers, tmp_path,
                                                                  one_thread):
-    tasks = {"a": (dataset(16, seed=5), dataset(16, seed=6)), "b": (None, dataset(8, seed=7))}
+    tasks = {"a": dataset(16, seed=6), "b": dataset(8, seed=7)}
     members = method_factories(["source", "memo"], OPTIONS)
     stores = [ResultStore(tmp_path / f"{where}.cells.json", {"seed": 0})
               for where in ("here", "there")]
-    here = ensemble_grid({"cnn": cnn}, tasks, members, stores[0], batch_size=8, progress=False)
+    here = ensemble_grid({"cnn": cnn}, tasks, members, stores[0], batch_size=8, progress=False,
+                         held_out=dataset(16, seed=5))
     there = ensemble_grid({"cnn": cnn}, tasks, members, stores[1], batch_size=8,
-                          progress=False, scheduler=two_workers)
-    assert there[1] == here[1] and len(here[1]) == 1  # the temperatures of task a
+                          progress=False, scheduler=two_workers, held_out=dataset(16, seed=5))
+    assert there[1] == here[1] and len(here[1]) == 2  # one temperature per member
     assert comparable(dict(enumerate(there[0]))) == comparable(dict(enumerate(here[0])))
     assert comparable(stores[1].cells) == comparable(stores[0].cells)
     assert {c["run"]["threads"] for c in stores[1].cells.values()} == {1}

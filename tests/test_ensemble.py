@@ -150,7 +150,7 @@ def test_members_must_agree_on_classes(cnn_pair):
         Ensemble([Source(cnn_pair[0])], rule="median")
 
 
-def test_held_out_split_is_disjoint_random_and_complete(dataset):
+def test_held_out_split_is_disjoint_random_and_complete(dataset):  # data.split
     from helpers.data import split
 
     held, rest = split(dataset, 4, seed=0)
@@ -169,28 +169,85 @@ def test_temperature_of_a_chance_level_member_is_bounded():
     assert fit_temperature(wrong, labels) == pytest.approx(100.0)
 
 
+def test_fitted_temperature_matches_the_hand_computed_minimum():
+    # Two classes, logits (a, 0) on every image, class 0 right on a share q of them: the NLL of
+    # softmax(z / T) is minimal where sigmoid(a / T) = q, i.e. T = a / log(q / (1 - q)).
+    a, q = 4.0, 0.75
+    labels = torch.tensor([0] * 75 + [1] * 25)
+    logits = torch.tensor([[a, 0.0]]).repeat(100, 1)
+    assert fit_temperature(logits, labels) == pytest.approx(a / math.log(q / (1 - q)),
+                                                            rel=1e-3)
+
+
+def test_held_out_images_are_source_images_and_never_test_images(dataset):
+    from helpers.data import ImageTensorDataset
+    from helpers.tta.ensemble import held_out_set
+
+    # a "training split" holding 3 of the test images among 6 images of its own
+    gen = torch.Generator().manual_seed(9)
+    own = torch.randint(0, 256, (6, 3, 16, 16), generator=gen, dtype=torch.uint8)
+    source = ImageTensorDataset(torch.cat([dataset.images[:3], own]), list(range(5)) + [0] * 4,
+                                dataset.class_names, "toy-train", "toy training split")
+    held = held_out_set(source, 6, [dataset], seed=0)
+    assert sorted(map(bytes, held.images.flatten(1).numpy())) == sorted(
+        map(bytes, own.flatten(1).numpy()))  # all of its own, none of the test images
+    assert held.name == "toy-train"
+    assert not torch.equal(held.images, own)  # random order, not the first items
+    with pytest.raises(ValueError, match="6 images that are not test images, fewer than "
+                                         "n_held_out = 7: lower it"):
+        held_out_set(source, 7, [dataset])
+    with pytest.raises(ValueError, match="n_held_out = 0: .*n_held_out: 0"):
+        held_out_set(source, 0, [dataset])
+
+
+def test_fashion_mnist_held_out_comes_from_its_training_split():
+    from helpers.data import corruption_suite, fashion_mnist
+    from helpers.tta.ensemble import image_digests, source_held_out
+
+    tasks = corruption_suite(fashion_mnist("test"), ["contrast"], n=64, seed=0)
+    held = source_held_out("fashion-mnist", 200, tasks.values(), seed=0)
+    assert held.name == "fashion-mnist-train" and len(held) == 200
+    assert not image_digests([held]) & image_digests(tasks.values())
+    assert source_held_out("fashion-mnist", 0, tasks.values()) is None
+    with pytest.raises(ValueError, match="photos has no 'train' split.*n_held_out: 0"):
+        source_held_out("photos", 10)
+
+
 def test_ensemble_grid_fits_on_held_out_evaluates_on_test_and_resumes(cnn_pair, dataset,
                                                                       tmp_path):
-    from helpers.data import split
     from helpers.evaluate import ResultStore
-    from helpers.tta import method_factories
+    from helpers.tta import ensemble_grid, method_factories
 
     built = []
     models = {"cnn": lambda: built.append(1) or cnn_pair[0]}
-    tasks = {"toy": split(dataset, 4), "toy-no-held-out": split(dataset, 0)}
+    held_out = dataset.subset(torch.arange(4), "held out")
+    held_out.name = "toy-train"
+    tasks = {"toy": dataset.subset(torch.arange(4, 10), "test"),
+             "toy2": dataset.subset(torch.arange(2, 8), "test 2")}
     members = method_factories(["source", "memo", "tpt"], {"memo": {"n_views": 4}})
     store = ResultStore(tmp_path / "cells.json", {"p": 1})
-    from helpers.tta import ensemble_grid
-
-    results, temps = ensemble_grid(models, tasks, members, store, batch_size=4, progress=False)
+    results, temps = ensemble_grid(models, tasks, members, store, batch_size=4,
+                                   progress=False, held_out=held_out)
     methods = [(r["data"], r["method"]) for r in results]
     assert methods[:6] == [("toy", m) for m in ["source", "memo", "ensemble (mean)",
                                                 "ensemble (temperature)", "ensemble (entropy)",
                                                 "ensemble (vote)"]]
-    assert ("toy-no-held-out", "ensemble (temperature)") not in methods  # nothing to fit on
-    assert all(r["n"] == 6 for r in results if r["data"] == "toy")
-    assert [t["data"] for t in temps] == ["toy"] and set(temps[0]) == {"model", "data",
-                                                                      "source", "memo"}
+    assert all(r["n"] == 6 for r in results)
+    # one temperature per model and member, fitted once on the held-out images, used by
+    # every task: the ensemble built by hand with them gives the same predictions
+    assert [(t["model"], t["member"]) for t in temps] == [("cnn", "source"), ("cnn", "memo")]
+    ens = Ensemble({"source": Source(cnn_pair[0]), "memo": Memo(cnn_pair[0], n_views=4)})
+    assert [t["temperature"] for t in temps] == pytest.approx(
+        ens.fit_temperatures(held_out, batch_size=4), rel=1e-5)
+    assert all(t["held_out_images"] == 4 for t in temps)
+    by_hand = ensemble_results(ens, tasks["toy2"], batch_size=4, progress=False)
+    grid = [r for r in results if r["data"] == "toy2"]
+    assert [r["predictions"] for r in grid] == [r["predictions"] for r in by_hand]
+    no_held_out, _ = ensemble_grid(models, tasks, members,
+                                   ResultStore(tmp_path / "other.json", {"p": 1}), batch_size=4)
+    assert "ensemble (temperature)" not in {r["method"] for r in no_held_out}
     again = ResultStore(tmp_path / "cells.json", {"p": 1})
-    assert ensemble_grid(models, tasks, members, again, batch_size=4)[0] == results
-    assert len(built) == 1  # every cell was stored: no model built the second time
+    built.clear()
+    assert ensemble_grid(models, tasks, members, again, batch_size=4, held_out=held_out) == (
+        results, temps)
+    assert not built  # every cell was stored: no model built the second time

@@ -4,8 +4,10 @@ its own; the ensemble combines their predictions by one of four rules.
 Rules (``combine``), over members m = 1..M with logits z_m and probabilities p_m:
 
 - ``mean``: p = (1/M) sum_m p_m.
-- ``temperature``: p = (1/M) sum_m softmax(z_m / T_m), with T_m fitted per member on a
-  held-out split by minimising the negative log-likelihood (``fit_temperature``).
+- ``temperature``: p = (1/M) sum_m softmax(z_m / T_m), with T_m fitted per member by
+  minimising the negative log-likelihood (``fit_temperature``) on labelled **source** images
+  (``held_out_set``: a training split, none of the test images), never on labelled test
+  images, which test-time adaptation does not have.
 - ``entropy``: p = sum_m w_m p_m with w_m = exp(-H(p_m)) / sum_k exp(-H(p_k)) per image:
   the more confident a member on this image, the more it weighs.
 - ``vote``: each member votes for its arg-max; the class with most votes wins, ties go to
@@ -21,6 +23,7 @@ import math
 import torch
 
 from .. import cluster
+from ..data import content_digest, load_dataset
 from ..evaluate import cell_code, evaluate, run_info
 from ..grid import ONE_PART_AT_A_TIME, Lazy
 from .base import Adapter
@@ -124,14 +127,17 @@ class Ensemble(Adapter):
             member.reset()
 
     def fit_temperatures(self, held_out, batch_size: int = 64, progress: bool = False):
-        """One temperature per member, fitted on ``held_out`` (images not in the test set)."""
-        self.temperatures = []
+        """One temperature per member, fitted on ``held_out`` (labelled source images, none
+        of the test set: ``held_out_set``), each member adapting as it does at test time.
+        Each member's accuracy on them is kept in ``held_out_accuracy``."""
+        self.temperatures, self.held_out_accuracy = [], []
         for name, member in self.members.items():
             recorder = _Recorder(member)
             result = evaluate(recorder, held_out, batch_size, progress=progress,
                               desc=f"calibrate {name}")
             logits = torch.stack([recorder.logits[k] for k in range(result["n"])])
             self.temperatures.append(fit_temperature(logits, torch.tensor(result["labels"])))
+            self.held_out_accuracy.append(result["accuracy"])
         return self.temperatures
 
     def config(self):
@@ -197,58 +203,137 @@ def disagreement(results: list[dict], members) -> dict:
     return row
 
 
-def ensemble_cell(members: dict, model: Lazy, model_name: str, held_out, test, rules=RULES,
-                  batch_size: int = 64, progress: bool = True, desc: str = "",
-                  threads: int | None = None) -> dict:
-    """One cell of ``ensemble_grid``: build the members, fit their temperatures on
-    ``held_out`` (if any), evaluate members and rules on ``test``; on a worker with
-    ``threads`` CPU threads (the notebook's, so that the numbers are the same)."""
-    if threads:
-        torch.set_num_threads(threads)
+def image_digests(datasets) -> set[str]:
+    """The content digest of every image of ``datasets`` (as uint8, the stored pixels)."""
+    return {content_digest([_uint8(dataset[i][0])]) for dataset in datasets
+            for i in range(len(dataset))}
+
+
+def _uint8(image: torch.Tensor) -> torch.Tensor:
+    return (image * 255).round().to(torch.uint8) if image.is_floating_point() else image
+
+
+def held_out_set(source, n: int, tests=(), seed: int = 0):
+    """``n`` random labelled images of ``source`` (a training split: source data, which a
+    test-time method may have), none pixel-identical to an image of the data sets ``tests``:
+    what the temperature rule is fitted on. Never labelled test images, which test-time
+    adaptation does not have. An error when fewer than ``n`` remain."""
+    if n < 1:
+        raise ValueError(f"n_held_out = {n}: hold out at least one image, or leave out the "
+                         "temperature rule (n_held_out: 0)")
+    excluded, kept = image_digests(tests), []
+    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed + 1))
+    for index in order.tolist():
+        if content_digest([_uint8(source[index][0])]) not in excluded:
+            kept.append(index)
+            if len(kept) == n:
+                return source.subset(kept, f"{n:,} random images held out to fit the "
+                                           f"temperatures (seed {seed}), none a test image")
+    raise ValueError(f"{getattr(source, 'name', 'the source set')} has {len(kept):,} images "
+                     f"that are not test images, fewer than n_held_out = {n:,}: lower it")
+
+
+def source_held_out(name: str, n: int, tests=(), seed: int = 0, split: str = "train",
+                    root=None, download: bool = False):
+    """``held_out_set`` from the ``split`` split of data set ``name`` (the training split of
+    the test set's own data set), or None when ``n`` is 0 (no temperature rule)."""
+    if not n:
+        return None
+    try:
+        source = load_dataset(name, split=split, root=root, download=download)
+    except ValueError as error:
+        raise ValueError(f"{name} has no {split!r} split to fit the temperatures on "
+                         f"({error}): set n_held_out: 0 (no temperature rule)") from error
+    return held_out_set(source, n, tests, seed)
+
+
+def build_ensemble(members: dict, model, model_name: str, temperatures=None) -> Ensemble:
+    """The ensemble of the members that apply to ``model`` (``members`` maps a name to
+    ``f(model, model_name) -> Adapter`` or None), with ``temperatures`` (a dict member ->
+    T, from ``temperature_cell``) when given."""
     built = {m: make(model(), model_name) for m, make in members.items()}
     ensemble = Ensemble({m: a for m, a in built.items() if a is not None})
-    fit = held_out is not None and len(held_out) > 0
-    return {"temperatures": ensemble.fit_temperatures(held_out, batch_size) if fit else None,
-            "members": list(ensemble.members),
+    if temperatures:
+        ensemble.temperatures = [temperatures[m] for m in ensemble.members]
+    return ensemble
+
+
+def temperature_cell(members: dict, model: Lazy, model_name: str, held_out,
+                     batch_size: int = 64, progress: bool = True) -> dict:
+    """Each member's temperature fitted on ``held_out`` (labelled source images, see
+    ``held_out_set``), and its accuracy there."""
+    ensemble = build_ensemble(members, model, model_name)
+    temperatures = ensemble.fit_temperatures(held_out, batch_size, progress)
+    return {"temperatures": dict(zip(ensemble.members, temperatures)),
+            "accuracy": dict(zip(ensemble.members, ensemble.held_out_accuracy)),
+            "images": len(held_out)}
+
+
+def ensemble_cell(members: dict, model: Lazy, model_name: str, temperatures, test,
+                  rules=RULES, batch_size: int = 64, progress: bool = True, desc: str = "",
+                  threads: int | None = None) -> dict:
+    """One cell of ``ensemble_grid``: build the members, evaluate members and rules on
+    ``test`` (the temperature rule with ``temperatures``, a dict member -> T, skipped when
+    None); on a worker with ``threads`` CPU threads (the notebook's, so that the numbers are
+    the same)."""
+    if threads:
+        torch.set_num_threads(threads)
+    ensemble = build_ensemble(members, model, model_name, temperatures)
+    return {"temperatures": ensemble.temperatures, "members": list(ensemble.members),
             "results": ensemble_results(ensemble, test, rules, batch_size, progress, desc)}
 
 
 def ensemble_grid(models: dict, tasks: dict, members: dict, store, rules=RULES,
-                  batch_size: int = 64, progress: bool = True, scheduler=None):
-    """``grid.run_grid`` for ensembles: for every (model, task) build the members
-    (``members`` maps a name to ``f(model, model_name) -> Adapter``, None where it does not
-    apply), fit their temperatures on the task's held-out part, and evaluate members and
-    rules on its test part. ``tasks`` map a name to ``(held_out, test)``; an empty held-out
-    part means no temperature rule. Returns the results and the fitted temperatures.
-    A cell is kept for the same members' settings and code (``evaluate.ResultStore``).
-    ``scheduler`` (a Dask scheduler's address, cluster or client) computes the missing cells
-    on its workers, each cell whole (the temperatures need all its held-out images first),
-    stored here as each arrives."""
-    cells, built = [], {name: Lazy(build) for name, build in models.items()}
-    for model_name in models:
-        for task_name, (_, test) in tasks.items():
-            settings = {m: make.settings(model_name) for m, make in members.items()
-                        if hasattr(make, "settings")}
-            modules = [__name__, *(m for make in members.values()
-                                   for m in getattr(make, "code_modules", ["helpers.tta"]))]
-            cells.append(((model_name, task_name, "ensemble"), settings,
-                          cell_code(modules, test)))
+                  batch_size: int = 64, progress: bool = True, scheduler=None, held_out=None):
+    """``grid.run_grid`` for ensembles: for every model, fit each member's temperature on
+    ``held_out`` (labelled source images, ``held_out_set``; None: no temperature rule), then
+    for every (model, task) build the members (``members`` maps a name to
+    ``f(model, model_name) -> Adapter``, None where it does not apply) and evaluate members
+    and rules on the task (``tasks`` map a name to a test set). Returns the results and one
+    row per (model, member): its temperature and its accuracy on the held-out images.
+    A cell is kept for the same members' settings, temperatures and code
+    (``evaluate.ResultStore``). ``scheduler`` (a Dask scheduler's address, cluster or client)
+    computes the missing task cells on its workers, each cell whole, stored here as each
+    arrives; the temperatures are fitted here first."""
+    built = {name: Lazy(build) for name, build in models.items()}
+    settings = {model_name: {m: make.settings(model_name) for m, make in members.items()
+                             if hasattr(make, "settings")} for model_name in models}
+    modules = [__name__, *(m for make in members.values()
+                           for m in getattr(make, "code_modules", ["helpers.tta"]))]
+    fitted = {}
+    if held_out is not None:
+        for model_name in models:
+            fitted[model_name] = store.run(
+                (model_name, held_out.name, "temperatures"),
+                lambda m=built[model_name], n=model_name: temperature_cell(
+                    members, m, n, held_out, batch_size, progress),
+                {**settings[model_name], "held_out": held_out.description},
+                cell_code(modules, held_out))
+    cells = [((model_name, task_name, "ensemble"),
+              {**settings[model_name], "temperatures": _temperatures(fitted, model_name)},
+              cell_code(modules, test))
+             for model_name in models for task_name, test in tasks.items()]
     missing = [cell for cell in cells if store.why_stale(*cell) is not None]
     if scheduler is not None and missing:
         _cells_on_cluster(scheduler, missing, built, tasks, members, store, rules, batch_size)
-    results, temperatures = [], []
-    for key, settings, code in cells:
+    results = []
+    for key, cell_settings, code in cells:
         model_name, task_name, _ = key
-        held_out, test = tasks[task_name]
-        cell = store.run(key, lambda m=built[model_name], n=model_name, h=held_out, t=test,
-                         desc=f"{model_name} {task_name}": ensemble_cell(
-                             members, m, n, h, t, rules, batch_size, progress, desc),
-                         settings, code)
+        cell = store.run(key, lambda m=built[model_name], n=model_name, t=tasks[task_name],
+                         temps=cell_settings["temperatures"], desc=f"{model_name} {task_name}":
+                         ensemble_cell(members, m, n, temps, t, rules, batch_size, progress,
+                                       desc),
+                         cell_settings, code)
         results += [{**r, "model": model_name, "data": task_name} for r in cell["results"]]
-        if cell["temperatures"]:
-            temperatures.append({"model": model_name, "data": task_name,
-                                 **dict(zip(cell["members"], cell["temperatures"]))})
-    return results, temperatures
+    rows = [{"model": model_name, "member": member, "temperature": t,
+             "held_out_accuracy": cell["accuracy"][member], "held_out_images": cell["images"]}
+            for model_name, cell in fitted.items() for member, t in cell["temperatures"].items()]
+    return results, rows
+
+
+def _temperatures(fitted: dict, model_name: str) -> dict | None:
+    cell = fitted.get(model_name)
+    return dict(cell["temperatures"]) if cell else None
 
 
 def _cells_on_cluster(scheduler, missing, built, tasks, members, store, rules, batch_size):
@@ -260,9 +345,9 @@ def _cells_on_cluster(scheduler, missing, built, tasks, members, store, rules, b
     models = {name: cluster.held(client, built[name]) for name in {k[0] for k, _, _ in missing}}
     futures = {}
     for key, settings, code in missing:
-        held_out, test = tasks[key[1]]
-        future = client.submit(_worker_cell, members, models[key[0]], key[0], held_out, test,
-                               rules, batch_size, torch.get_num_threads(), pure=False)
+        future = client.submit(_worker_cell, members, models[key[0]], key[0],
+                               settings["temperatures"], tasks[key[1]], rules, batch_size,
+                               torch.get_num_threads(), pure=False)
         futures[future] = (key, settings, code)
     try:
         for future in as_completed(futures):
@@ -274,10 +359,10 @@ def _cells_on_cluster(scheduler, missing, built, tasks, members, store, rules, b
         client.cancel(list(futures) + list(models.values()))
 
 
-def _worker_cell(members, model, model_name, held_out, test, rules, batch_size,
+def _worker_cell(members, model, model_name, temperatures, test, rules, batch_size,
                  threads) -> dict:
     """``ensemble_cell`` on a worker, one at a time, with the worker's ``run_info``."""
     with ONE_PART_AT_A_TIME:
-        cell = ensemble_cell(members, model, model_name, held_out, test, rules, batch_size,
-                             progress=False, threads=threads)
+        cell = ensemble_cell(members, model, model_name, temperatures, test, rules,
+                             batch_size, progress=False, threads=threads)
     return {**cell, "run": run_info()}
