@@ -18,6 +18,14 @@ from scipy.stats import binomtest
 LEVEL = 0.95
 RESAMPLES = 10_000
 SIGNIFICANCE = 0.05
+# ImageNet-C's corruption families (Hendrycks & Dietterich, ICLR 2019), its four validation
+# corruptions included: what a sweep that cannot afford every corruption takes one of each.
+CORRUPTION_FAMILIES = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur"),
+    "weather": ("snow", "frost", "fog", "brightness", "spatter"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"),
+}
 # Online steps per corruption in the EATA and SAR papers' ImageNet-C runs: 50,000 test images
 # in batches of 64.
 PAPER_IMAGES, PAPER_BATCH = 50_000, 64
@@ -244,3 +252,96 @@ def agreement_line(model: str, whose: str, score: dict, n_images: int) -> str:
             f"images, the average over the views on {score['marginal']:.3f}, the image itself "
             f"on {score['source']:.3f} (average minus image "
             f"{score['marginal'] - score['source']:+.3f}).")
+
+
+def family_of(task: str) -> str | None:
+    """The ImageNet-C family of a task name ("snow", "fashion-mnist/snow", "snow/5"), else
+    None (clean data, a natural-shift set)."""
+    for part in task.split("/"):
+        for family, names in CORRUPTION_FAMILIES.items():
+            if part in names:
+                return family
+    return None
+
+
+def one_per_family(names, limit: int = 4) -> list[str]:
+    """Of the task ``names``, the first of each ImageNet-C family present, in the order of
+    ``names``, at most ``limit``. Where none is a corruption (natural-shift sets such as
+    ImageNet-A), the first ``limit`` names."""
+    if limit < 1:
+        raise ValueError(f"sweep_corruptions = {limit}: give a whole number >= 1")
+    chosen = {}
+    for name in names:
+        family = family_of(name)
+        if family is not None and family not in chosen:
+            chosen[family] = name
+    return list(chosen.values())[:limit] or list(names)[:limit]
+
+
+def sweep_tasks(tasks: dict, n_corruptions: int, n_images: int, seed: int = 0) -> dict:
+    """The data of a settings sweep that cannot afford every task: ``n_images`` random test
+    images (``data.take``: the same images under every corruption of one sample) of up to
+    ``n_corruptions`` tasks, one per ImageNet-C family (``one_per_family``); {} when
+    ``n_images`` is 0 (no sweep)."""
+    from .data import take
+
+    if not n_images:
+        return {}
+    return {name: take(tasks[name], n_images, seed)
+            for name in one_per_family(list(tasks), n_corruptions)}
+
+
+def one_at_a_time(base: dict, sweeps: dict, name: str) -> list[dict]:
+    """A one-at-a-time sweep around ``base`` settings: for each option of ``sweeps`` (e.g.
+    ``{"n_views": [15, 31, 63], "selection": [0.1, 0.3, 1.0]}``) and each of its values,
+    ``base`` with that one value changed. Rows ``{"setting", "value", "method",
+    "settings"}``; ``method`` is ``name`` with the swept options' values, so that settings
+    in several sweeps (``base``'s own) have one name and run once."""
+    rows = []
+    for option, values in sweeps.items():
+        for value in values:
+            settings = {**base, option: value}
+            label = ", ".join(f"{key}={settings[key]}" for key in sweeps)
+            rows.append({"setting": option, "value": value, "method": f"{name} {label}",
+                         "settings": settings})
+    return rows
+
+
+def accuracy_interval(cells: dict, seed: int = 0) -> tuple[float, float, float]:
+    """Mean accuracy over the tasks of ``cells`` (task -> cell of one method) and its 95%
+    bootstrap interval over test images, each image resampled with all its tasks
+    (``paired_bootstrap`` of the right/wrong outcomes)."""
+    groups = _image_groups(cells)
+    return paired_bootstrap([np.stack([correct_per_image(cells[t]) for t in g])
+                             for g in groups], seed=seed)
+
+
+def sweep_rows(results: list[dict], sweep: list[dict], baseline: str,
+               seed: int = 0) -> list[dict]:
+    """Per model and row of ``sweep`` (``one_at_a_time``): the method's mean accuracy over
+    the sweep's tasks with its 95% bootstrap interval over images, and its change against
+    ``baseline`` on the same images with its 95% paired interval (``compare``); the
+    baseline's own accuracy and interval too, for a reference band."""
+    rows = []
+    for (model,), cells in _by_key(results, ("model",)).items():
+        base = accuracy_interval(cells[baseline], seed) if baseline in cells else None
+        for item in sweep:
+            if item["method"] not in cells:
+                continue
+            accuracy, low, high = accuracy_interval(cells[item["method"]], seed)
+            change = {}
+            if base is not None:
+                row = compare([r for r in results if r["model"] == model], item["method"],
+                              baseline, seed=seed)[0]
+                change = {"change": row["change"], "change_low": row["ci_low"],
+                          "change_high": row["ci_high"], "baseline": baseline,
+                          "baseline_accuracy": base[0], "baseline_low": base[1],
+                          "baseline_high": base[2]}
+            some = next(iter(cells[item["method"]].values()))
+            rows.append({"model": model, "setting": item["setting"], "value": item["value"],
+                         "accuracy": accuracy, "ci_low": low, "ci_high": high, **change,
+                         "tasks": len(cells[item["method"]]), "images": len(some["labels"]),
+                         "ece": float(np.mean([c["ece"] for c in cells[item["method"]].values()])),
+                         "seconds_per_sample": float(np.mean(
+                             [c["seconds_per_sample"] for c in cells[item["method"]].values()]))})
+    return rows

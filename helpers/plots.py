@@ -343,3 +343,35 @@ def changes(rows, title: str = "", panel: str = "model", label: str = "method"):
         fig.suptitle(textwrap.fill(title, 30 * len(panels) + 40), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def sweep_intervals(rows: list[dict], labels: dict | None = None, title: str = ""):
+    """Accuracy against each swept setting (rows of ``findings.sweep_rows``: one panel per
+    ``setting``, one line per model) with its 95% interval shaded, and the baseline's
+    accuracy (``baseline_accuracy``, its interval as a grey band) for reference. ``labels``
+    name the settings on the x axes."""
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.2),
+                             squeeze=False, sharey=True)
+    for ax, setting in zip(axes[0], settings):
+        part = [r for r in rows if r["setting"] == setting]
+        for index, model in enumerate(dict.fromkeys(r["model"] for r in part)):
+            line = sorted((r for r in part if r["model"] == model), key=lambda r: r["value"])
+            x = [r["value"] for r in line]
+            colour = f"C{index}"
+            ax.plot(x, [r["accuracy"] for r in line], "o-", color=colour, label=model)
+            ax.fill_between(x, [r["ci_low"] for r in line], [r["ci_high"] for r in line],
+                            color=colour, alpha=0.2, lw=0)
+            if "baseline_accuracy" in line[0]:
+                ax.axhline(line[0]["baseline_accuracy"], color=colour, ls="--", lw=1,
+                           label=f"{model}: {line[0]['baseline']}")
+                ax.axhspan(line[0]["baseline_low"], line[0]["baseline_high"], color="grey",
+                           alpha=0.12, lw=0)
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.set_xlabel((labels or {}).get(setting, setting), fontsize=8)
+        ax.set_ylabel("mean accuracy (95% CI)", fontsize=8)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(textwrap.fill(title, 50 * len(settings)), fontsize=9)
+    fig.tight_layout()
+    return fig

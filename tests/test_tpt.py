@@ -256,3 +256,72 @@ def test_tpt_on_a_resnet_clip(images):
     fast = Tpt(rn, NAMES, n_views=15)(images, keys=[0, 1, 2])
     plain = Tpt(rn, NAMES, n_views=15, cache_features=False, trim=False)(images, keys=[0, 1, 2])
     assert fast.shape == (3, len(NAMES)) and (fast - plain).abs().max() < 1e-4
+
+
+# ---------------------------------------------------------------- notebook 03's sweep
+
+def test_sweep_takes_one_corruption_per_family_and_the_same_images():
+    from helpers import findings
+    from helpers.data import ImageTensorDataset, corrupted
+
+    names = ["clean", "gaussian_noise", "shot_noise", "motion_blur", "fog", "contrast",
+             "pixelate"]
+    assert findings.one_per_family(names) == ["gaussian_noise", "motion_blur", "fog",
+                                              "contrast"]
+    assert findings.one_per_family(names, 2) == ["gaussian_noise", "motion_blur"]
+    assert findings.one_per_family(["a/clean", "b/clean"], 4) == ["a/clean", "b/clean"]
+    assert findings.one_per_family(["fashion-mnist/snow", "fashion-mnist/frost"]) == [
+        "fashion-mnist/snow"]
+    with pytest.raises(ValueError, match="sweep_corruptions = 0"):
+        findings.one_per_family(names, 0)
+    gen = torch.Generator().manual_seed(0)
+    base = ImageTensorDataset(torch.randint(0, 256, (20, 3, 32, 32), generator=gen,
+                                            dtype=torch.uint8), list(range(10)) * 2,
+                              [str(i) for i in range(10)], "toy", "toy")
+    tasks = {"clean": base, "gaussian_noise": corrupted(base, "gaussian_noise", 5),
+             "contrast": corrupted(base, "contrast", 5)}
+    sweep = findings.sweep_tasks(tasks, 4, 6, seed=1)
+    assert list(sweep) == ["gaussian_noise", "contrast"] and len(sweep["contrast"]) == 6
+    assert torch.equal(sweep["contrast"].labels, sweep["gaussian_noise"].labels)
+    assert torch.equal(sweep["contrast"].images,
+                       tasks["contrast"].images[torch.randperm(20, generator=torch.Generator()
+                                                               .manual_seed(1))[:6]])
+    assert findings.sweep_tasks(tasks, 4, 0) == {}
+
+
+def test_one_at_a_time_sweep_runs_the_base_setting_once():
+    from helpers.findings import one_at_a_time
+
+    rows = one_at_a_time({"n_views": 63, "selection": 0.1, "lr": 0.005},
+                         {"n_views": [15, 63], "selection": [0.1, 1.0]}, "tpt")
+    assert [(r["setting"], r["value"]) for r in rows] == [
+        ("n_views", 15), ("n_views", 63), ("selection", 0.1), ("selection", 1.0)]
+    assert rows[1]["method"] == rows[2]["method"] == "tpt n_views=63, selection=0.1"
+    assert rows[3]["settings"] == {"n_views": 63, "selection": 1.0, "lr": 0.005}
+    assert len({r["method"] for r in rows}) == 3
+
+
+def test_sweep_rows_are_mean_accuracies_with_intervals_over_images():
+    from helpers.findings import sweep_rows
+
+    labels = [0, 1, 2, 3]
+
+    def cell(method, task, correct):
+        return {"model": "m", "data": task, "method": method, "labels": labels,
+                "correct": correct, "accuracy": sum(correct) / 4, "ece": 0.1,
+                "seconds_per_sample": 0.5}
+
+    results = [cell("base", "a", [1, 0, 0, 0]), cell("base", "b", [1, 0, 0, 0]),
+               cell("tpt x=1", "a", [1, 1, 0, 0]), cell("tpt x=1", "b", [1, 1, 1, 0])]
+    sweep = [{"setting": "x", "value": 1, "method": "tpt x=1", "settings": {}},
+             {"setting": "x", "value": 2, "method": "tpt x=2", "settings": {}}]
+    (row,) = sweep_rows(results, sweep, "base")  # x=2 did not run: no row
+    assert row["accuracy"] == pytest.approx(5 / 8) and row["tasks"] == 2 and row["images"] == 4
+    assert row["change"] == pytest.approx(5 / 8 - 2 / 8)
+    assert row["baseline_accuracy"] == pytest.approx(2 / 8)
+    # per image (mean over both tasks) 1, 1, 0.5, 0: the interval of their resampled mean
+    assert 0 <= row["ci_low"] < row["accuracy"] < row["ci_high"] <= 1
+    assert row["change_low"] >= 0  # no image is worse: every resample changes by >= 0
+    # the baseline is right on 1 image of 4: 3 or 4 of 4 draws of it have probability
+    # 4 * 0.25^3 * 0.75 + 0.25^4 = 0.051 > 0.025, so its upper 97.5% bound is 3/4
+    assert row["baseline_low"] == pytest.approx(0) and row["baseline_high"] == pytest.approx(0.75)
