@@ -345,3 +345,65 @@ def sweep_rows(results: list[dict], sweep: list[dict], baseline: str,
                          "seconds_per_sample": float(np.mean(
                              [c["seconds_per_sample"] for c in cells[item["method"]].values()]))})
     return rows
+
+
+def sweep_lines(rows: list[dict], labels: dict | None = None) -> list[str]:
+    """``sweep_rows`` as sentences, per model and swept setting: the range of mean
+    accuracies, whether the intervals of its lowest and highest values overlap (then the
+    sweep does not tell the settings apart), and at which values the change against the
+    baseline on the same images excludes zero."""
+    found = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for setting in dict.fromkeys(r["setting"] for r in rows if r["model"] == model):
+            part = [r for r in rows if r["model"] == model and r["setting"] == setting]
+            low, high = min(part, key=lambda r: r["accuracy"]), max(
+                part, key=lambda r: r["accuracy"])
+            apart = low["ci_high"] < high["ci_low"]
+            name = (labels or {}).get(setting, setting)
+            text = (f"{model}, {name}: mean accuracy from {low['accuracy']:.3f} (at "
+                    f"{low['value']:g}) to {high['accuracy']:.3f} (at {high['value']:g}) over "
+                    f"{part[0]['tasks']} data sets of {part[0]['images']} images; the two "
+                    f"intervals {'do not overlap' if apart else 'overlap'}"
+                    f"{'' if apart else ': the sweep does not tell these settings apart'}.")
+            if "change" in part[0]:
+                gains = [f"{r['value']:g}" for r in part if r["change_low"] > 0]
+                losses = [f"{r['value']:g}" for r in part if r["change_high"] < 0]
+                text += (f" Against {part[0]['baseline']} on the same images "
+                         f"({part[0]['baseline_accuracy']:.3f}): a gain whose interval "
+                         f"excludes zero at {', '.join(gains) or 'no value'}, a loss at "
+                         f"{', '.join(losses) or 'no value'}.")
+            found.append(text)
+    return found
+
+
+def calibration_lines(results: list[dict], baseline: str = "source", methods=None,
+                      rise: float = 0.02) -> list[str]:
+    """Per model, the methods whose mean ECE over the data sets exceeds the baseline's by
+    more than ``rise``, with their mean confidence against their accuracy: a rise with
+    confidence above accuracy is overconfidence, one with confidence below it
+    underconfidence."""
+    found = []
+    by_key = _by_key(results, ("model",))
+    for (model,), cells in by_key.items():
+        if baseline not in cells:
+            continue
+
+        def mean(method, field, cells=cells):
+            return float(np.mean([c[field] for c in cells[method].values()]))
+
+        base = mean(baseline, "ece")
+        risen = [m for m in (methods or cells) if m in cells and m != baseline
+                 and mean(m, "ece") > base + rise]
+        if not risen:
+            found.append(f"{model}: no method's ECE exceeds {baseline}'s ({base:.3f}) by more "
+                         f"than {rise:.2f}.")
+            continue
+        parts = [f"{m} {mean(m, 'ece'):.3f} (mean confidence {mean(m, 'mean_confidence'):.3f} "
+                 f"for accuracy {mean(m, 'accuracy'):.3f}: "
+                 f"{'over' if mean(m, 'mean_confidence') > mean(m, 'accuracy') else 'under'}"
+                 f"confident by {abs(mean(m, 'mean_confidence') - mean(m, 'accuracy')):.3f})"
+                 for m in risen]
+        found.append(f"{model}: ECE rises from {base:.3f} ({baseline}, mean confidence "
+                     f"{mean(baseline, 'mean_confidence'):.3f} for accuracy "
+                     f"{mean(baseline, 'accuracy'):.3f}) to " + "; ".join(parts) + ".")
+    return found

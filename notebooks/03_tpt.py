@@ -13,20 +13,13 @@
 #
 # `helpers.tta.Tpt` does exactly this, with two exact speed-ups (tested to leave the logits unchanged): the image encoder is frozen, so the 64 views' features are computed **once** per image (the original's among them), and the causal text encoder only runs up to the longest real prompt instead of all 77 tokens.
 #
-# We compare, on the same images:
+# Which methods and models this run compares is generated from its parameters below the parameters cell; a learned **CoOp** context runs only when one is given (`ctx_file`, which no profile sets). The profiles:
 #
-# * **source**: CLIP's zero-shot classifier as its authors evaluate it. For OpenAI's CLIPs, each class's text feature is the average over the **seven prompt templates** of their ImageNet evaluation ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.", "art of the {}.", "a photo of the small {}."; `helpers.models.TEMPLATES["ensemble"]`); for the small CLIP trained here, over the eight captions it was trained with (`TEMPLATES["small"]`);
-# * **prompt**: the single hand-written prompt "a photo of a {class}." through TPT's prompt learner, i.e. TPT's starting point before any tuning (a learned **CoOp** context instead when `ctx_file` is given, column `coop`). TPT against *prompt* is what the tuning adds; *source* against *prompt* is what the template ensemble adds;
-# * **TPT**, **MEMO** (notebook 01: entropy of the marginal over views, here updating the image encoder), and two training-free successors of TPT:
-#
-# * **Zero** (Farina et al., *Frustratingly Easy Test-Time Adaptation of Vision-Language Models*, NeurIPS 2024): TPT's views and confidence selection, but no backward pass: the prediction is the **vote** of the confident views (the arg-max of their zero-temperature marginal);
-# * **TDA** (Karmanov et al., *Efficient Test-Time Adaptation of Vision-Language Models*, CVPR 2024): a positive and a negative **cache** of test features with their pseudo-labels, filled online as the test stream goes by, whose affinities to the current image are added to CLIP's logits.
-#
-# | profile | models | data |
-# |---|---|---|
-# | `smoke` (defaults below) | small CLIP **trained here** (not OpenAI's) | three corruptions of FashionMNIST, a few dozen images |
-# | `offline` | the same | FashionMNIST-C: the 15 corruptions of ImageNet-C at severity 5 |
-# | `full` (GPU) | CLIP ViT-B/16, ViT-B/32, RN50 and RN101 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk, the TPT paper's setting |
+# | profile | models | data | methods |
+# |---|---|---|---|
+# | `smoke` (defaults below) | small CLIP **trained here** (not OpenAI's) | three corruptions of FashionMNIST, a few dozen images | source, prompt, TPT, MEMO, Zero, TDA |
+# | `offline` | two small CLIPs trained here, under two training recipes | FashionMNIST-C: the 15 corruptions of ImageNet-C at severity 5 | source, prompt, TPT, Zero, TDA (MEMO on these models is notebook 01's) |
+# | `full` (GPU) | CLIP ViT-B/16, ViT-B/32, RN50 and RN101 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk, the TPT paper's setting | source, prompt, TPT, MEMO, Zero, TDA |
 #
 # CLIP's ResNets (RN50, RN101) have batch norm in their image encoder: TPT and the prompts leave it as it is (the image side is frozen, in eval mode), and MEMO, which updates the image encoder, normalises with the source statistics mixed 16:1 with those of the image being adapted (`bn_prior: 16` in the full profile, MEMO's own handling of batch-norm models).
 
@@ -70,7 +63,8 @@ zero = {}  # Zero's settings beyond TPT's views and selection, which it always t
 tda = {}  # the authors' ImageNet settings
 sweep_views = [15, 31, 63]  # accuracy vs number of views (at the selection ratio of tpt)
 sweep_selection = [0.1, 0.3, 1.0]  # accuracy vs selection ratio (at tpt's number of views)
-sweep_images = 16  # images of the first task used by the sweeps (0: no sweep)
+sweep_corruptions = 4  # the sweep's data sets: up to this many, one per ImageNet-C family
+sweep_images = 8  # test images per data set of the sweep, the same under each (0: no sweep)
 agreement_images = 16  # images per data set for the views-without-adaptation diagnostic
 batch_size = 64
 seed = 0
@@ -81,7 +75,6 @@ figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 # %%
 from functools import partial
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
@@ -91,6 +84,7 @@ from helpers.grid import run_grid
 from helpers.models import build_classifier, describe, parse_standin
 from helpers.notebook import start
 from helpers.tta import method_factories, tpt_views, view_settings
+from helpers.tta.zero import SMOOTHING, TIE_VOTE
 
 run = start("03_tpt", dict(
     profile=profile, datasets=datasets, data_root=data_root, models=models,
@@ -98,9 +92,61 @@ run = start("03_tpt", dict(
     methods=methods, ctx_file=ctx_file, tpt=tpt, tpt_per_model=tpt_per_model, memo=memo,
     memo_per_model=memo_per_model,
     zero=zero, tda=tda,
-    sweep_views=sweep_views, sweep_selection=sweep_selection, sweep_images=sweep_images,
+    sweep_views=sweep_views, sweep_selection=sweep_selection,
+    sweep_corruptions=sweep_corruptions, sweep_images=sweep_images,
     agreement_images=agreement_images,
     batch_size=batch_size, seed=seed), results_path, figures_dir)
+
+# %%
+# What this run compares: the methods that run, in a fixed order (source first).
+methods_by_name = method_factories(
+    methods, {"tpt": tpt, "memo": memo, "zero": {**view_settings(tpt), **zero}, "tda": tda},
+    {"memo": memo_per_model, "tpt": tpt_per_model,
+     "zero": {m: view_settings(s) for m, s in tpt_per_model.items()}})
+if ctx_file:
+    methods_by_name["coop"] = method_factories(
+        ["prompt"], {"prompt": {"ctx_file": ctx_file}})["prompt"]
+tpt_factory = method_factories(["tpt"], {"tpt": tpt}, {"tpt": tpt_per_model})["tpt"]
+ORDER = ["source", "prompt", "coop", "tpt", "memo", "zero", "tda"]
+method_order = sorted(methods_by_name, key=lambda m: ORDER.index(m) if m in ORDER else 99)
+zero_keep = methods_by_name["zero"].settings(models[0])["selection"] if "zero" in methods \
+    else tpt["selection"]
+ABOUT = {
+    "source": "CLIP's zero-shot classifier as its authors evaluate it: each class's text "
+              "feature averaged over prompt templates (for OpenAI's CLIPs the seven of their "
+              "ImageNet evaluation, `helpers.models.TEMPLATES[\"ensemble\"]`; for the small "
+              "CLIP trained here its eight training captions, `TEMPLATES[\"small\"]`)",
+    "prompt": "the single prompt \"a photo of a {class}.\" through TPT's prompt learner: "
+              "TPT's starting point before any tuning (TPT against *prompt* is what the "
+              "tuning adds; *source* against *prompt* what the template ensemble adds)",
+    "coop": f"a learned CoOp context (`{ctx_file}`) in place of \"a photo of a\", untuned",
+    "tpt": "test-time prompt tuning as above",
+    "memo": "MEMO (notebook 01): the entropy of the marginal over augmented views, here "
+            "updating the image encoder",
+    "zero": "Zero (Farina et al., NeurIPS 2024): TPT's views and confidence selection, no "
+            "backward pass; the prediction is the **vote** of the confident views (the "
+            "arg-max of their zero-temperature marginal)",
+    "tda": "TDA (Karmanov et al., CVPR 2024): a positive and a negative **cache** of test "
+           "features with their pseudo-labels, filled online along the test stream, whose "
+           "affinities to the current image are added to CLIP's logits",
+}
+# How each method's confidence (ECE's and the reliability diagrams' input) is defined.
+CONFIDENCE = {
+    "zero": f"Zero's confidence is not a softmax probability: the predicted class's share of "
+            f"votes + {SMOOTHING:g} × the kept views' mean softmax probability (+ "
+            f"{TIE_VOTE:g} vote to a tie's winner), normalised over the classes: about the "
+            f"share of the {zero_keep:.0%} kept views that vote for the class "
+            f"(`helpers.tta.zero.zero_vote`)",
+    "tda": "TDA's confidence is the softmax of CLIP's logits plus the caches' affinities",
+}
+not_run = [m for m in ORDER if m not in methods_by_name]
+display(Markdown(
+    f"**This run** ({profile} profile): models {', '.join(f'`{m}`' for m in models)}; "
+    f"compared on the same images:\n\n"
+    + "\n".join(f"- **{m}**: {ABOUT[m]}" for m in method_order if m in ABOUT)
+    + (f"\n\nNot run here: {', '.join(not_run)}." if not_run else "")
+    + "\n\nEvery method's confidence is the softmax probability of its prediction, except: "
+    + "; ".join(CONFIDENCE[m] for m in method_order if m in CONFIDENCE) + "."))
 
 # %% [markdown]
 # ## The data
@@ -126,43 +172,44 @@ for suite in tasks.values():
 # %% [markdown]
 # ## Confidence selection
 #
-# For one corrupted test image, the 64 inputs TPT sees, ranked by the entropy of CLIP's prediction with the initial prompt: the kept views (top) and the most uncertain rejected ones (bottom). Only the kept ones enter the loss.
+# The 64 inputs TPT sees for one test image of the first corrupted data set of this run (the first data set where there is no corruption), ranked by the entropy of CLIP's prediction with the initial prompt: the kept views (top) and the most uncertain rejected ones (bottom). Only the kept ones enter the loss.
 
 # %%
 first_set = test_sets[datasets[0]]
-first_task_name, first_task = next(iter(tasks[datasets[0]].items()))
-classifier = build_classifier(models[0], first_task.class_names, run.device)
-image, label = first_task[0]
-methods_by_name = method_factories(
-    methods, {"tpt": tpt, "memo": memo, "zero": {**view_settings(tpt), **zero}, "tda": tda},
-    {"memo": memo_per_model, "tpt": tpt_per_model,
-     "zero": {m: view_settings(s) for m, s in tpt_per_model.items()}})
-batch, entropies, kept = methods_by_name["tpt"](classifier, models[0]).selection_of(
+shown_name = findings.one_per_family(list(tasks[datasets[0]]), 1)[0]
+shown = tasks[datasets[0]][shown_name]
+classifier = build_classifier(models[0], shown.class_names, run.device)
+image, label = shown[0]
+batch, entropies, kept = tpt_factory(classifier, models[0]).selection_of(
     image.to(run.device), key=0)
 fig = plots.selected_views(batch, entropies, kept,
-                           title=f"{models[0]}, {first_task_name}, class "
-                                 f"'{first_task.class_names[label]}': {len(kept)} of "
+                           title=f"{models[0]} on {shown_name}, class "
+                                 f"'{shown.class_names[label]}': {len(kept)} of "
                                  f"{len(batch)} inputs kept")
 run.figure(fig, "03_tpt_selection")
+kept_h = entropies[kept]
+display(Markdown(
+    f"*The first test image of **{shown_name}** ({shown.description}), class "
+    f"'{shown.class_names[label]}', and {len(batch) - 1} views of it. TPT keeps the "
+    f"{len(kept)} inputs of lowest prediction entropy (H from {float(kept_h.min()):.2f} to "
+    f"{float(kept_h.max()):.2f}; all {len(batch)}: {float(entropies.min()):.2f} to "
+    f"{float(entropies.max()):.2f}, the image itself "
+    f"{'kept' if 0 in kept.tolist() else 'rejected'} at {float(entropies[0]):.2f}).*"))
 
 # %% [markdown]
-# ## Zero-shot, fixed prompt, TPT, MEMO, Zero and TDA
+# ## The methods on every data set
 #
 # Every (model, data, method) cell runs through the same loop (`helpers.evaluate`): accuracy, expected calibration error (15 bins), mean confidence, seconds per test image (adaptation included). Finished cells are saved as they complete.
 
 # %%
-if ctx_file:
-    methods_by_name["coop"] = method_factories(
-        ["prompt"], {"prompt": {"ctx_file": ctx_file}})["prompt"]
 store = run.store(method_settings=("methods", "memo", "memo_per_model", "models", "zero",
                                    "tda", "tpt", "tpt_per_model", "agreement_images"))
 results = []
 for name, test_set in test_sets.items():
     builders = {m: partial(build_classifier, m, test_set.class_names, run.device)
                 for m in models}
-    results += run_grid(builders, tasks[name], methods_by_name, store, batch_size,
-                        scheduler=scheduler)
-method_order = list(methods_by_name)
+    results += run_grid(builders, tasks[name], {m: methods_by_name[m] for m in method_order},
+                        store, batch_size, scheduler=scheduler)
 descriptions = {name: describe(name) for name in models}
 for name, text in descriptions.items():
     print(f"{name}: {text}")
@@ -170,84 +217,127 @@ for name, text in descriptions.items():
 # %%
 table = pd.DataFrame(summary_rows(results))
 accuracy = pd.DataFrame(pivot(results, methods=method_order)).set_index(["model", "data"])
-means = table.groupby(["model", "method"])[["accuracy", "ece", "mean_confidence",
-                                            "seconds_per_sample"]].mean()
+means = table.groupby(["model", "method"], sort=False)[  # the grid's order: source first
+    ["accuracy", "ece", "mean_confidence", "seconds_per_sample"]].mean()
 display(Markdown("**Accuracy per data set**"))
 display(accuracy.style.format("{:.3f}", na_rep="—"))
 display(Markdown("**Mean over the data sets**"))
-display(means.style.format({"accuracy": "{:.3f}", "ece": "{:.3f}", "mean_confidence": "{:.3f}",
-                            "seconds_per_sample": "{:.4f}"}))
+display(means.rename(columns={"ece": "ECE", "mean_confidence": "mean confidence",
+                              "seconds_per_sample": "s per image"})
+        .style.format({"accuracy": "{:.3f}", "ECE": "{:.3f}", "mean confidence": "{:.3f}",
+                       "s per image": "{:.4f}"}))
 
 # %%
 note = " ".join(f"`{name}`: {text}." for name, text in descriptions.items())
-fig = plots.accuracy_per_corruption(results, title=f"{note} Data: {first_set.description}.",
+fig = plots.accuracy_per_corruption(results, title="Accuracy per data set and method",
                                     methods=method_order)
 run.figure(fig, "03_tpt_accuracy")
+display(Markdown(f"*{note} Data: {first_set.description}.*"))
+
+# %% [markdown]
+# ## Against the published numbers
+#
+# The anchors of this notebook (`helpers/resources/published.yaml`): the papers' numbers beside this run's on the same metric.
+
+# %%
+ANCHORS_PLACEHOLDER = None
+
+# %% [markdown]
+# ## Calibration
+#
+# ECE summarises how far confidence is from accuracy; the reliability diagrams show where. A method whose confidence is not a softmax probability (see the definitions at the top) is calibrated as it reports it.
+
+# %%
+calibration_lines = findings.calibration_lines(results, methods=method_order)
+display(Markdown(findings.markdown(calibration_lines)))
 
 # %% [markdown]
 # ## How many views, how many kept
 #
-# A small sweep on the first task: the number of augmented views (at the paper's 10% selection) and the selection ratio (at the number of views above; 1.0 keeps every view, i.e. no confidence selection).
+# TPT's number of augmented views (at its selection ratio) and its selection ratio (at its number of views; 1.0 keeps every view, i.e. no confidence selection), one at a time, for the first model on up to `sweep_corruptions` corrupted data sets, one per ImageNet-C family, the same `sweep_images` test images under each. Beside them, the fixed prompt (TPT's starting point) on the same images.
 
 # %%
-sweep_task = ({first_task_name: data.take(first_task, sweep_images, seed)}
-              if sweep_images else {})
-first_tpt = methods_by_name["tpt"].settings(models[0])  # TPT's settings for the first model
-settings = ([("views", n, {**first_tpt, "n_views": n}) for n in sweep_views]
-            + [("selection", r, {**first_tpt, "selection": r}) for r in sweep_selection])
-sweep_methods = {f"tpt {kind}={value}": method_factories(["tpt"], {"tpt": s})["tpt"]
-                 for kind, value, s in settings}
-sweep_model = {models[0]: partial(build_classifier, models[0], first_task.class_names,
-                                  run.device)}
-sweep_results = (run_grid(sweep_model, sweep_task, sweep_methods, store, batch_size,
-                          scheduler=scheduler) if sweep_images else [])
-sweep_rows = [{"setting": kind, "value": value, "accuracy": r["accuracy"], "ece": r["ece"],
-               "seconds_per_sample": r["seconds_per_sample"]}
-              for (kind, value, _), r in zip(settings, sweep_results)]
+SWEEP_BASELINE = "prompt, untuned"
+sweep_data = findings.sweep_tasks(tasks[datasets[0]], sweep_corruptions, sweep_images, seed)
+first_tpt = tpt_factory.settings(models[0])  # TPT's settings for the first model
+sweep = findings.one_at_a_time(first_tpt, {"n_views": sweep_views,
+                                           "selection": sweep_selection}, "tpt")
+sweep_methods = {row["method"]: method_factories(["tpt"], {"tpt": row["settings"]})["tpt"]
+                 for row in sweep}
+sweep_methods[SWEEP_BASELINE] = method_factories(["prompt"])["prompt"]
+sweep_model = {models[0]: partial(build_classifier, models[0], shown.class_names, run.device)}
+sweep_results = (run_grid(sweep_model, sweep_data, sweep_methods, store, batch_size,
+                          scheduler=scheduler) if sweep_data else [])
+sweep_rows = findings.sweep_rows(sweep_results, sweep, SWEEP_BASELINE)
+sweep_labels = {"n_views": f"views (+ the image), {first_tpt['selection']:g} kept",
+                "selection": f"share kept of {first_tpt['n_views']} views + the image"}
 if sweep_rows:
-    display(pd.DataFrame(sweep_rows).style.format({"accuracy": "{:.3f}", "ece": "{:.3f}",
-                                                   "seconds_per_sample": "{:.4f}"}))
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3))
-    plots.sweep([r for r in sweep_rows if r["setting"] == "views"], "value", ax=axes[0],
-                title=f"accuracy vs views (+ original), selection {first_tpt['selection']}")
-    plots.sweep([r for r in sweep_rows if r["setting"] == "selection"], "value", ax=axes[1],
-                title=f"accuracy vs selection ratio, {first_tpt['n_views']} views")
+    display(pd.DataFrame(sweep_rows)[["setting", "value", "accuracy", "ci_low", "ci_high",
+                                      "change", "change_low", "change_high", "ece",
+                                      "seconds_per_sample"]]
+            .rename(columns={"ci_low": "95% CI low", "ci_high": "95% CI high",
+                             "change": f"change vs {SWEEP_BASELINE}",
+                             "change_low": "change CI low", "change_high": "change CI high",
+                             "ece": "ECE", "seconds_per_sample": "s per image"})
+            .style.hide(axis="index")
+            .format({"value": "{:g}", "s per image": "{:.4f}"}, precision=3))
+    fig = plots.sweep_intervals(sweep_rows, sweep_labels,
+                                title=f"TPT on {models[0]}: mean accuracy vs views and share "
+                                      "kept")
     run.figure(fig, "03_tpt_sweep")
+    display(Markdown(
+        f"*Mean accuracy over {len(sweep_data)} data sets ({', '.join(sweep_data)}), the same "
+        f"{len(next(iter(sweep_data.values())))} images under each; shaded: 95% bootstrap "
+        f"interval over the images (an image resampled with all its data sets); dashed: "
+        f"{SWEEP_BASELINE} on the same images, its interval in grey.*\n\n"
+        + findings.markdown(findings.sweep_lines(sweep_rows, sweep_labels))))
 
 # %% [markdown]
 # ## Does the training recipe decide whether TPT helps?
 #
-# The small CLIP trained CLIP-style (`small-clip`: random resized crops, flips and photometric jitter, on FashionMNIST and MNIST digits with their own captions) and on clean FashionMNIST only (`small-clip:none`): each method's change over the same model's zero-shot prediction, with its 95% paired-bootstrap interval. TPT, MEMO and Zero all trust the model's predictions on augmented views; a model never trained on such views gives them no reason to.
+# The small CLIP trained CLIP-style (`small-clip`: random resized crops, flips and photometric jitter, on FashionMNIST and MNIST digits with their own captions) and on clean FashionMNIST only (`small-clip:none`): each method's change over the same model's zero-shot prediction, with its 95% paired-bootstrap interval. The methods that predict from augmented views (TPT, MEMO, Zero) trust the model's predictions on them; a model never trained on such views gives them no reason to.
 
 # %%
 standins = [name for name in models if parse_standin(name)]
 recipe_rows = [row for row in findings.compare_all(results, methods=method_order)
                if row["model"] in standins]
 run.show_changes(recipe_rows, "03_tpt_recipes", "Change over the same model's zero-shot "
-                                                "prediction, per training recipe (95% "
-                                                "paired-bootstrap intervals)")
+                                                "prediction, per training recipe")
 agreement, agreement_lines = [], []
 for name in standins if "zero" in methods and agreement_images else []:
     settings = methods_by_name["zero"].settings(name)
     zero_views = tpt_views(settings["views"], settings["n_views"], min(image.shape[-2:]))
-    model = build_classifier(name, first_task.class_names, run.device)
+    model = build_classifier(name, shown.class_names, run.device)
     score = findings.mean_view_agreement(model, tasks[datasets[0]], zero_views,
                                          agreement_images, seed)
     agreement.append({"model": name, **score})
     agreement_lines.append(findings.agreement_line(name, "Zero's and TPT's", score,
                                                    agreement_images))
 if agreement:
-    display(pd.DataFrame(agreement).set_index("model").style.format("{:.3f}"))
+    display(pd.DataFrame(agreement).set_index("model").rename(
+        columns={"source": "the image", "views": "one view", "marginal": "average of views"})
+        .style.format("{:.3f}"))
     display(Markdown(findings.markdown(agreement_lines)))
 
 # %% [markdown]
 # ## Findings
 #
 # Each method against zero-shot CLIP, and TPT against its own starting point (the fixed prompt), on the same images: the change in mean accuracy with a 95% paired-bootstrap interval (images resampled with all their corruptions) and the number of data sets where McNemar's exact test finds the change significant.
-#
-# What to expect: TPT changes four context vectors of the text side and nothing else, so it cannot repair image features a corruption destroyed, but it can move the class prototypes toward where this image's confident views lie; MEMO changes the image encoder itself, with a larger search space and a larger cost per step. Zero predicts from the views alone, never from the image itself, so it depends even more than TPT on a model whose predictions on crops and augmented views are right; TDA learns from the stream, so it gains most where many test images share a shift. Every number below is computed from this run's results.
 
 # %%
+EXPECT = {
+    "tpt": "TPT changes four context vectors of the text side and nothing else, so it cannot "
+           "repair image features a corruption destroyed, but it can move the class "
+           "prototypes toward where this image's confident views lie",
+    "memo": "MEMO changes the image encoder itself, with a larger search space and a larger "
+            "cost per step",
+    "zero": "Zero predicts from the views alone, never from the image itself, so it depends "
+            "even more than TPT on a model whose predictions on crops and augmented views are "
+            "right",
+    "tda": "TDA learns from the stream, so it gains most where many test images share a shift",
+}
+display(Markdown("What to expect: " + "; ".join(EXPECT[m] for m in method_order if m in EXPECT)
+                 + ". Every number below is computed from this run's results."))
 finding_rows = findings.compare_all(results, methods=method_order)
 if {"prompt", "tpt"} <= set(method_order):
     finding_rows += findings.compare(results, "tpt", baseline="prompt")
@@ -257,16 +347,23 @@ run.show_findings(finding_rows, agreement_lines, figure="03_tpt_findings")
 assert all(0 <= r["accuracy"] <= 1 and r["n"] > 0 for r in results)
 assert set(table["method"]) <= set(method_order)
 
+# %% [markdown]
+# ## What we found
+
+# %%
+CONCLUSIONS_PLACEHOLDER = None
+
 # %%
 summary = {"Accuracy per data set (zero-shot = source)": pivot(results, methods=method_order),
-           "Mean over the data sets": means.reset_index().round(4).to_dict("records")}
+           "Mean over the data sets": means.reset_index().round(4).to_dict("records"),
+           "Calibration": calibration_lines}
 if recipe_rows:
     summary["Change over zero-shot per training recipe (95% paired-bootstrap interval)"] = \
         findings.intervals(recipe_rows)
 if agreement:
     summary["Zero's and TPT's views without adaptation (mean over the corruptions)"] = agreement
 if sweep_rows:
-    n_sweep = len(next(iter(sweep_task.values())))
-    summary[f"TPT sweep on {first_task_name} ({n_sweep} images)"] = sweep_rows
-run.save(summary, note, headline_table="Mean over the data sets",
-         results=summary_rows(results))
+    summary[f"TPT sweep on {len(sweep_data)} data sets ({', '.join(sweep_data)}), "
+            f"{len(next(iter(sweep_data.values())))} images each"] = sweep_rows
+results_file = run.save(summary, note, headline_table="Mean over the data sets",
+                        results=summary_rows(results))
