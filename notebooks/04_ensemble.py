@@ -8,17 +8,17 @@
 # | rule | prediction |
 # |---|---|
 # | `mean` | $\bar p = \frac1M\sum_m p_m$ |
-# | `temperature` | $\frac1M\sum_m \mathrm{softmax}(z_m / T_m)$, each $T_m$ fitted on a **held-out** split by minimising the negative log-likelihood |
+# | `temperature` | $\frac1M\sum_m \mathrm{softmax}(z_m / T_m)$, each $T_m$ fitted by minimising the negative log-likelihood on labelled **source** images (clean images of the training split, none of them a test image), never on labelled test images, which test-time adaptation does not have |
 # | `entropy` | $\sum_m w_m p_m$, $w_m \propto e^{-H(p_m)}$ per image: a confident member weighs more |
-# | `vote` | majority of the members' arg-max; a tie goes to the tied class with the highest mean probability |
+# | `vote` | majority of the members' arg-max; a tie goes to the tied class with the highest mean probability; its confidence is (votes + mean probability) / (M + 1), about the share of members that vote for the class |
 #
 # Every member's results are shown beside the ensemble's; the rules only combine the members' logits, so each member runs once per image. At the end: **where do the members disagree**, and who is right there?
 #
 # | profile | models | data |
 # |---|---|---|
 # | `smoke` (defaults below) | small CLIP **trained here** (not OpenAI's) | three corruptions of FashionMNIST, a few dozen images |
-# | `offline` | the same | FashionMNIST-C: the 15 corruptions of ImageNet-C at severity 5, a held-out part per data set for the temperatures |
-# | `full` (GPU) | CLIP ViT-B/16 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk |
+# | `offline` | the same | FashionMNIST-C: the 15 corruptions of ImageNet-C at severity 5; the temperatures on clean FashionMNIST training images |
+# | `full` (GPU) | CLIP ViT-B/16 (OpenAI weights) | ImageNet-A and ImageNet-V2 from disk; no temperature rule (this project loads no ImageNet training images to fit it on) |
 
 # %%
 # In Colab: install the project's package, check for a GPU, show the full profile's parameters.
@@ -42,8 +42,9 @@ download = True  # fetch a data set when it is missing and the machine is online
 models = ["small-clip"]  # small-clip | ViT-B/16 | ViT-B/32 | RN50 | a CLIP checkpoint file
 corruptions = ["gaussian_noise", "motion_blur", "contrast"]  # "all": ImageNet-C's 15; []: clean
 severity = 5
-n_images = 32  # images per corruption, held-out part included (None: all)
-n_held_out = 8  # of those, held out to fit the temperatures (0: no temperature rule)
+n_images = 24  # test images per corruption (None: all)
+n_held_out = 16  # labelled source images to fit the temperatures on (0: no temperature rule)
+held_out_split = "train"  # the data set's split they come from (never a test image)
 include_clean = False
 members = ["source", "tpt", "memo", "zero", "tda"]
 rules = ["mean", "temperature", "entropy", "vote"]
@@ -69,42 +70,71 @@ from IPython.display import Markdown, display
 
 from helpers import data, findings, plots
 from helpers.evaluate import pivot, summary_rows
-from helpers.models import build_classifier, describe
+from helpers.models import build_classifier, describe, parse_standin
 from helpers.notebook import start
 from helpers.tta import disagreement, ensemble_grid, method_factories, view_settings
+from helpers.tta.ensemble import source_held_out
+from helpers.tta.zero import SMOOTHING
 
 run = start("04_ensemble", dict(
     profile=profile, datasets=datasets, data_root=data_root, models=models,
     corruptions=corruptions, severity=severity, n_images=n_images, n_held_out=n_held_out,
-    include_clean=include_clean, members=members, rules=rules, tpt=tpt,
-    tpt_per_model=tpt_per_model, memo=memo, zero=zero, tda=tda,
+    held_out_split=held_out_split, include_clean=include_clean, members=members, rules=rules,
+    tpt=tpt, tpt_per_model=tpt_per_model, memo=memo, zero=zero, tda=tda,
     memo_per_model=memo_per_model, batch_size=batch_size, seed=seed), results_path, figures_dir)
 
+# %%
+# The members in a fixed order (source first), then the rules; what this run compares.
+ORDER = ["source", "tpt", "memo", "zero", "tda"]
+members = sorted(members, key=lambda m: ORDER.index(m) if m in ORDER else 99)
+rules = [r for r in ("mean", "temperature", "entropy", "vote") if r in rules and
+         (r != "temperature" or n_held_out)]
+ABOUT = {"source": "the model as it is (CLIP zero-shot)",
+         "tpt": "TPT: tunes CLIP's prompt on each image's confident views (notebook 03)",
+         "memo": "MEMO: tunes the image encoder on the marginal entropy over views (notebook 01)",
+         "zero": "Zero: the vote of TPT's confident views, no update (notebook 03); its "
+                 f"confidence is the predicted class's share of votes + {SMOOTHING:g} × the "
+                 "kept views' mean probability, normalised: about the share of kept views "
+                 "that vote for it, not a softmax",
+         "tda": "TDA: CLIP's logits plus the affinities to caches of earlier test images "
+                "(notebook 03)"}
+display(Markdown(
+    f"**This run** ({profile} profile): models {', '.join(f'`{m}`' for m in models)}; "
+    f"members:\n\n" + "\n".join(f"- **{m}**: {ABOUT.get(m, m)}" for m in members)
+    + f"\n\nRules: {', '.join(rules)}."
+    + ("" if n_held_out else " No temperature rule: `n_held_out` is 0.")))
+
 # %% [markdown]
-# ## The data: a held-out part and a test part per task
+# ## The data: test sets, and source images for the temperatures
 #
-# The temperatures are fitted on `n_held_out` random images of each task and every number is measured on the others.
+# The same seeded test images under every corruption. The temperatures are fitted on `n_held_out` random labelled images of the data set's training split (`held_out_split`), none of them pixel-identical to a test image: source data, which a test-time method may have, never labelled test data.
 
 # %%
 test_sets = {name: data.load_dataset(name, root=data_root, download=download)
              for name in datasets}
-tasks = {name: {(f"{name}/{k}" if len(datasets) > 1 else k): data.split(v, n_held_out, seed)
+tasks = {name: {(f"{name}/{k}" if len(datasets) > 1 else k): v
                 for k, v in data.corruption_suite(test_set, corruptions, severity, n_images,
                                                   seed, include_clean).items()}
          for name, test_set in test_sets.items()}
-for test_set in test_sets.values():
+held_out = {name: source_held_out(name, n_held_out, tasks[name].values(), seed,
+                                  held_out_split, data_root, download) for name in datasets}
+for name, test_set in test_sets.items():
     print(test_set.description)
+    if held_out[name] is not None:
+        print(f"temperatures fitted on: {held_out[name].description}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for suite in tasks.values():
-    for task_name, (held_out, test) in suite.items():
-        print(f"{task_name:24s} held out {len(held_out):5d}, test {len(test):6d} images")
+for name, suite in tasks.items():
+    if held_out[name] is not None:
+        print(f"{held_out[name].name:24s} {len(held_out[name]):6d} source images (temperatures)")
+    for task_name, test in suite.items():
+        print(f"{task_name:24s} {len(test):6d} test images")
 
 # %% [markdown]
 # ## Members and ensembles
 #
-# For each model and task: build the members, fit one temperature per member on the held-out part (each member adapting as it does at test time), then run every member once over the test part and combine.
+# For each model: build the members and fit one temperature per member on the source images (each member adapting as it does at test time); then, per data set, run every member once over the test images and combine.
 
 # %%
 factories = method_factories(
@@ -117,9 +147,9 @@ for name, test_set in test_sets.items():
     builders = {m: partial(build_classifier, m, test_set.class_names, run.device)
                 for m in models}
     found, fitted = ensemble_grid(builders, tasks[name], factories, store, rules, batch_size,
-                                  scheduler=scheduler)
+                                  scheduler=scheduler, held_out=held_out[name])
     results, temperatures = results + found, temperatures + fitted
-method_order = list(dict.fromkeys(r["method"] for r in results))
+method_order = list(dict.fromkeys(r["method"] for r in results))  # members, then rules
 descriptions = {name: describe(name) for name in models}
 for name, text in descriptions.items():
     print(f"{name}: {text}")
@@ -132,24 +162,52 @@ means = table.groupby(["model", "method"], sort=False)[["accuracy", "ece", "mean
 display(Markdown("**Accuracy per data set**: members, then the ensemble under each rule"))
 display(accuracy.style.format("{:.3f}", na_rep="—"))
 display(Markdown("**Mean over the data sets**"))
-display(means.style.format({"accuracy": "{:.3f}", "ece": "{:.3f}", "mean_confidence": "{:.3f}",
-                            "seconds_per_sample": "{:.4f}"}))
+display(means.rename(columns={"ece": "ECE", "mean_confidence": "mean confidence",
+                              "seconds_per_sample": "s per image"})
+        .style.format({"accuracy": "{:.3f}", "ECE": "{:.3f}", "mean confidence": "{:.3f}",
+                       "s per image": "{:.4f}"}))
+
+# %%
 if temperatures:
     display(Markdown("**Fitted temperatures** per member (above 1: the member was "
-                     "overconfident)"))
-    display(pd.DataFrame(temperatures).round(3))
+                     "overconfident on the source images) and each member's accuracy there"))
+    display(pd.DataFrame(temperatures).set_index(["model", "member"])
+            .rename(columns={"held_out_accuracy": "accuracy on them",
+                             "held_out_images": "source images"})
+            .style.format({"temperature": "{:.3f}", "accuracy on them": "{:.3f}",
+                           "source images": "{:,}"}))
+    held_accuracy = {t["model"]: t["held_out_accuracy"] for t in temperatures
+                     if t["member"] == "source"}
+    clean = table[(table["method"] == "source") & (table["data"].str.endswith("clean"))]
+    trained_on = [m for m in models if parse_standin(m)]
+    display(Markdown(" ".join(
+        f"`{m}` is right on {held_accuracy[m]:.3f} of the source images"
+        + (f" and on {float(clean[clean['model'] == m]['accuracy'].mean()):.3f} of the clean "
+           f"test images" if (clean["model"] == m).any() else "")
+        + (": it was trained on that split, so the temperatures are fitted where it is at "
+           "its most confident, and cannot know how overconfident each member becomes under "
+           "a corruption." if m in trained_on else ".")
+        for m in held_accuracy)))
 
 # %%
 note = " ".join(f"`{name}`: {text}." for name, text in descriptions.items())
-fig = plots.accuracy_per_corruption(
-    results, title=f"{note} Data: {next(iter(test_sets.values())).description}.",
-    methods=method_order)
+fig = plots.accuracy_per_corruption(results, title="Members and ensembles: accuracy per data "
+                                                   "set", methods=method_order)
 run.figure(fig, "04_ensemble_accuracy_per_corruption")
+display(Markdown(f"*{note} Data: {next(iter(test_sets.values())).description}.*"))
+
+# %% [markdown]
+# ## Against the published numbers
+#
+# The anchors of this notebook (`helpers/resources/published.yaml`): the papers' numbers beside this run's on the same metric.
+
+# %%
+ANCHORS_PLACEHOLDER = None
 
 # %% [markdown]
 # ## Where the members disagree
 #
-# Per data set: how often the members' predictions differ, and on the images where they agree and where they do not, the accuracy of each member, of each ensemble rule, and of an oracle that picks a right member whenever one exists. An ensemble can only gain on the disagreements; the oracle bounds that gain.
+# Per data set: how often the members' predictions differ, and on the images where they do not agree, the accuracy of each member, of each ensemble rule, and of an oracle that picks a right member whenever one exists. An ensemble can only gain on the disagreements; the oracle bounds that gain.
 
 # %%
 rows = []
@@ -160,13 +218,16 @@ for (model_name, task_name), group in pd.DataFrame(results).groupby(["model", "d
 disagree = pd.DataFrame(rows)
 cols = (["model", "data", "n", "disagree"]
         + [c for c in disagree.columns if c.endswith("(disagree)")])
-display(disagree[cols].style.format(precision=3, na_rep="—"))
+display(disagree[cols].rename(columns={"n": "images", "disagree": "share disagreeing",
+                                       **{c: c.replace(" (disagree)", "") for c in cols[4:]}})
+        .set_index(["model", "data"]).style.format(precision=3, na_rep="—"))
 long = [{"model": r["model"], "method": c.rsplit(" (", 1)[0], "accuracy": r[c]}
         for r in rows for c in cols[4:] if r[c] is not None]
 if long:
     fig = plots.method_bars(long, hue="model",
                             title="Accuracy on the images where the members disagree")
     run.figure(fig, "04_ensemble_disagreement")
+print(f"members disagree on {disagree['disagree'].mean():.1%} of the test images on average")
 
 # %% [markdown]
 # ## Findings
@@ -182,16 +243,20 @@ for model_name in models:
                      for row in findings.compare(results, rule, baseline=best)
                      if row["model"] == model_name]
 run.show_findings(finding_rows, figure="04_ensemble_findings",
-                  title="Ensembles and members: change in mean accuracy (95% paired-bootstrap "
-                        "intervals)")
-print(f"members disagree on {disagree['disagree'].mean():.1%} of the test images on average")
+                  title="Ensembles and members: change in mean accuracy")
 assert all(0 <= r["accuracy"] <= 1 and r["n"] > 0 for r in results)
 assert set(members) <= set(table["method"])
+
+# %% [markdown]
+# ## What we found
+
+# %%
+CONCLUSIONS_PLACEHOLDER = None
 
 # %%
 summary = {"Accuracy per data set: the members (source: zero-shot) and their ensembles":
            pivot(results, methods=method_order),
            "Mean over the data sets": means.reset_index().round(4).to_dict("records"),
            "Where the members disagree": disagree[cols].round(4).to_dict("records")}
-run.save(summary, note, headline_table="Mean over the data sets",
-         results=summary_rows(results), temperatures=temperatures)
+results_file = run.save(summary, note, headline_table="Mean over the data sets",
+                        results=summary_rows(results), temperatures=temperatures)
