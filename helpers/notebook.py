@@ -91,8 +91,9 @@ class NotebookRun:
 
         if not rows:
             return
+        order = list(dict.fromkeys(r["method"] for r in rows))  # the rows' order, not A-Z
         display(pd.DataFrame(rows).pivot(index="model", columns="method", values="change")
-                .style.format("{:+.3f}", na_rep="—"))
+                [order].style.format("{:+.3f}", na_rep="—"))
         self.figure(changes(list(rows), title=title), figure)
 
     def show_findings(self, rows=(), lines=None, figure: str | None = None,
