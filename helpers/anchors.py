@@ -26,14 +26,15 @@ PUBLISHED = Path(__file__).resolve().parent / "resources" / "published.yaml"
 FIELDS = {"notebook": (str, list), "method": str, "model": str, "dataset": str, "setting": str,
           "metric": str, "value": (float, int), "kind": str, "source": str, "where": str,
           "url": str}
-OPTIONAL = {"read_from": str, "finding": str, "paper": str, "compare_with": str}
-CHOICES = {"metric": ("error", "accuracy"), "kind": ("paper", "course project"),
+OPTIONAL = {"read_from": str, "finding": str, "paper": str, "compare_with": str,
+            "decimals": int}
+CHOICES = {"metric": ("error", "accuracy", "parameters"), "kind": ("paper", "course project"),
            "compare_with": ("corruptions", "clean")}
 # Methods in the tables' order: Source first, then batch adaptation, single-image adaptation,
 # prompts, ensembles, transfer and fine-tuning; a method not named here comes after these.
 METHOD_ORDER = ("source", "norm", "tent", "eata", "sar", "memo", "memo_plus", "prompt", "coop",
-                "tpt", "zero", "tda", "ensemble", "transfer", "linear", "full", "vpt-shallow",
-                "vpt-deep")
+                "tpt", "zero", "tda", "ensemble", "transfer", "linear", "full", "vpt",
+                "vpt-shallow", "vpt-deep")
 NOT_RUN = "not run here: needs a GPU and the data"
 COLUMNS = ("method", "model", "data set", "metric", "published", "course project",
            "full profile here", "offline here", "note")
@@ -221,13 +222,17 @@ def entry_numbers(entry: dict) -> dict:
 
 def published_text(entry: dict) -> str:
     """``"55.6 (Tent, ICLR 2021, Table 2)"``; a figure without a number gives its finding."""
-    value = entry["finding"] if entry["value"] is None else format_value(entry["value"])
+    value = (entry["finding"] if entry["value"] is None else
+             format_value(entry["value"], entry.get("decimals")))
     return f"{value} ({entry.get('paper', entry['source'])}, {entry['where']})"
 
 
-def format_value(value: float) -> str:
-    """A published value as its paper prints it (one or two decimals)."""
-    return f"{value:.1f}" if round(value, 1) == value else f"{value:.2f}"
+def format_value(value: float, decimals: int | None = None) -> str:
+    """A published value as its source prints it: with ``decimals`` digits when the entry
+    says (64.40), else one, or two where one would round it."""
+    if decimals is None:
+        decimals = 1 if round(value, 1) == value else 2
+    return f"{value:.{decimals}f}"
 
 
 def methods_of(results: list[dict], method: str) -> list[str]:

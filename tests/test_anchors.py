@@ -151,3 +151,14 @@ def test_show_anchors_keeps_the_table_for_the_results_file(tmp_path):
     assert saved[0]["offline here"] == table.iloc[0]["offline here"]
     assert saved[0]["numbers"]["published"][0]["value"] == 82.0
     assert saved[1]["numbers"]["offline here"][0]["value"] == pytest.approx(12.5)
+
+
+def test_published_values_print_as_their_source_prints_them_and_findings_in_words(tmp_path):
+    assert anchors.format_value(64.4, 2) == "64.40" and anchors.format_value(54.7) == "54.7"
+    assert anchors.format_value(23.24) == "23.24"
+    figure = {**ENTRY, "method": "transfer", "value": None, "where": "Abstract",
+              "finding": "transfer falls with the layer cut"}
+    table = anchors.anchor_table("01_x", [], [], path=_write(tmp_path, [figure]))
+    assert table.iloc[0]["published"] == ("transfer falls with the layer cut "
+                                          "(Paper, ICLR 2021, Abstract)")
+    assert table.iloc[0]["offline here"] == "not run offline"
