@@ -36,6 +36,7 @@ METHOD_ORDER = ("source", "norm", "tent", "eata", "sar", "memo", "memo_plus", "p
                 "tpt", "zero", "tda", "ensemble", "transfer", "linear", "full", "vpt",
                 "vpt-shallow", "vpt-deep")
 NOT_RUN = "not run here: needs a GPU and the data"
+PAPER_SEVERITY = 5
 COLUMNS = ("method", "model", "data set", "metric", "published", "course project",
            "full profile here", "offline here", "note")
 # The data sets' names in this project's task names (``<name>/clean`` when a notebook runs
@@ -92,8 +93,13 @@ def _kind_names(kinds) -> str:
 
 def anchors_for(notebook: str, path=None) -> list[dict]:
     """The entries that anchor ``notebook`` (its ``notebook`` field, or one of its list)."""
-    return [e for e in load_published(path)
-            if notebook == e["notebook"] or notebook in np.atleast_1d(e["notebook"]).tolist()]
+    return [e for e in load_published(path) if notebook in notebooks_of(e)]
+
+
+def notebooks_of(entry: dict) -> list[str]:
+    """The notebooks an entry anchors (its ``notebook`` field is one name or a list)."""
+    names = entry["notebook"]
+    return list(names) if isinstance(names, list) else [names]
 
 
 def corruption_error(results: list[dict], model: str, method: str, tasks=None) -> dict:
@@ -136,8 +142,10 @@ def same_images(cells: dict[str, dict]) -> list[list[str]]:
     prefix of their names (``photos/...``): the corruptions of one sample."""
     groups = defaultdict(list)
     for name, cell in cells.items():
-        labels = cell.get("labels", findings.correct_per_image(cell).shape)
-        groups[(name.rpartition("/")[0], tuple(np.asarray(labels).tolist()))].append(name)
+        labels = cell.get("labels")
+        key = (len(findings.correct_per_image(cell)),) if labels is None else tuple(
+            np.asarray(labels).tolist())
+        groups[(name.rpartition("/")[0], key)].append(name)
     return list(groups.values())
 
 
@@ -217,11 +225,13 @@ def table_row(key, entries, results, full_results, here, full_datasets) -> tuple
 
 def entry_numbers(entry: dict) -> dict:
     """What a table keeps of an entry: its value and where it comes from."""
-    return {k: entry.get(k) for k in ("value", "setting", "source", "where", "url", "finding")}
+    return {k: entry.get(k) for k in ("value", "decimals", "setting", "paper", "source",
+                                      "where", "url", "finding")}
 
 
 def published_text(entry: dict) -> str:
-    """``"55.6 (Tent, ICLR 2021, Table 2)"``; a figure without a number gives its finding."""
+    """``"<value> (<paper>, <where>)"``, the value as its source prints it; an entry without
+    a number gives its finding in words instead."""
     value = (entry["finding"] if entry["value"] is None else
              format_value(entry["value"], entry.get("decimals")))
     return f"{value} ({entry.get('paper', entry['source'])}, {entry['where']})"
@@ -243,31 +253,56 @@ def methods_of(results: list[dict], method: str) -> list[str]:
 
 
 def offline_numbers(results, method: str, metric: str, compare_with: str) -> list[dict]:
-    """Per model (and variant) of ``results`` that ran ``method``: ``corruption_error`` in
-    the row's metric (accuracy = 100 - error); with ``compare_with="clean"`` the clean
-    number is the value."""
+    """Per model (and variant) of ``results`` that ran ``method`` and per data family it ran
+    (``paper_tasks``): ``corruption_error`` in the row's metric (accuracy = 100 - error);
+    with ``compare_with="clean"`` the clean number is the value."""
     out = []
     for name in methods_of(results, method):
         for model in dict.fromkeys(r["model"] for r in results if r["method"] == name):
-            score = corruption_error(results, model, name)
-            value = score["clean_error"] if compare_with == "clean" else score["error"]
-            low, high = ((None, None) if compare_with == "clean" else
-                         (score["ci_low"], score["ci_high"]))
-            clean = score["clean_error"]
-            if metric == "accuracy":
-                value, clean = [None if v is None else 100 - v for v in (value, clean)]
-                low, high = [None if v is None else 100 - v for v in (high, low)]
-            out.append({"model": model, "method": name, "value": value, "ci_low": low,
-                        "ci_high": high, "clean": clean, "corruptions": score["corruptions"],
-                        "images": max(score["images"].values(), default=0)})
+            families = paper_tasks(r["data"] for r in results
+                                   if r["model"] == model and r["method"] == name)
+            for family, tasks in families.items():
+                score = corruption_error(results, model, name, tasks)
+                out.append({"model": model, "method": name, "family": family,
+                            **in_metric(score, metric, compare_with)})
     return out
 
 
+def paper_tasks(names) -> dict[str, list[str]]:
+    """Task names by data family (``""`` for the notebook's data set, ``photos`` for
+    ``photos/...``), each family's clean task and its corruptions at the papers' severity:
+    a name ending in ``/<n>`` is kept only when n is ``PAPER_SEVERITY``."""
+    families = defaultdict(list)
+    for name in dict.fromkeys(names):
+        parts = name.split("/")
+        severity = int(parts.pop()) if len(parts) > 1 and parts[-1].isdigit() else None
+        family = parts[0] if len(parts) > 1 else ""
+        if severity in (None, PAPER_SEVERITY):
+            families[family].append(name)
+    return dict(families)
+
+
+def in_metric(score: dict, metric: str, compare_with: str) -> dict:
+    """A ``corruption_error`` score as the row's value: error or accuracy (100 - error,
+    interval flipped), of the corruptions or of the clean set."""
+    value = score["clean_error"] if compare_with == "clean" else score["error"]
+    low, high = (None, None) if compare_with == "clean" else (score["ci_low"], score["ci_high"])
+    clean = score["clean_error"]
+    if metric == "accuracy":
+        value, clean = [None if v is None else 100 - v for v in (value, clean)]
+        low, high = [None if v is None else 100 - v for v in (high, low)]
+    return {"value": value, "ci_low": low, "ci_high": high, "clean": clean,
+            "corruptions": score["corruptions"],
+            "images": max(score["images"].values(), default=0)}
+
+
 def offline_text(offline: list[dict], compare_with: str) -> str:
-    """``"small-cnn: 41.3 (39.8–42.9), clean 8.1"`` per model; ``—`` when none ran."""
+    """Per model: ``"<model>: <value> (<low>–<high>, <n> corruptions, clean <value>)"``, or
+    ``"<model>: <value> (clean)"`` for a clean anchor; ``not run offline`` when none ran."""
     parts = []
     for o in offline:
         who = f"{o['model']} · {o['method']}" if "(" in o["method"] else o["model"]
+        who += f" ({o['family']})" if o.get("family") else ""
         if o["value"] is None:
             parts.append(f"{who}: no corrupted data set (clean {o['clean']:.1f})"
                          if o["clean"] is not None else f"{who}: —")
@@ -275,16 +310,18 @@ def offline_text(offline: list[dict], compare_with: str) -> str:
             parts.append(f"{who}: {o['value']:.1f} (clean)")
         else:
             clean = "" if o["clean"] is None else f", clean {o['clean']:.1f}"
+            count = f"{o['corruptions']} corruption{'s' * (o['corruptions'] != 1)}"
             parts.append(f"{who}: {o['value']:.1f} ({o['ci_low']:.1f}–{o['ci_high']:.1f}, "
-                         f"{o['corruptions']} corruptions{clean})")
+                         f"{count}{clean})")
     return "; ".join(parts) or "not run offline"
 
 
 def full_numbers(full_results, method, model, dataset, metric, full_datasets) -> list[dict]:
     """The full profile's value per model of ``full_results`` that is the anchor's model
     (``ViT-B/16`` is ``CLIP ViT-B/16``) and ran ``method``: the mean over the corrupted data
-    sets for a corruption benchmark (``...-C``), else the accuracy on ``dataset``'s clean
-    test set; from the saved summary rows (accuracies), so without an interval."""
+    sets at the papers' severity for a corruption benchmark (``...-C``), else the accuracy
+    on ``dataset``'s clean test set; from the saved summary rows (accuracies), so without an
+    interval."""
     out = []
     for name in methods_of(full_results, method):
         for m in dict.fromkeys(r["model"] for r in full_results if r["method"] == name):
@@ -292,7 +329,8 @@ def full_numbers(full_results, method, model, dataset, metric, full_datasets) ->
                 continue
             cells = [r for r in full_results if r["model"] == m and r["method"] == name]
             if dataset.endswith("-C"):
-                chosen = [c for c in cells if not is_clean(c["data"])]
+                kept = paper_tasks(c["data"] for c in cells).get("", [])
+                chosen = [c for c in cells if c["data"] in kept and not is_clean(c["data"])]
             else:
                 slug = DATA_NAMES.get(dataset, dataset.lower())
                 chosen = [c for c in cells if c["data"] == f"{slug}/clean" or

@@ -29,7 +29,7 @@ def test_the_data_file_loads_and_every_entry_names_its_source():
     assert entries
     for e in entries:
         assert e["source"].strip() and e["url"].startswith("https://") and e["where"].strip()
-        assert set(np.atleast_1d(e["notebook"])) <= notebooks, e
+        assert set(anchors.notebooks_of(e)) <= notebooks, e
         assert e["value"] is not None or e["finding"]
     course = [e for e in anchors.anchors_for("01_memo_cifar100") if e["kind"] == "course project"]
     assert sorted(e["value"] for e in course) == [64.40, 64.60]
@@ -162,3 +162,17 @@ def test_published_values_print_as_their_source_prints_them_and_findings_in_word
     assert table.iloc[0]["published"] == ("transfer falls with the layer cut "
                                           "(Paper, ICLR 2021, Abstract)")
     assert table.iloc[0]["offline here"] == "not run offline"
+
+
+def test_the_offline_column_keeps_severity_5_and_each_data_family_apart(tmp_path):
+    assert anchors.paper_tasks(["clean", "fog/3", "fog/5", "photos/clean", "photos/fog", "a"]) \
+        == {"": ["clean", "fog/5", "a"], "photos": ["photos/clean", "photos/fog"]}
+    grid = [_cell("clean", [1, 1, 1, 1]), _cell("fog/3", [1, 1, 1, 1]),
+            _cell("fog/5", [1, 1, 0, 0]), _cell("photos/clean", [1, 0], labels=(5, 6)),
+            _cell("photos/fog", [0, 0], labels=(5, 6))]
+    table = anchors.anchor_table("01_x", grid, [], path=_write(tmp_path, [
+        {**ENTRY, "method": "source"}]))
+    # fog at severity 3 is left out (50.0, not 25.0); the photos are their own family
+    assert table.iloc[0]["offline here"] == ("m: 50.0 (0.0–100.0, 1 corruption, clean 0.0); "
+                                             "m (photos): 100.0 (100.0–100.0, 1 corruption, "
+                                             "clean 50.0)")
