@@ -116,12 +116,14 @@ class NotebookRun:
     def show_anchors(self, table) -> None:
         """Show an ``anchors.anchor_table`` under "Published numbers and ours" (no index, the
         numbers already formatted) and keep its rows, with the numbers behind them
-        (``table.attrs["rows"]``), for the results file's ``anchors`` key."""
+        (``table.attrs["rows"]``, by the table's index: a filtered table keeps its rows'
+        numbers), for the results file's ``anchors`` key."""
         from IPython.display import Markdown, display
 
-        numbers = table.attrs.get("rows", [{}] * len(table))
-        self.anchors = [{**{str(k): v for k, v in row.items()}, "numbers": number}
-                        for row, number in zip(table.to_dict("records"), numbers)]
+        numbers = table.attrs.get("rows", {})
+        self.anchors = [{**{str(k): v for k, v in row.items()},
+                         "numbers": numbers[i] if i < len(numbers) else {}}
+                        for i, row in zip(table.index, table.to_dict("records"))]
         display(Markdown("### Published numbers and ours"))
         display(table.style.hide(axis="index") if len(table) else
                 Markdown("_No published number anchors this notebook._"))

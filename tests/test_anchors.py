@@ -151,6 +151,8 @@ def test_show_anchors_keeps_the_table_for_the_results_file(tmp_path):
     assert saved[0]["offline here"] == table.iloc[0]["offline here"]
     assert saved[0]["numbers"]["published"][0]["value"] == 82.0
     assert saved[1]["numbers"]["offline here"][0]["value"] == pytest.approx(12.5)
+    run.show_anchors(table[table["method"] != "source"])  # a filtered table keeps its numbers
+    assert [r["numbers"]["method"] for r in run.anchors] == ["tent", "memo"]
 
 
 def test_published_values_print_as_their_source_prints_them_and_findings_in_words(tmp_path):
