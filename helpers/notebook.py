@@ -125,8 +125,9 @@ class NotebookRun:
                          "numbers": numbers[i] if i < len(numbers) else {}}
                         for i, row in zip(table.index, table.to_dict("records"))]
         display(Markdown("### Published numbers and ours"))
-        display(table.style.hide(axis="index") if len(table) else
-                Markdown("_No published number anchors this notebook._"))
+        style = (table.style.hide(axis="index").set_uuid(f"anchors-{self.name}")
+                 .set_properties(**{"text-align": "left", "vertical-align": "top"}))
+        display(style if len(table) else Markdown("_No published number anchors this notebook._"))
 
     def save(self, summary: dict, note: str = "", headline_table: str | None = None,
              headline_figure: str | None = None, **extra) -> Path:
