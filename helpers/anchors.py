@@ -207,9 +207,11 @@ def table_row(key, entries, results, full_results, here, full_datasets) -> tuple
     course = [e for e in entries if e["kind"] == "course project"]
     compare_with = next((e["compare_with"] for e in entries if "compare_with" in e),
                         "corruptions")
-    offline = offline_numbers(results, method, metric, compare_with)
-    full = (None if full_results is None else
-            full_numbers(full_results, method, model, dataset, metric, full_datasets))
+    scored = metric in ("error", "accuracy")  # a share of parameters is not a grid's number
+    offline = offline_numbers(results, method, metric, compare_with) if scored else []
+    full = None if full_results is None else []
+    if scored and full_results is not None:
+        full = full_numbers(full_results, method, model, dataset, metric, full_datasets)
     row = {"method": method, "model": model, "data set": dataset, "metric": f"{metric} (%)",
            "published": "; ".join(published_text(e) for e in published) or "—",
            "course project": "; ".join(published_text(e) for e in course) or "—",
@@ -355,7 +357,8 @@ def note(model, dataset, offline, full, here, compare_with) -> str:
     """How far the row's numbers can be compared."""
     parts = []
     if full:
-        parts.append("full profile: the published model and data, values comparable")
+        parts.append("full profile: the published model and data set, values comparable "
+                     "where the settings agree")
     if offline:
         models = ", ".join(dict.fromkeys(o["model"] for o in offline))
         shift = "clean test set" if compare_with == "clean" else "corruptions, clean apart"

@@ -129,7 +129,7 @@ def test_anchor_table_takes_the_full_profile_from_its_results(tmp_path, monkeypa
     table = anchors.anchor_table("01_x", _grid(), full, full_datasets=["cifar100"], path=data)
     row = table.set_index("method").loc["memo"]
     assert row["full profile here"] == "ViT-B/32: 64.6"  # RN50 is not the anchor's model
-    assert row["note"].startswith("full profile: the published model and data")
+    assert row["note"].startswith("full profile: the published model and data set")
     assert table.set_index("method").loc["tent", "full profile here"] == (
         "not in the full profile's results")
     # with no results given, the full profile's results file is read when it exists
@@ -178,3 +178,11 @@ def test_the_offline_column_keeps_severity_5_and_each_data_family_apart(tmp_path
     assert table.iloc[0]["offline here"] == ("m: 50.0 (0.0–100.0, 1 corruption, clean 0.0); "
                                              "m (photos): 100.0 (100.0–100.0, 1 corruption, "
                                              "clean 50.0)")
+
+
+def test_a_share_of_parameters_is_not_scored_from_the_grid(tmp_path):
+    share = {**ENTRY, "method": "source", "metric": "parameters", "value": None,
+             "finding": "less than 1% of the parameters are tuned"}
+    table = anchors.anchor_table("01_x", _grid(), [], path=_write(tmp_path, [share]))
+    assert table.iloc[0]["offline here"] == "not run offline"
+    assert table.iloc[0]["full profile here"] == "not in the full profile's results"
