@@ -177,9 +177,10 @@ def anchor_table(notebook: str, results: list[dict], full_results: list[dict] | 
             parameters = saved.get("parameters", {})
             full_datasets = full_datasets or parameters.get("datasets") or [
                 parameters.get("dataset")]
-    rows, numbers = [], []
+    rows, numbers, scores = [], [], {}  # scores: one bootstrap per (model, method, tasks)
     for key, entries in group_entries(anchors_for(notebook, path)).items():
-        row, number = table_row(key, entries, results, full_results, here, full_datasets)
+        row, number = table_row(key, entries, results, full_results, here, full_datasets,
+                                scores)
         rows.append(row)
         numbers.append(number)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -200,15 +201,17 @@ def group_entries(entries: list[dict]) -> dict:
     return {key: groups[key] for key in sorted(groups, key=order)}
 
 
-def table_row(key, entries, results, full_results, here, full_datasets) -> tuple[dict, dict]:
-    """One row of ``anchor_table`` (strings) and the numbers behind it."""
+def table_row(key, entries, results, full_results, here, full_datasets,
+              scores=None) -> tuple[dict, dict]:
+    """One row of ``anchor_table`` (strings) and the numbers behind it; ``scores`` caches the
+    offline ``corruption_error``s that rows of the same method share."""
     method, model, dataset, metric = key
     published = [e for e in entries if e["kind"] == "paper"]
     course = [e for e in entries if e["kind"] == "course project"]
     compare_with = next((e["compare_with"] for e in entries if "compare_with" in e),
                         "corruptions")
     scored = metric in ("error", "accuracy")  # a share of parameters is not a grid's number
-    offline = offline_numbers(results, method, metric, compare_with) if scored else []
+    offline = offline_numbers(results, method, metric, compare_with, scores) if scored else []
     full = None if full_results is None else []
     if scored and full_results is not None:
         full = full_numbers(full_results, method, model, dataset, metric, full_datasets)
@@ -254,17 +257,23 @@ def methods_of(results: list[dict], method: str) -> list[str]:
     return [m for m in names if m == method or m.startswith(f"{method} (")]
 
 
-def offline_numbers(results, method: str, metric: str, compare_with: str) -> list[dict]:
+def offline_numbers(results, method: str, metric: str, compare_with: str,
+                    scores=None) -> list[dict]:
     """Per model (and variant) of ``results`` that ran ``method`` and per data family it ran
     (``paper_tasks``): ``corruption_error`` in the row's metric (accuracy = 100 - error);
-    with ``compare_with="clean"`` the clean number is the value."""
+    with ``compare_with="clean"`` the clean number is the value. ``scores`` (a dict) keeps
+    each ``corruption_error`` for the next row that needs it."""
+    scores = {} if scores is None else scores
     out = []
     for name in methods_of(results, method):
         for model in dict.fromkeys(r["model"] for r in results if r["method"] == name):
             families = paper_tasks(r["data"] for r in results
                                    if r["model"] == model and r["method"] == name)
             for family, tasks in families.items():
-                score = corruption_error(results, model, name, tasks)
+                key = (model, name, tuple(tasks))
+                if key not in scores:
+                    scores[key] = corruption_error(results, model, name, tasks)
+                score = scores[key]
                 out.append({"model": model, "method": name, "family": family,
                             **in_metric(score, metric, compare_with)})
     return out
