@@ -849,6 +849,19 @@ def load_dataset(name: str, split: str = "test", root=None, download: bool = Fal
     return loader(**kw)
 
 
+
+def load_available(name: str, fallback: str | None = None, **options):
+    """``(data set, note)``: ``load_dataset(name, **options)``, or where that set cannot be had
+    here (``UNAVAILABLE``) the ``fallback`` set (None: no set) and a note saying so and why, for
+    a notebook to show before it runs the section on what it got (``note`` is "" otherwise)."""
+    try:
+        return load_dataset(name, **options), ""
+    except UNAVAILABLE as error:
+        if fallback is None:
+            return None, f"Skipped: {error}"
+        return (load_dataset(fallback, **options),
+                f"`{name}` is not available here, so this runs on `{fallback}` instead: {error}")
+
 # ---------------------------------------------------------------- corruptions
 
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
