@@ -859,7 +859,8 @@ def load_available(name: str, fallback: str | None = None, **options):
     except UNAVAILABLE as error:
         if fallback is None:
             return None, f"Skipped: {error}"
-        return (load_dataset(fallback, **options),
+        shipped = {k: v for k, v in options.items() if k != "root"}  # e.g. the 26 photos
+        return (load_dataset(fallback, **shipped),
                 f"`{name}` is not available here, so this runs on `{fallback}` instead: {error}")
 
 # ---------------------------------------------------------------- corruptions

@@ -730,3 +730,13 @@ def test_imagenet_sample_on_disk_matches_its_manifest():
         assert data.file_sha256(folder / entry["file"]) == entry["sha256"], entry["file"]
     photos = data.imagenet_sample(root=root, size=64)
     assert names[int(photos.labels[0])] == "tench" and photos.labels.tolist() == list(range(1000))
+
+
+def test_load_available_falls_back_with_a_note_or_skips(tmp_path):
+    photos, note = data.load_available("imagenet-a", "photos", root=tmp_path, size=32)
+    assert len(photos) == 26 and "`imagenet-a` is not available here" in note
+    assert str(tmp_path / "imagenet-a") in note  # the reason names where it looked
+    nothing, note = data.load_available("imagenet-a", root=tmp_path)
+    assert nothing is None and note.startswith("Skipped:")
+    found, note = data.load_available("digits")
+    assert len(found) > 0 and note == ""
