@@ -18,12 +18,14 @@ from .findings import LEVEL, SIGNIFICANCE, verdict
 SMALL = 0.01
 
 
-def identical_pairs(results: list[dict], methods=None) -> list[dict]:
+def identical_pairs(results: list[dict], methods=None, agreement: float = 1.0) -> list[dict]:
     """Per model, each method whose predictions equal an earlier method's (in the order of
     ``methods``, else of first appearance) on every image of every data set both ran:
-    ``{"model", "method", "same_as", "images", "tasks"}``, ``same_as`` the first such method
-    (so Source, then NormAdapt, absorbs the rest). Cells without predictions are not compared;
-    a pair sharing no data set is not identical."""
+    ``{"model", "method", "same_as", "images", "total", "tasks"}`` (``images`` equal of
+    ``total``), ``same_as`` the first such method (so Source, then NormAdapt, absorbs the
+    rest). With ``agreement`` < 1, also a method that agrees on at least that share of the
+    images (``images`` < ``total``: the same predictions but for a few). Cells without
+    predictions are not compared; a pair sharing no data set is not a pair."""
     order = list(methods or dict.fromkeys(r["method"] for r in results))
     cells: dict = {}
     for r in results:
@@ -34,22 +36,20 @@ def identical_pairs(results: list[dict], methods=None) -> list[dict]:
         ran = [m for m in order if m in by_method]
         for i, method in enumerate(ran):
             for earlier in ran[:i]:
-                images, tasks = _same_predictions(by_method[earlier], by_method[method])
-                if tasks:
+                same, total, tasks = _same_predictions(by_method[earlier], by_method[method])
+                if tasks and same >= agreement * total:
                     pairs.append({"model": model, "method": method, "same_as": earlier,
-                                  "images": images, "tasks": tasks})
+                                  "images": same, "total": total, "tasks": tasks})
                     break
     return pairs
 
 
-def _same_predictions(first: dict, second: dict) -> tuple[int, int]:
-    """(images, data sets) over the data sets both ran when every prediction agrees, else
-    (0, 0)."""
+def _same_predictions(first: dict, second: dict) -> tuple[int, int, int]:
+    """(images predicted alike, images, data sets) over the data sets both ran."""
     shared = [t for t in first if t in second]
-    for task in shared:
-        if list(first[task]["predictions"]) != list(second[task]["predictions"]):
-            return 0, 0
-    return sum(len(first[t]["predictions"]) for t in shared), len(shared)
+    same = sum(int(a == b) for t in shared
+               for a, b in zip(first[t]["predictions"], second[t]["predictions"]))
+    return same, sum(len(first[t]["predictions"]) for t in shared), len(shared)
 
 
 def strength(row: dict) -> str:
@@ -105,9 +105,12 @@ def _preamble(rows: list[dict]) -> str:
 
 
 def _identical_sentence(row: dict, pair: dict) -> str:
-    return (f"{row['model']} · **{row['method']}** is identical to {pair['same_as']} on "
-            f"{pair['images']:,} of {pair['images']:,} images ({_sets(pair['tasks'])}, every "
-            f"prediction the same): not a separate result.")
+    total = pair.get("total", pair["images"])
+    how = ("is identical to" if pair["images"] == total else
+           "predicts as")
+    return (f"{row['model']} · **{row['method']}** {how} {pair['same_as']} on "
+            f"{pair['images']:,} of {total:,} images ({_sets(pair['tasks'])}): not a "
+            f"separate result.")
 
 
 def _change_sentence(row: dict) -> str:
@@ -137,33 +140,31 @@ def limitations(items: list[str]) -> str:
 
 
 # Column names an anchor table may use for each field (``anchors.anchor_table``), first found.
-COLUMNS = {"method": ("method",), "model": ("model family", "model"),
-           "metric": ("metric",), "published": ("published", "published value", "value"),
-           "offline": ("offline here", "offline", "this project offline"),
-           "note": ("comparability", "note", "comparable")}
+COLUMNS = {"method": ("method",), "model": ("model", "model family"),
+           "data set": ("data set", "dataset"), "metric": ("metric",),
+           "published": ("published", "published value", "value"),
+           "offline": ("offline here", "offline"), "note": ("note", "comparability")}
 
 
 def anchor_lines(table) -> list[str]:
-    """For an anchor table (``anchors.anchor_table``: one row per method and model family, the
-    published number and ours offline), one sentence per method other than Source comparing the
-    direction of its change over Source offline with the published change: "same direction",
-    "opposite", or "not comparable because ..." (no published or offline Source number, a
-    missing column, no offline run). Error is lower-is-better, accuracy higher. A missing
-    column makes every row "not comparable", naming the column."""
+    """For an anchor table (``anchors.anchor_table``: one row per method, model, data set and
+    metric, the published number and ours offline), one sentence per method other than Source
+    comparing the direction of its change over Source (the same model, data set and metric)
+    offline with the published change: "same direction", "opposite", or "not comparable
+    because ..." (no Source row, no published or offline number, a missing column). Error is
+    lower-is-better, accuracy higher. The numbers come from ``table.attrs["rows"]`` when the
+    table keeps them, else from the formatted cells."""
     records = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
     if not records:
         return ["No published number anchors this notebook."]
     columns = {field: _column(records[0], names) for field, names in COLUMNS.items()}
     if not columns["method"]:
         return ["Not comparable because the anchor table has no method column."]
-    lines = []
-    for row in records:
-        method = str(row[columns["method"]])
-        if method.lower() == "source":
-            continue
-        source = _source_row(records, row, columns)
-        lines.append(_anchor_line(row, source, columns))
-    return lines
+    kept = getattr(table, "attrs", {}).get("rows")
+    rows = [_anchor_row(r, columns, kept[i] if kept and len(kept) == len(records) else None)
+            for i, r in enumerate(records)]
+    return [_anchor_line(row, _source_of(row, rows)) for row in rows
+            if row["method"].lower() != "source"]
 
 
 def _column(record: dict, names) -> str | None:
@@ -171,54 +172,74 @@ def _column(record: dict, names) -> str | None:
     return next((lower[n] for n in names if n in lower), None)
 
 
-def _source_row(records, row, columns) -> dict | None:
-    model = columns["model"]
-    for other in records:
-        if str(other[columns["method"]]).lower() == "source" and (
-                not model or other[model] == row[model]):
-            return other
-    return None
+def _anchor_row(record: dict, columns: dict, numbers: dict | None) -> dict:
+    """A row of the anchor table as plain values: the published number (the first paper's),
+    the offline numbers by model, and which columns were missing."""
+    def cell(field):
+        return record.get(columns[field]) if columns[field] else None
+
+    row = {"method": str(cell("method")), "model": str(cell("model") or ""),
+           "data set": str(cell("data set") or ""),
+           "metric": re.sub(r"\s*\(%\)", "", str(cell("metric") or "error")),
+           "note": cell("note"), "missing": [COLUMNS[f][0] for f in ("published", "offline")
+                                             if not columns[f]]}
+    if numbers:
+        published = [p.get("value") for p in numbers.get("published") or []]
+        row["published"] = next((_number(v) for v in published if _number(v) is not None),
+                                None)
+        row["offline"] = {_offline_key(o): o["value"] for o in numbers.get("offline here") or []
+                          if o.get("value") is not None}
+    else:
+        row["published"], row["offline"] = _number(cell("published")), _numbers(
+            cell("offline"))
+    return row
 
 
-def _anchor_line(row: dict, source: dict | None, columns: dict) -> str:
-    method, model = row[columns["method"]], row.get(columns["model"], "") if columns["model"] \
-        else ""
-    who = f"{model} · **{method}**" if model else f"**{method}**"
-    metric = str(row.get(columns["metric"], "error")) if columns["metric"] else "error"
-    lower_better = "acc" not in metric.lower()
-    reason = _not_comparable(row, source, columns)
+def _offline_key(number: dict) -> str:
+    """How ``anchors.offline_text`` names an offline number: the model, with the method's
+    variant when it has one (``ensemble (mean)``)."""
+    method = number.get("method", "")
+    return f"{number['model']} · {method}" if "(" in method else number["model"]
+
+
+def _source_of(row: dict, rows: list[dict]) -> dict | None:
+    return next((r for r in rows if r["method"].lower() == "source" and all(
+        r[k] == row[k] for k in ("model", "data set", "metric"))), None)
+
+
+def _anchor_line(row: dict, source: dict | None) -> str:
+    where = " on ".join(x for x in (row["model"], row["data set"]) if x)
+    who = f"{where} · **{row['method']}**" if where else f"**{row['method']}**"
+    reason = _not_comparable(row, source)
     if reason:
         return f"{who}: not comparable because {reason}."
-    published = _number(row[columns["published"]]), _number(source[columns["published"]])
-    offline = _numbers(row[columns["offline"]]), _numbers(source[columns["offline"]])
-    paper = _direction(published[0] - published[1], lower_better)
-    ours = {k: _direction(v - offline[1][k], lower_better)
-            for k, v in offline[0].items() if k in offline[1]}
-    if not ours:
+    lower_better = "acc" not in row["metric"].lower()
+    paper = _direction(row["published"] - source["published"], lower_better)
+    pairs = {k: (source["offline"][k.split(" · ")[0]] if k not in source["offline"]
+                 else source["offline"][k], v) for k, v in row["offline"].items()
+             if k in source["offline"] or k.split(" · ")[0] in source["offline"]}
+    if not pairs:
         return f"{who}: not comparable because no offline model ran both it and Source."
-    agree = [k for k, d in ours.items() if d == paper]
-    verdict_text = ("same direction" if len(agree) == len(ours) else
-                    "opposite" if not agree else
-                    f"same direction on {len(agree)} of {len(ours)} offline models")
-    change = ", ".join(f"{_label(k)}{offline[1][k]:.1f} → {v:.1f}"
-                       for k, v in offline[0].items() if k in offline[1])
-    return (f"{who} ({metric}): published {published[1]:.1f} → {published[0]:.1f} "
-            f"({paper}); offline {change}: **{verdict_text}**.")
+    ours = {k: _direction(after - before, lower_better) for k, (before, after) in pairs.items()}
+    agree = sum(d == paper for d in ours.values())
+    verdict_text = ("same direction" if agree == len(ours) else "opposite" if not agree else
+                    f"same direction on {agree} of {len(ours)} offline models")
+    change = ", ".join(f"{_label(k)}{before:.1f} → {after:.1f}"
+                       for k, (before, after) in pairs.items())
+    return (f"{who} ({row['metric']}): published {source['published']:.1f} → "
+            f"{row['published']:.1f} ({paper}); offline {change}: **{verdict_text}**.")
 
 
-def _not_comparable(row, source, columns) -> str | None:
-    for field in ("published", "offline"):
-        if not columns[field]:
-            return f"the anchor table has no '{COLUMNS[field][0]}' column"
+def _not_comparable(row: dict, source: dict | None) -> str | None:
+    if row["missing"]:
+        return f"the anchor table has no '{row['missing'][0]}' column"
     if source is None:
-        return "the table has no Source row for this model"
-    if _number(row[columns["published"]]) is None or _number(
-            source[columns["published"]]) is None:
+        return "the table has no Source row for this model, data set and metric"
+    if row["published"] is None or source["published"] is None:
         return "no published Source and method number on the same setting"
-    if not _numbers(row[columns["offline"]]) or not _numbers(source[columns["offline"]]):
-        note = row.get(columns["note"]) if columns["note"] else None
-        return (str(note).rstrip(".") if note else
-                "this project did not run it offline")
+    if not row["offline"] or not source["offline"]:
+        note = str(row["note"] or "").strip().rstrip(".")
+        return note or "this project did not run it and Source offline"
     return None
 
 
@@ -260,3 +281,88 @@ def _numbers(value) -> dict:
         elif _number(part) is not None and len(parts) == 1:
             out[None] = _number(part)
     return out
+
+
+# The report's fixed order of methods (Source first), as the anchor tables order them; a
+# variant ("ensemble (mean)") ranks with its method, unknown methods last in given order.
+METHOD_ORDER = ("source", "norm", "tent", "eata", "sar", "memo", "memo_plus", "prompt", "coop",
+                "tpt", "zero", "tda", "ensemble", "transfer", "linear", "full", "vpt-shallow",
+                "vpt-deep")
+MEASURES = ("accuracy", "ece", "mean_confidence")
+
+
+def method_order(methods) -> list[str]:
+    """``methods`` (each once) in ``METHOD_ORDER``."""
+    methods = list(dict.fromkeys(methods))
+
+    def rank(method):
+        base = method.split(" (")[0]
+        return METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+
+    return sorted(methods, key=lambda m: (rank(m), methods.index(m)))
+
+
+def is_clean(task: str) -> bool:
+    """Whether a task is a clean test set (``clean``, ``photos/clean``), not a corruption."""
+    return task == "clean" or task.endswith("/clean")
+
+
+def equal_methods(rows: list[dict], decimals: int = 3) -> list[dict]:
+    """For results files' per-data-set rows (model, data, method, accuracy, ece,
+    mean_confidence; no per-image predictions): per model, each method whose accuracy, ECE and
+    mean confidence equal an earlier method's (``METHOD_ORDER``) to ``decimals`` on every data
+    set both ran: ``{"model", "method", "same_as", "tasks"}``. What the report collapses into
+    one row; ``identical_pairs`` is the per-image test where predictions are at hand."""
+    table: dict = {}
+    for r in rows:
+        if all(r.get(k) is not None for k in MEASURES):
+            key = tuple(round(float(r[k]), decimals) for k in MEASURES)
+            table.setdefault(r["model"], {}).setdefault(r["method"], {})[r["data"]] = key
+    found = []
+    for model, by_method in table.items():
+        ran = method_order(by_method)
+        for i, method in enumerate(ran):
+            for earlier in ran[:i]:
+                shared = [t for t in by_method[method] if t in by_method[earlier]]
+                if shared and all(by_method[method][t] == by_method[earlier][t] for t in shared):
+                    found.append({"model": model, "method": method, "same_as": earlier,
+                                  "tasks": len(shared)})
+                    break
+    return found
+
+
+def method_table(rows: list[dict], equal: list[dict] = ()) -> list[dict]:
+    """One row per model and method of results files' per-data-set rows, methods in
+    ``METHOD_ORDER``: the mean top-1 error in percent over the corrupted data sets (clean ones
+    apart) and their count, the clean error, the mean ECE over the corrupted data sets and
+    the mean seconds per image over all; a method of ``equal`` is left out and named in its
+    ``same_as`` row's ``identical`` list."""
+    merged = {(e["model"], e["same_as"]): [] for e in equal}
+    for e in equal:
+        merged[(e["model"], e["same_as"])].append(e["method"])
+    dropped = {(e["model"], e["method"]) for e in equal}
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    out = []
+    for model in models:
+        mine = [r for r in rows if r["model"] == model]
+        for method in method_order(r["method"] for r in mine):
+            if (model, method) in dropped:
+                continue
+            cells = [r for r in mine if r["method"] == method and r.get("accuracy") is not None]
+            out.append({"model": model, "method": method, **_errors(cells),
+                        "identical": merged.get((model, method), [])})
+    return out
+
+
+def _errors(cells: list[dict]) -> dict:
+    corrupted = [c for c in cells if not is_clean(c["data"])]
+    clean = [c for c in cells if is_clean(c["data"])]
+
+    def mean(chosen, field, scale=1.0, offset=0.0):
+        values = [offset + scale * c[field] for c in chosen if c.get(field) is not None]
+        return float(sum(values) / len(values)) if values else None
+
+    return {"error": mean(corrupted, "accuracy", -100, 100), "corruptions": len(corrupted),
+            "clean_error": mean(clean, "accuracy", -100, 100),
+            "ece": mean(corrupted or clean, "ece"),
+            "seconds": mean(cells, "seconds_per_sample")}
