@@ -78,7 +78,8 @@ from functools import partial
 import pandas as pd
 from IPython.display import Markdown, display
 
-from helpers import data, findings, plots
+from helpers import conclusions, data, findings, plots
+from helpers.anchors import anchor_table
 from helpers.evaluate import pivot, summary_rows
 from helpers.grid import run_grid
 from helpers.models import build_classifier, describe, parse_standin
@@ -139,7 +140,9 @@ CONFIDENCE = {
             f"(`helpers.tta.zero.zero_vote`)",
     "tda": "TDA's confidence is the softmax of CLIP's logits plus the caches' affinities",
 }
-not_run = [m for m in ORDER if m not in methods_by_name]
+WHY_NOT = {"coop": "coop (needs a learned context, `ctx_file`)",
+           "memo": "memo (notebook 01 runs it on these models)"}
+not_run = [WHY_NOT.get(m, m) for m in ORDER if m not in methods_by_name]
 display(Markdown(
     f"**This run** ({profile} profile): models {', '.join(f'`{m}`' for m in models)}; "
     f"compared on the same images:\n\n"
@@ -240,7 +243,8 @@ display(Markdown(f"*{note} Data: {first_set.description}.*"))
 # The anchors of this notebook (`helpers/resources/published.yaml`): the papers' numbers beside this run's on the same metric.
 
 # %%
-ANCHORS_PLACEHOLDER = None
+anchors = anchor_table("03_tpt", results)
+run.show_anchors(anchors)
 
 # %% [markdown]
 # ## Calibration
@@ -351,7 +355,28 @@ assert set(table["method"]) <= set(method_order)
 # ## What we found
 
 # %%
-CONCLUSIONS_PLACEHOLDER = None
+# A null or negative result of a method that predicts from views is explained by how the model
+# does on those views without adaptation (the diagnostic above).
+explanations = {(row["model"], method): line for row, line in zip(agreement, agreement_lines)
+                for method in ("tpt", "memo", "zero")}
+sweep_half = (sum(r["ci_high"] - r["ci_low"] for r in sweep_rows) / 2 / len(sweep_rows)
+              if sweep_rows else None)
+who = (f"stand-ins trained here ({', '.join(standins)}), not OpenAI's CLIPs" if standins
+       else ", ".join(models))
+limits = [
+    f"The models are {who}; {len(next(iter(tasks[datasets[0]].values())))} test images per "
+    f"data set, one seed ({seed}), on {run.info['device']}",
+    f"Not run here: {', '.join(not_run)}" if not_run else "",
+    (f"The views/selection sweep ran on {len(sweep_data)} data sets of "
+     f"{len(next(iter(sweep_data.values())))} images: its intervals are ±{sweep_half:.3f} on "
+     "average") if sweep_rows else "",
+    "The full profile runs OpenAI's CLIPs (ViT-B/16, ViT-B/32, RN50, RN101) on ImageNet-A and "
+    "ImageNet-V2, the setting of the published numbers, with MEMO beside TPT",
+]
+run.show_conclusions(
+    conclusions.what_we_found(finding_rows, conclusions.identical_pairs(results, method_order),
+                              explanations),
+    conclusions.limitations(limits), conclusions.anchor_lines(anchors))
 
 # %%
 summary = {"Accuracy per data set (zero-shot = source)": pivot(results, methods=method_order),
@@ -365,5 +390,5 @@ if agreement:
 if sweep_rows:
     summary[f"TPT sweep on {len(sweep_data)} data sets ({', '.join(sweep_data)}), "
             f"{len(next(iter(sweep_data.values())))} images each"] = sweep_rows
-results_file = run.save(summary, note, headline_table="Mean over the data sets",
-                        results=summary_rows(results))
+run.save(summary, note, headline_table="Mean over the data sets",
+         results=summary_rows(results))

@@ -68,7 +68,8 @@ from functools import partial
 import pandas as pd
 from IPython.display import Markdown, display
 
-from helpers import data, findings, plots
+from helpers import conclusions, data, findings, plots
+from helpers.anchors import anchor_table
 from helpers.evaluate import pivot, summary_rows
 from helpers.models import build_classifier, describe, parse_standin
 from helpers.notebook import start
@@ -202,7 +203,8 @@ display(Markdown(f"*{note} Data: {next(iter(test_sets.values())).description}.*"
 # The anchors of this notebook (`helpers/resources/published.yaml`): the papers' numbers beside this run's on the same metric.
 
 # %%
-ANCHORS_PLACEHOLDER = None
+anchors = anchor_table("04_ensemble", results)
+run.show_anchors(anchors)
 
 # %% [markdown]
 # ## Where the members disagree
@@ -251,12 +253,38 @@ assert set(members) <= set(table["method"])
 # ## What we found
 
 # %%
-CONCLUSIONS_PLACEHOLDER = None
+# A rule that does not beat its best member is explained by where the members disagree (the
+# only images where a rule can differ from them) and by the oracle's bound there.
+where = disagree.groupby("model", sort=False).mean(numeric_only=True)
+explanations = {
+    (r["model"], r["method"]): (
+        f"The members disagree on {where.loc[r['model'], 'disagree']:.1%} of the images; "
+        f"there, some member is right on {where.loc[r['model'], 'any member right (disagree)']:.3f}"
+        f" and this rule on {where.loc[r['model'], r['method'] + ' (disagree)']:.3f} (means "
+        "over the data sets).")
+    for r in finding_rows if r["method"].startswith("ensemble")}
+who = (f"stand-ins trained here ({', '.join(m for m in models if parse_standin(m))}), not "
+       "OpenAI's CLIPs" if any(parse_standin(m) for m in models) else ", ".join(models))
+limits = [
+    f"The models are {who}; {len(next(iter(tasks[datasets[0]].values())))} test images per "
+    f"data set, one seed ({seed}), on {run.info['device']}",
+    "The best member is chosen on the same data sets it is compared on, which favours it",
+    (f"The temperatures are fitted on {n_held_out:,} {held_out_split}-split images of "
+     f"{', '.join(datasets)}") + (", on which the stand-ins were trained" if any(
+         parse_standin(m) for m in models) else "") if n_held_out else
+    "No temperature rule: no source images to fit it on (n_held_out is 0)",
+    "The full profile runs CLIP ViT-B/16 on ImageNet-A and ImageNet-V2, the members' "
+    "published setting; no published ensemble of these methods was found",
+]
+run.show_conclusions(
+    conclusions.what_we_found(finding_rows, conclusions.identical_pairs(results, method_order),
+                              explanations),
+    conclusions.limitations(limits), conclusions.anchor_lines(anchors))
 
 # %%
 summary = {"Accuracy per data set: the members (source: zero-shot) and their ensembles":
            pivot(results, methods=method_order),
            "Mean over the data sets": means.reset_index().round(4).to_dict("records"),
            "Where the members disagree": disagree[cols].round(4).to_dict("records")}
-results_file = run.save(summary, note, headline_table="Mean over the data sets",
-                        results=summary_rows(results), temperatures=temperatures)
+run.save(summary, note, headline_table="Mean over the data sets",
+         results=summary_rows(results), temperatures=temperatures)
