@@ -149,13 +149,17 @@ def wait_idle(page, seconds: float = 60):
 
 
 def run_all_cells(page, seconds: float = 150):
-    """Run > Run All Cells, then wait until no cell waits or runs and the kernel is idle."""
+    """Run > Run All Cells, then wait until every code cell ran (a number in its prompt) or,
+    none waiting or running, one shows an error (Jupyter cancels the cells after it), and
+    the kernel is idle."""
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator('.lm-Menu-itemLabel:text-is("Run All Cells")').click()
     page.wait_for_function(
         f"() => {{ const p = [...document.querySelectorAll('{ACTIVE} .jp-CodeCell"
         " .jp-InputArea-prompt')].map(e => e.textContent);"
-        " return p.length > 0 && !p.some(t => t.includes('*')); }",
+        " if (!p.length || p.some(t => t.includes('*'))) return false;"
+        " return p.every(t => /\\[\\d+\\]/.test(t)) || document.querySelector("
+        f"\"{ACTIVE} [data-mime-type='application/vnd.jupyter.stderr']\") !== null; }}",
         timeout=seconds * 1000)
     wait_idle(page)
 
@@ -199,12 +203,10 @@ def test_notebook_05_runs_in_jupyterlab_and_its_py_opens_as_the_same_notebook(la
     findings.scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "05-run.png"))
 
-    # The source, double-clicked in the file browser, opens as a notebook: the same cells.
-    page.locator('.jp-DirListing-itemText:text-is("notebooks")').or_(
-        page.locator(".jp-DirListing-itemText", has_text=f"{NOTEBOOK}.py")).first.wait_for()
-    if page.locator(".jp-DirListing-itemText", has_text=f"{NOTEBOOK}.py").count() == 0:
-        page.locator('.jp-DirListing-itemText:text-is("notebooks")').dblclick()
-    page.locator(".jp-DirListing-itemText", has_text=f"{NOTEBOOK}.py").dblclick()
+    # The source, double-clicked in the file browser (showing notebooks/, the open notebook's
+    # folder), opens as a notebook with the same cells.
+    page.locator(".jp-DirListing-itemText",
+                 has_text=re.compile(rf"^{re.escape(NOTEBOOK)}\.py$")).dblclick()
     page.wait_for_function(
         "() => { const w = window.jupyterapp.shell.currentWidget;"
         f" return w && w.context && w.context.path.endsWith('{NOTEBOOK}.py')"
