@@ -334,18 +334,18 @@ def quiet_kernel_manager() -> type:
     """Jupyter's kernel manager, with which a notebook that succeeds prints nothing of its
     kernel's: the kernel listens on IPC sockets (files in the temporary folder, named per
     kernel and removed at shutdown) instead of local TCP ports, about which ipykernel warns
-    "running over TCP without encryption" (TCP all the same where the temporary folder's path
-    is too long for a socket's); and a kernel is shut down by Jupyter's shutdown request
-    without the SIGINT that jupyter_client sends first, which a kernel still inside its last
-    reply logs as "KeyboardInterrupt caught in kernel". A kernel that does not stop is still
-    terminated, then killed; interrupts asked for otherwise (a timeout's, Ctrl-C's
-    ``stop_kernels``) still reach it."""
+    "running over TCP without encryption" (TCP all the same on Windows, which has no IPC
+    transport, and where the temporary folder's path is too long for a socket's); and a
+    kernel is shut down by Jupyter's shutdown request without the SIGINT that jupyter_client
+    sends first, which a kernel still inside its last reply logs as "KeyboardInterrupt caught
+    in kernel". A kernel that does not stop is still terminated, then killed; interrupts
+    asked for otherwise (a timeout's, Ctrl-C's ``stop_kernels``) still reach it."""
     from jupyter_client.manager import AsyncKernelManager
 
     class QuietKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             socket = os.path.join(tempfile.gettempdir(), f"tta-kernel-{uuid.uuid4().hex[:12]}")
-            if len(os.fsencode(socket)) <= SOCKET_PATH_MAX - len("-99"):
+            if os.name == "posix" and len(os.fsencode(socket)) <= SOCKET_PATH_MAX - len("-99"):
                 kwargs = {"transport": "ipc", "ip": socket, **kwargs}
             super().__init__(**kwargs)
 

@@ -282,3 +282,33 @@ def test_a_successful_smoke_run_prints_no_kernel_warning_or_interrupt(tmp_path, 
 def test_kernels_talk_over_ipc_sockets_named_per_kernel():
     made = [batch.quiet_kernel_manager()(kernel_name="python3") for _ in range(2)]
     assert [km.transport for km in made] == ["ipc", "ipc"] and made[0].ip != made[1].ip
+
+
+def test_kernels_are_shut_down_without_an_interrupt(monkeypatch):
+    import asyncio
+    import signal
+
+    from jupyter_client.manager import KernelManager
+
+    sent = []
+    send = KernelManager._async_signal_kernel
+
+    async def recorded(km, signum):
+        sent.append((signum, km.shutting_down))
+        await send(km, signum)
+
+    monkeypatch.setattr(KernelManager, "_async_signal_kernel", recorded)
+
+    async def session():
+        km = batch.quiet_kernel_manager()(kernel_name="python3")
+        await km.start_kernel()
+        client = km.client()
+        client.start_channels()
+        await client.wait_for_ready(timeout=60)
+        client.stop_channels()
+        await km.interrupt_kernel()  # asked for: sent
+        await km.shutdown_kernel()  # jupyter_client's own sends SIGINT first; this one does not
+        return await km.is_alive()
+
+    assert asyncio.run(session()) is False
+    assert sent == [(signal.SIGINT, False)]
