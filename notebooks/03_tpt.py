@@ -85,7 +85,6 @@ from helpers.grid import run_grid
 from helpers.models import build_classifier, describe, parse_standin
 from helpers.notebook import start
 from helpers.tta import method_factories, tpt_views, view_settings
-from helpers.tta.zero import SMOOTHING, TIE_VOTE
 
 run = start("03_tpt", dict(
     profile=profile, datasets=datasets, data_root=data_root, models=models,
@@ -131,15 +130,9 @@ ABOUT = {
            "features with their pseudo-labels, filled online along the test stream, whose "
            "affinities to the current image are added to CLIP's logits",
 }
-# How each method's confidence (ECE's and the reliability diagrams' input) is defined.
-CONFIDENCE = {
-    "zero": f"Zero's confidence is not a softmax probability: the predicted class's share of "
-            f"votes + {SMOOTHING:g} × the kept views' mean softmax probability (+ "
-            f"{TIE_VOTE:g} vote to a tie's winner), normalised over the classes: about the "
-            f"share of the {zero_keep:.0%} kept views that vote for the class "
-            f"(`helpers.tta.zero.zero_vote`)",
-    "tda": "TDA's confidence is the softmax of CLIP's logits plus the caches' affinities",
-}
+# What each method's confidence is (what ECE and the reliability diagrams read).
+confidence = findings.confidence_definitions(method_order)
+softmax = findings.confidence_definitions(["source"])["source"]  # the default
 WHY_NOT = {"coop": "coop (needs a learned context, `ctx_file`)",
            "memo": "memo (notebook 01 runs it on these models)"}
 not_run = [WHY_NOT.get(m, m) for m in ORDER if m not in methods_by_name]
@@ -148,8 +141,9 @@ display(Markdown(
     f"compared on the same images:\n\n"
     + "\n".join(f"- **{m}**: {ABOUT[m]}" for m in method_order if m in ABOUT)
     + (f"\n\nNot run here: {', '.join(not_run)}." if not_run else "")
-    + "\n\nEvery method's confidence is the softmax probability of its prediction, except: "
-    + "; ".join(CONFIDENCE[m] for m in method_order if m in CONFIDENCE) + "."))
+    + f"\n\nEach method's confidence (what ECE and the reliability diagrams read) is {softmax}"
+    + "".join(f"; **{m}**'s is {text}" for m, text in confidence.items() if text != softmax)
+    + "."))
 
 # %% [markdown]
 # ## The data
@@ -249,11 +243,15 @@ run.show_anchors(anchors)
 # %% [markdown]
 # ## Calibration
 #
-# ECE summarises how far confidence is from accuracy; the reliability diagrams show where. A method whose confidence is not a softmax probability (see the definitions at the top) is calibrated as it reports it.
+# ECE summarises how far confidence is from accuracy; the reliability diagrams (pooled over the corrupted data sets, each panel's ECE with its 95% interval) show where: a bar below the diagonal is a confidence bin whose predictions are right less often than they claim. A method whose confidence is not a softmax probability (see the definitions at the top) is judged as it reports it.
 
 # %%
 calibration_lines = findings.calibration_lines(results, methods=method_order)
 display(Markdown(findings.markdown(calibration_lines)))
+for index, model_name in enumerate(models):
+    fig = plots.reliability_diagram(results, method_order, model_name)
+    fig.suptitle(f"{model_name}: reliability over the corrupted data sets", fontsize=9)
+    run.figure(fig, f"03_tpt_reliability_{index}")
 
 # %% [markdown]
 # ## How many views, how many kept

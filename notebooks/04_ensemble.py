@@ -75,7 +75,6 @@ from helpers.models import build_classifier, describe, parse_standin
 from helpers.notebook import start
 from helpers.tta import disagreement, ensemble_grid, method_factories, view_settings
 from helpers.tta.ensemble import source_held_out
-from helpers.tta.zero import SMOOTHING
 
 run = start("04_ensemble", dict(
     profile=profile, datasets=datasets, data_root=data_root, models=models,
@@ -90,20 +89,23 @@ ORDER = ["source", "tpt", "memo", "zero", "tda"]
 members = sorted(members, key=lambda m: ORDER.index(m) if m in ORDER else 99)
 rules = [r for r in ("mean", "temperature", "entropy", "vote") if r in rules and
          (r != "temperature" or n_held_out)]
+confidence = findings.confidence_definitions(
+    members + [f"ensemble ({rule})" for rule in rules])
+softmax = findings.confidence_definitions(["source"])["source"]  # the default
 ABOUT = {"source": "the model as it is (CLIP zero-shot)",
          "tpt": "TPT: tunes CLIP's prompt on each image's confident views (notebook 03)",
          "memo": "MEMO: tunes the image encoder on the marginal entropy over views (notebook 01)",
-         "zero": "Zero: the vote of TPT's confident views, no update (notebook 03); its "
-                 f"confidence is the predicted class's share of votes + {SMOOTHING:g} × the "
-                 "kept views' mean probability, normalised: about the share of kept views "
-                 "that vote for it, not a softmax",
+         "zero": "Zero: the vote of TPT's confident views, no update (notebook 03)",
          "tda": "TDA: CLIP's logits plus the affinities to caches of earlier test images "
                 "(notebook 03)"}
 display(Markdown(
     f"**This run** ({profile} profile): models {', '.join(f'`{m}`' for m in models)}; "
     f"members:\n\n" + "\n".join(f"- **{m}**: {ABOUT.get(m, m)}" for m in members)
     + f"\n\nRules: {', '.join(rules)}."
-    + ("" if n_held_out else " No temperature rule: `n_held_out` is 0.")))
+    + ("" if n_held_out else " No temperature rule: `n_held_out` is 0.")
+    + f"\n\nEach method's confidence (what ECE reads) is {softmax}"
+    + "".join(f"; **{m}**'s is {text}" for m, text in confidence.items() if text != softmax)
+    + "."))
 
 # %% [markdown]
 # ## The data: test sets, and source images for the temperatures
