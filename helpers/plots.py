@@ -36,6 +36,43 @@ def image_grid(images, titles=None, ncols: int = 8, size: float = 1.4, suptitle=
     return fig
 
 
+def views_text(spec) -> str:
+    """A view setting as words for a figure: ``None``/``"augmix"`` -> "AugMix views",
+    ``{"kind": "crop", "min_scale": 0.5}`` -> "crop views (min_scale 0.5)"."""
+    options = {"kind": spec or "augmix"} if spec is None or isinstance(spec, str) else dict(spec)
+    kind = options.pop("kind", "augmix")
+    name = {"augmix": "AugMix", "crop": "crop"}.get(kind, str(kind))
+    extra = ", ".join(f"{k} {v}" for k, v in options.items())
+    return f"{name} views" + (f" ({extra})" if extra else "")
+
+
+def model_views(rows: list[dict], show: int = 8, title: str = ""):
+    """One row per model: the image it is shown (``image``, 3 x H x W in [0, 1]) and the first
+    ``show`` of its own views (``views``, N x 3 x H x W), labelled with ``model`` and ``label``
+    (e.g. ``views_text`` of its setting). Rows may differ in image size."""
+    if not rows:
+        raise ValueError("model_views needs at least one row (model, label, image, views)")
+    ncols = 1 + min(show, max(len(r["views"]) for r in rows))
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * 1.3, len(rows) * 1.45),
+                             squeeze=False)
+    for row, line in zip(rows, axes):
+        pictures = [row["image"], *list(row["views"][:show])]
+        for i, ax in enumerate(line):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i >= len(pictures):
+                ax.set_axis_off()
+                continue
+            ax.imshow(pictures[i].detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy())
+            ax.set_title("original" if i == 0 else f"view {i}", fontsize=7)
+        line[0].set_ylabel(f"{row['model']}\n{textwrap.fill(row['label'], 24)}", fontsize=7,
+                           rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(textwrap.fill(title, 110), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def accuracy_per_corruption(results: list[dict], title: str = "", methods=None):
     """Accuracy per corruption (x), one bar per method (in the order of ``methods``), one
     panel per model."""
@@ -59,7 +96,9 @@ def accuracy_per_corruption(results: list[dict], title: str = "", methods=None):
 
 
 def confidence_histograms(results: list[dict], bins: int = 15, title: str = "", methods=None):
-    """Confidence of correct and wrong predictions, per model and method, over all data."""
+    """Confidence of correct and wrong predictions, pooled over all data of a model and
+    method: one row per model, one column per method (in the order of ``methods``), the
+    model's name on the right margin and the method's on top, so that titles never overlap."""
     import pandas as pd
 
     rows = [{"model": r["model"], "method": r["method"], "confidence": c,
@@ -69,17 +108,21 @@ def confidence_histograms(results: list[dict], bins: int = 15, title: str = "", 
     df = pd.DataFrame(rows)
     order = [m for m in (methods or df["method"].unique()) if m in set(df["method"])]
     grid = sns.displot(df, x="confidence", hue="outcome", col="method", row="model", bins=bins,
-                       binrange=(0, 1), height=2.2, aspect=1.2, col_order=order,
-                       hue_order=["correct", "wrong"], facet_kws={"sharey": False})
+                       binrange=(0, 1), height=1.8, aspect=1.2, col_order=order,
+                       hue_order=["correct", "wrong"],
+                       facet_kws={"sharey": False, "margin_titles": True})
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}", size=8)
+    sns.move_legend(grid, "upper left", bbox_to_anchor=(1.01, 1.0))  # clear of the margin
     ran = set(zip(df["model"], df["method"]))
     for (model, method), ax in grid.axes_dict.items():
         if (model, method) not in ran:  # e.g. NormAdapt on a model without batch norm
-            ax.cla()
-            ax.set_axis_off()
-            ax.set_title(f"model = {model} | method = {method}", fontsize=8)
-            ax.text(0.5, 0.5, "does not apply", ha="center", va="center", color="grey")
+            for artist in [*ax.patches, *ax.lines, *ax.collections]:
+                artist.remove()
+            ax.tick_params(left=False, labelleft=False)  # x is shared: its ticks stay
+            ax.text(0.5, 0.5, "does not apply", ha="center", va="center", color="grey",
+                    transform=ax.transAxes)
     if title:
-        grid.figure.suptitle(textwrap.fill(title, 140), fontsize=9)
+        grid.figure.suptitle(textwrap.fill(title, 100), fontsize=9)
     grid.figure.tight_layout()
     return grid.figure
 
@@ -300,13 +343,15 @@ def step_memory_and_time(rows, title: str = ""):
 
 def accuracy_vs_cost(rows, title: str = ""):
     """Test accuracy of each tuning mode against its trainable parameters (log scale) and
-    its peak training-step memory, one colour per data set."""
+    its training memory: the total (weights, optimizer state and the step's peak) where the
+    rows have ``total_mb``, else the step's peak; one colour per data set."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
+    memory = ("total_mb", "training memory (MB): weights, optimizer, step peak") \
+        if "total_mb" in df else ("peak_mb", "peak step memory (MB)")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, x, label in ((axes[0], "trainable", "trainable parameters"),
-                         (axes[1], "peak_mb", "peak step memory (MB)")):
+    for ax, x, label in ((axes[0], "trainable", "trainable parameters"), (axes[1], *memory)):
         sns.scatterplot(data=df, x=x, y="accuracy", hue="data", style="mode", s=70, ax=ax,
                         legend=ax is axes[1])
         ax.set(xlabel=label, ylabel="test accuracy")
@@ -345,6 +390,50 @@ def changes(rows, title: str = "", panel: str = "model", label: str = "method"):
     return fig
 
 
+def reliability_diagram(results: list[dict], methods=None, model: str | None = None,
+                        n_bins: int = 15, exclude=("clean",), ncols: int = 4):
+    """Reliability diagrams of one model's methods side by side (in the order of
+    ``methods``), pooled over its data sets but ``exclude`` (the corrupted ones): per
+    confidence bin the accuracy (bars) against the diagonal of perfect calibration, and
+    below, how many predictions fall in each bin. Each panel's title gives the method's ECE
+    with its 95% interval (``findings.calibration``, the numbers drawn here)."""
+    from .findings import calibration
+
+    rows = calibration(results, model, methods, exclude, n_bins)
+    ncols = min(ncols, len(rows))
+    nrows = -(-len(rows) // ncols)
+    fig = plt.figure(figsize=(3.0 * ncols, 3.6 * nrows))
+    # Half an inch above the first row for its panels' titles; the figure's title above that.
+    outer = fig.add_gridspec(nrows, ncols, hspace=0.55, wspace=0.3,
+                             top=1 - 0.5 / (3.6 * nrows))
+    width = 1 / n_bins
+    for i, row in enumerate(rows):
+        inner = outer[i // ncols, i % ncols].subgridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+        top, bottom = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
+        lows = [b["lower"] for b in row["bins"]]
+        accuracy = [b["accuracy"] or 0.0 for b in row["bins"]]
+        top.bar(lows, accuracy, width=width, align="edge", color="tab:blue", edgecolor="white",
+                label="accuracy")
+        top.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="calibrated")
+        top.set(xlim=(0, 1), ylim=(0, 1), xticklabels=[])
+        top.set_title(f"{row['method']}\n" + textwrap.fill(f"ECE {row['text']}", 40),
+                      fontsize=8)
+        bottom.bar(lows, [b["count"] for b in row["bins"]], width=width, align="edge",
+                   color="tab:grey")
+        bottom.set(xlim=(0, 1))
+        bottom.set_xlabel("confidence", fontsize=8)
+        if i % ncols == 0:
+            top.set_ylabel("accuracy", fontsize=8)
+            bottom.set_ylabel("images", fontsize=8)
+        for ax in (top, bottom):
+            ax.tick_params(labelsize=7)
+    data_sets = max(r["data_sets"] for r in rows)
+    fig.suptitle(f"Reliability: {rows[0]['model']}\n{n_bins} confidence bins, pooled over "
+                 f"{data_sets} data sets" + (f" (without {', '.join(exclude)})" if exclude
+                                              else ""), fontsize=9, y=1.0, va="bottom")
+    return fig
+
+
 def sweep_intervals(rows: list[dict], labels: dict | None = None, title: str = ""):
     """Accuracy against each swept setting (rows of ``findings.sweep_rows``: one panel per
     ``setting``, one line per model) with its 95% interval shaded, and the baseline's
@@ -374,45 +463,4 @@ def sweep_intervals(rows: list[dict], labels: dict | None = None, title: str = "
     if title:
         fig.suptitle(textwrap.fill(title, 50 * len(settings)), fontsize=9)
     fig.tight_layout()
-
-
-def reliability_diagram(results: list[dict], methods=None, model: str | None = None,
-                        n_bins: int = 15, exclude=("clean",), ncols: int = 4):
-    """Reliability diagrams of one model's methods side by side (in the order of
-    ``methods``), pooled over its data sets but ``exclude`` (the corrupted ones): per
-    confidence bin the accuracy (bars) against the diagonal of perfect calibration, and
-    below, how many predictions fall in each bin. Each panel's title gives the method's ECE
-    with its 95% interval (``findings.calibration``, the numbers drawn here)."""
-    from .findings import calibration
-
-    rows = calibration(results, model, methods, exclude, n_bins)
-    ncols = min(ncols, len(rows))
-    nrows = -(-len(rows) // ncols)
-    fig = plt.figure(figsize=(3.0 * ncols, 3.6 * nrows))
-    outer = fig.add_gridspec(nrows, ncols, hspace=0.55, wspace=0.3)
-    width = 1 / n_bins
-    for i, row in enumerate(rows):
-        inner = outer[i // ncols, i % ncols].subgridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
-        top, bottom = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
-        lows = [b["lower"] for b in row["bins"]]
-        accuracy = [b["accuracy"] or 0.0 for b in row["bins"]]
-        top.bar(lows, accuracy, width=width, align="edge", color="tab:blue", edgecolor="white",
-                label="accuracy")
-        top.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="calibrated")
-        top.set(xlim=(0, 1), ylim=(0, 1), xticklabels=[])
-        top.set_title(f"{row['method']}\n" + textwrap.fill(f"ECE {row['text']}", 40),
-                      fontsize=8)
-        bottom.bar(lows, [b["count"] for b in row["bins"]], width=width, align="edge",
-                   color="tab:grey")
-        bottom.set(xlim=(0, 1))
-        bottom.set_xlabel("confidence", fontsize=8)
-        if i % ncols == 0:
-            top.set_ylabel("accuracy", fontsize=8)
-            bottom.set_ylabel("images", fontsize=8)
-        for ax in (top, bottom):
-            ax.tick_params(labelsize=7)
-    data_sets = max(r["data_sets"] for r in rows)
-    fig.suptitle(f"Reliability: {rows[0]['model']}\n{n_bins} confidence bins, pooled over "
-                 f"{data_sets} data sets" + (f" (without {', '.join(exclude)})" if exclude
-                                              else ""), fontsize=9)
     return fig
