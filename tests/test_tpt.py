@@ -325,3 +325,21 @@ def test_sweep_rows_are_mean_accuracies_with_intervals_over_images():
     # the baseline is right on 1 image of 4: 3 or 4 of 4 draws of it have probability
     # 4 * 0.25^3 * 0.75 + 0.25^4 = 0.051 > 0.025, so its upper 97.5% bound is 3/4
     assert row["baseline_low"] == pytest.approx(0) and row["baseline_high"] == pytest.approx(0.75)
+
+
+def test_calibration_lines_name_the_methods_whose_ece_rises_and_why():
+    from helpers.findings import calibration_lines
+
+    def cell(method, task, ece, confidence, accuracy):
+        return {"model": "m", "data": task, "method": method, "ece": ece,
+                "mean_confidence": confidence, "accuracy": accuracy}
+
+    results = [cell("source", t, 0.2, 0.6, 0.5) for t in "ab"] + [
+        cell("zero", t, 0.4, 0.9, 0.5) for t in "ab"] + [
+        cell("prompt", t, 0.21, 0.6, 0.5) for t in "ab"]
+    (line,) = calibration_lines(results)
+    assert line == ("m: ECE rises from 0.200 (source, mean confidence 0.600 for accuracy 0.500) "
+                    "to zero 0.400 (mean confidence 0.900 for accuracy 0.500: overconfident by "
+                    "0.400).")  # prompt's 0.01 rise is under the 0.02 threshold
+    assert calibration_lines(results[:2] + results[4:]) == [
+        "m: no method's ECE exceeds source's (0.200) by more than 0.02."]
