@@ -109,8 +109,6 @@ if ctx_file:
 tpt_factory = method_factories(["tpt"], {"tpt": tpt}, {"tpt": tpt_per_model})["tpt"]
 ORDER = ["source", "prompt", "coop", "tpt", "memo", "zero", "tda"]
 method_order = sorted(methods_by_name, key=lambda m: ORDER.index(m) if m in ORDER else 99)
-zero_keep = methods_by_name["zero"].settings(models[0])["selection"] if "zero" in methods \
-    else tpt["selection"]
 ABOUT = {
     "source": "CLIP's zero-shot classifier as its authors evaluate it: each class's text "
               "feature averaged over prompt templates (for OpenAI's CLIPs the seven of their "
@@ -353,10 +351,10 @@ assert set(table["method"]) <= set(method_order)
 # ## What we found
 
 # %%
-# A null or negative result of a method that predicts from views is explained by how the model
+# A null or negative result of TPT or Zero is explained by how the model
 # does on those views without adaptation (the diagnostic above).
 explanations = {(row["model"], method): line for row, line in zip(agreement, agreement_lines)
-                for method in ("tpt", "memo", "zero")}
+                for method in ("tpt", "zero")}
 sweep_half = (sum(r["ci_high"] - r["ci_low"] for r in sweep_rows) / 2 / len(sweep_rows)
               if sweep_rows else None)
 who = (f"stand-ins trained here ({', '.join(standins)}), not OpenAI's CLIPs" if standins
