@@ -248,7 +248,6 @@ calibration_lines = findings.calibration_lines(results, methods=method_order)
 display(Markdown(findings.markdown(calibration_lines)))
 for index, model_name in enumerate(models):
     fig = plots.reliability_diagram(results, method_order, model_name)
-    fig.suptitle(f"{model_name}: reliability over the corrupted data sets", fontsize=9)
     run.figure(fig, f"03_tpt_reliability_{index}")
 
 # %% [markdown]
