@@ -36,6 +36,43 @@ def image_grid(images, titles=None, ncols: int = 8, size: float = 1.4, suptitle=
     return fig
 
 
+def views_text(spec) -> str:
+    """A view setting as words for a figure: ``None``/``"augmix"`` -> "AugMix views",
+    ``{"kind": "crop", "min_scale": 0.5}`` -> "crop views (min_scale 0.5)"."""
+    options = {"kind": spec or "augmix"} if spec is None or isinstance(spec, str) else dict(spec)
+    kind = options.pop("kind", "augmix")
+    name = {"augmix": "AugMix", "crop": "crop"}.get(kind, str(kind))
+    extra = ", ".join(f"{k} {v}" for k, v in options.items())
+    return f"{name} views" + (f" ({extra})" if extra else "")
+
+
+def model_views(rows: list[dict], show: int = 8, title: str = ""):
+    """One row per model: the image it is shown (``image``, 3 x H x W in [0, 1]) and the first
+    ``show`` of its own views (``views``, N x 3 x H x W), labelled with ``model`` and ``label``
+    (e.g. ``views_text`` of its setting). Rows may differ in image size."""
+    if not rows:
+        raise ValueError("model_views needs at least one row (model, label, image, views)")
+    ncols = 1 + min(show, max(len(r["views"]) for r in rows))
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * 1.3, len(rows) * 1.45),
+                             squeeze=False)
+    for row, line in zip(rows, axes):
+        pictures = [row["image"], *list(row["views"][:show])]
+        for i, ax in enumerate(line):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i >= len(pictures):
+                ax.set_axis_off()
+                continue
+            ax.imshow(pictures[i].detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy())
+            ax.set_title("original" if i == 0 else f"view {i}", fontsize=7)
+        line[0].set_ylabel(f"{row['model']}\n{textwrap.fill(row['label'], 24)}", fontsize=7,
+                           rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(textwrap.fill(title, 110), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def accuracy_per_corruption(results: list[dict], title: str = "", methods=None):
     """Accuracy per corruption (x), one bar per method (in the order of ``methods``), one
     panel per model."""
@@ -59,7 +96,9 @@ def accuracy_per_corruption(results: list[dict], title: str = "", methods=None):
 
 
 def confidence_histograms(results: list[dict], bins: int = 15, title: str = "", methods=None):
-    """Confidence of correct and wrong predictions, per model and method, over all data."""
+    """Confidence of correct and wrong predictions, pooled over all data of a model and
+    method: one row per model, one column per method (in the order of ``methods``), the
+    model's name on the right margin and the method's on top, so that titles never overlap."""
     import pandas as pd
 
     rows = [{"model": r["model"], "method": r["method"], "confidence": c,
@@ -69,17 +108,21 @@ def confidence_histograms(results: list[dict], bins: int = 15, title: str = "", 
     df = pd.DataFrame(rows)
     order = [m for m in (methods or df["method"].unique()) if m in set(df["method"])]
     grid = sns.displot(df, x="confidence", hue="outcome", col="method", row="model", bins=bins,
-                       binrange=(0, 1), height=2.2, aspect=1.2, col_order=order,
-                       hue_order=["correct", "wrong"], facet_kws={"sharey": False})
+                       binrange=(0, 1), height=1.8, aspect=1.2, col_order=order,
+                       hue_order=["correct", "wrong"],
+                       facet_kws={"sharey": False, "margin_titles": True})
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}", size=8)
     ran = set(zip(df["model"], df["method"]))
     for (model, method), ax in grid.axes_dict.items():
         if (model, method) not in ran:  # e.g. NormAdapt on a model without batch norm
-            ax.cla()
-            ax.set_axis_off()
-            ax.set_title(f"model = {model} | method = {method}", fontsize=8)
-            ax.text(0.5, 0.5, "does not apply", ha="center", va="center", color="grey")
+            for artist in [*ax.patches, *ax.lines, *ax.collections]:
+                artist.remove()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "does not apply", ha="center", va="center", color="grey",
+                    transform=ax.transAxes)
     if title:
-        grid.figure.suptitle(textwrap.fill(title, 140), fontsize=9)
+        grid.figure.suptitle(textwrap.fill(title, 100), fontsize=9)
     grid.figure.tight_layout()
     return grid.figure
 
