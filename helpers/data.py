@@ -789,13 +789,21 @@ def fetch_imagenet_sample(folder: Path, files=None, base_url: str | None = None)
                                 f"({error}); the file was not kept. Download it again.") from error
 
 
-def imagenet_sample(root=None, size: int = 224, download: bool = False) -> ImageTensorDataset:
+# Every fifth class's photo is held out as source images (EATA's Fisher, temperatures).
+SAMPLE_HELD_OUT_EVERY = 5
+
+
+def imagenet_sample(split: str = "test", root=None, size: int = 224,
+                    download: bool = False) -> ImageTensorDataset:
     """1,000 ImageNet photos, one per ImageNet-1k class (EliSchwartz/imagenet-sample-images at
     a pinned commit), from ``root/imagenet-sample/`` (``TTA_DATA``); the label is the WordNet ID
-    of the file name. ``download=True`` fetches what is missing (``fetch_imagenet_sample``).
-    Decoded at ``size`` (shorter side, center crop) like the other photos. These are ImageNet
-    images, possibly from its training set: a model's clean accuracy here may exceed its
-    published validation top-1."""
+    of the file name. ``split``: ``test``, the 800 photos of the classes whose index is not a
+    multiple of 5 plus 4, or ``train``, the other 200: held out, disjoint from the test photos,
+    for what a method may estimate on source images (not ImageNet's training split).
+    ``download=True`` fetches what is missing (``fetch_imagenet_sample``). Decoded at ``size``
+    (shorter side, center crop) like the other photos. These are ImageNet images, possibly
+    from its training set: a model's clean accuracy here may exceed its published top-1."""
+    held_out = _check_split(split)
     manifest = imagenet_sample_manifest()
     folder = Path(root or paths.DATA) / "imagenet-sample"
     missing = [e for e in manifest["files"] if not (folder / e["file"]).is_file()]
@@ -810,14 +818,17 @@ def imagenet_sample(root=None, size: int = 224, download: bool = False) -> Image
             f"github.com/{manifest['repository']}, each file checked against its SHA-256), or "
             "put its .JPEG files there.")
     index = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
-    files = [folder / e["file"] for e in manifest["files"]]
-    labels = [index[e["file"].split("_")[0]] for e in manifest["files"]]
+    entries = [e for e in manifest["files"] if held_out == (
+        index[e["file"].split("_")[0]] % SAMPLE_HELD_OUT_EVERY == SAMPLE_HELD_OUT_EVERY - 1)]
+    files = [folder / e["file"] for e in entries]
+    labels = [index[e["file"].split("_")[0]] for e in entries]
     images = _decode_all(files, size, "Delete it and load with download=True to fetch it "
                                       "again.")
     return ImageTensorDataset(
         images, labels, imagenet_class_names(), "imagenet-sample",
-        f"{len(files):,} ImageNet photos, one per class (github.com/{manifest['repository']} "
-        f"at {manifest['commit'][:10]}), {size}x{size}", imagenet_indices=list(range(1000)))
+        f"{len(files):,} ImageNet photos of {len(files):,} classes ({split} part of "
+        f"github.com/{manifest['repository']} at {manifest['commit'][:10]}), {size}x{size}",
+        imagenet_indices=list(range(1000)))
 
 
 DATASETS = {"cifar10": cifar10, "cifar100": cifar100, "imagenet-a": imagenet_a,
@@ -848,6 +859,20 @@ def load_dataset(name: str, split: str = "test", root=None, download: bool = Fal
         kw["size"] = size
     return loader(**kw)
 
+
+
+def load_available(name: str, fallback: str | None = None, **options):
+    """``(data set, note)``: ``load_dataset(name, **options)``, or where that set cannot be had
+    here (``UNAVAILABLE``) the ``fallback`` set (None: no set) and a note saying so and why, for
+    a notebook to show before it runs the section on what it got (``note`` is "" otherwise)."""
+    try:
+        return load_dataset(name, **options), ""
+    except UNAVAILABLE as error:
+        if fallback is None:
+            return None, f"Skipped: {error}"
+        shipped = {k: v for k, v in options.items() if k != "root"}  # e.g. the 26 photos
+        return (load_dataset(fallback, **shipped),
+                f"`{name}` is not available here, so this runs on `{fallback}` instead: {error}")
 
 # ---------------------------------------------------------------- corruptions
 

@@ -652,7 +652,8 @@ def test_validation_corruptions_are_held_out_and_run(fashion, photos64):
 
 # ---------------------------------------------------------------- ImageNet sample photos
 
-def _small_sample(folder: Path, classes=((0, "tench"), (207, "golden_retriever"))) -> dict:
+def _small_sample(folder: Path, classes=((0, "tench"), (207, "golden_retriever"),
+                                         (4, "hammerhead"))) -> dict:
     """A manifest of JPEGs written here, named as the real files are (n<wnid>_<name>.JPEG)."""
     wnids = data.imagenet_wnids()
     folder.mkdir(parents=True, exist_ok=True)
@@ -681,12 +682,14 @@ def test_imagenet_sample_labels_come_from_the_file_names(tmp_path, monkeypatch):
     assert photos.labels.tolist() == [0, 207] and len(photos.class_names) == 1000
     assert photos.class_names[207] == "Golden Retriever"
     assert photos.images.shape == (2, 3, 32, 32) and photos.imagenet_indices == list(range(1000))
+    held_out = data.load_dataset("imagenet-sample", "train", root=tmp_path, size=32)
+    assert held_out.labels.tolist() == [4]  # every fifth class: source images, not test ones
 
 
 def test_missing_imagenet_sample_says_where_and_how(tmp_path, monkeypatch):
     manifest = _small_sample(tmp_path / "elsewhere")
     monkeypatch.setattr(data, "imagenet_sample_manifest", lambda: manifest)
-    with pytest.raises(data.DatasetNotFoundError, match=r"2 of 2 files missing.*download=True"):
+    with pytest.raises(data.DatasetNotFoundError, match=r"3 of 3 files missing.*download=True"):
         data.imagenet_sample(root=tmp_path)
     assert isinstance(data.DatasetNotFoundError("x"), data.UNAVAILABLE)
 
@@ -709,6 +712,8 @@ def test_imagenet_sample_download_checks_every_file(tmp_path, monkeypatch):
         monkeypatch.setitem(manifest, "url", base)
         photos = data.imagenet_sample(root=tmp_path / "data", size=32, download=True)
         assert photos.labels.tolist() == [0, 207]
+        assert sorted(p.name for p in (tmp_path / "data" / "imagenet-sample").iterdir()) == \
+            sorted(e["file"] for e in manifest["files"])
         bad = [{**manifest["files"][0], "sha256": "0" * 64}]
         with pytest.raises(data.DownloadError, match="SHA-256"):
             data.fetch_imagenet_sample(tmp_path / "other", bad, base)
@@ -729,4 +734,16 @@ def test_imagenet_sample_on_disk_matches_its_manifest():
     for entry in manifest["files"][::250]:
         assert data.file_sha256(folder / entry["file"]) == entry["sha256"], entry["file"]
     photos = data.imagenet_sample(root=root, size=64)
-    assert names[int(photos.labels[0])] == "tench" and photos.labels.tolist() == list(range(1000))
+    held_out = data.imagenet_sample("train", root=root, size=64)
+    assert names[int(photos.labels[0])] == "tench" and (len(photos), len(held_out)) == (800, 200)
+    assert sorted(photos.labels.tolist() + held_out.labels.tolist()) == list(range(1000))
+
+
+def test_load_available_falls_back_with_a_note_or_skips(tmp_path):
+    photos, note = data.load_available("imagenet-a", "photos", root=tmp_path, size=32)
+    assert len(photos) == 26 and "`imagenet-a` is not available here" in note
+    assert str(tmp_path / "imagenet-a") in note  # the reason names where it looked
+    nothing, note = data.load_available("imagenet-a", root=tmp_path)
+    assert nothing is None and note.startswith("Skipped:")
+    found, note = data.load_available("digits")
+    assert len(found) > 0 and note == ""
