@@ -112,13 +112,13 @@ def confidence_histograms(results: list[dict], bins: int = 15, title: str = "", 
                        hue_order=["correct", "wrong"],
                        facet_kws={"sharey": False, "margin_titles": True})
     grid.set_titles(row_template="{row_name}", col_template="{col_name}", size=8)
+    sns.move_legend(grid, "upper left", bbox_to_anchor=(1.01, 1.0))  # clear of the margin
     ran = set(zip(df["model"], df["method"]))
     for (model, method), ax in grid.axes_dict.items():
         if (model, method) not in ran:  # e.g. NormAdapt on a model without batch norm
             for artist in [*ax.patches, *ax.lines, *ax.collections]:
                 artist.remove()
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.tick_params(left=False, labelleft=False)  # x is shared: its ticks stay
             ax.text(0.5, 0.5, "does not apply", ha="center", va="center", color="grey",
                     transform=ax.transAxes)
     if title:

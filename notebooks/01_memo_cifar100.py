@@ -204,6 +204,9 @@ means = table.groupby(["model", "method"], observed=True)[
 means = means.reindex([*models, *photo_models], level="model")  # methods: in their order
 display(Markdown(f"**Accuracy per corruption** (severity {severity})"))
 display(accuracy.style.format("{:.3f}", na_rep="—"))
+# PENDING (calibration): reliability diagrams beside ECE, ECE with its interval and no ECE on
+# data sets too small to bin (plots.reliability_diagram and the ECE functions of
+# helpers/evaluate.py and findings.py, from another branch) go here when they land on main.
 display(Markdown("**Mean over the data sets**"))
 display(means.style.format({"accuracy": "{:.3f}", "ece": "{:.3f}", "mean_confidence": "{:.3f}",
                             "seconds_per_sample": "{:.4f}"}))
