@@ -351,10 +351,11 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 def kernel_environment(local: bool) -> dict:
     """What each kernel's environment gets: the ``TTA_*`` variables, and on this machine the
     runner's thread settings (None: unset, as here); on other machines all the cores its
-    worker may use (a worker runs one notebook at a time)."""
+    worker may use (a worker runs one notebook at a time); and text progress bars, since no
+    frontend renders widgets in an executed notebook (``helpers.progress``)."""
     threads = ({name: os.environ.get(name) for name in THREAD_VARIABLES} if local
                else {"OMP_NUM_THREADS": "auto"})
-    return {**cluster.forwarded_environment(), **threads}
+    return {**cluster.forwarded_environment(), **threads, "TTA_PROGRESS": "text"}
 
 
 def select(planned: list, only: list[str] | None) -> list:
