@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -33,7 +34,9 @@ import re
 import signal
 import statistics
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import NamedTuple
 
@@ -317,8 +320,40 @@ def execute(nb: Path, params: dict, executed: Path, kernel: str,
         record_path.unlink(missing_ok=True)
     start = time.time()
     papermill.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
-                               cwd=str(nb.parent), progress_bar=False)
+                               cwd=str(nb.parent), progress_bar=False,
+                               kernel_manager_class=quiet_kernel_manager())
     return time.time() - start
+
+
+# The longest path of a Unix socket (Linux's sun_path holds 108 bytes with the closing zero).
+SOCKET_PATH_MAX = 107
+
+
+@functools.cache
+def quiet_kernel_manager() -> type:
+    """Jupyter's kernel manager, with which a notebook that succeeds prints nothing of its
+    kernel's: the kernel listens on IPC sockets (files in the temporary folder, named per
+    kernel and removed at shutdown) instead of local TCP ports, about which ipykernel warns
+    "running over TCP without encryption" (TCP all the same on Windows, which has no IPC
+    transport, and where the temporary folder's path is too long for a socket's); and a
+    kernel is shut down by Jupyter's shutdown request without the SIGINT that jupyter_client
+    sends first, which a kernel still inside its last reply logs as "KeyboardInterrupt caught
+    in kernel". A kernel that does not stop is still terminated, then killed; interrupts
+    asked for otherwise (a timeout's, Ctrl-C's ``stop_kernels``) still reach it."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            socket = os.path.join(tempfile.gettempdir(), f"tta-kernel-{uuid.uuid4().hex[:12]}")
+            if os.name == "posix" and len(os.fsencode(socket)) <= SOCKET_PATH_MAX - len("-99"):
+                kwargs = {"transport": "ipc", "ip": socket, **kwargs}
+            super().__init__(**kwargs)
+
+        async def _async_interrupt_kernel(self):
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return QuietKernelManager
 
 
 def execute_on_worker(*args, **kwargs) -> float:
@@ -695,21 +730,31 @@ def _sweep_tables(groups: dict[str, list]) -> list[str]:
                 continue
             for cells in zip(*tables):
                 columns = dict.fromkeys(k for row in cells for k in row)
-                rows.append({"setting": label, **{c: _spread([r.get(c) for r in cells])
+                rows.append({"setting": label, **{c: spread([r.get(c) for r in cells])
                                                   for c in columns}})
         lines += [f"### {title}", "", markdown_table(rows), ""]
     return lines
 
 
-def _spread(values: list):
+def spread(values: list):
     """One column's values over the seeds: the value where they agree, else mean ± sample
-    standard deviation of numbers, else the values joined by " / "."""
+    standard deviation of numbers, else the values joined by " / ". A number that is not
+    finite (NaN: a measure undefined for that run) is left out of the mean and counted
+    (``0.812 ± 0.004 (1 of 3 n/a)``); with at most one finite number left, that number or
+    ``n/a``."""
     if all(v == values[0] for v in values):
         return values[0]
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if len(numbers) == len(values):
-        return f"{statistics.fmean(numbers):.3f} ± {statistics.stdev(numbers):.3f}"
-    return " / ".join(str(v) for v in values)
+    if len(numbers) != len(values):
+        return " / ".join(str(v) for v in values)
+    finite = [v for v in numbers if math.isfinite(v)]
+    missing = f" ({len(numbers) - len(finite)} of {len(numbers)} n/a)" if len(finite) < len(
+        numbers) else ""
+    if not finite:
+        return "n/a"
+    if len(finite) == 1:
+        return f"{finite[0]:.3f}{missing}"
+    return f"{statistics.fmean(finite):.3f} ± {statistics.stdev(finite):.3f}{missing}"
 
 
 # ---------------------------------------------------------------- run

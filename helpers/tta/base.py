@@ -32,6 +32,7 @@ class Adapter:
     """
 
     name = "adapter"
+    confidence = "the highest softmax probability of the logits it predicts the image with"
 
     def __init__(self, model: nn.Module, seed: int = 0):
         self.model = model

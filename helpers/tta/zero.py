@@ -73,6 +73,9 @@ class Zero(Adapter):
     cost per image is one forward of the image encoder over the 64 inputs. ``precision``
     (``helpers.precision``): that forward under float16 autocast on CUDA (``"auto"``), in
     float32 on a CPU; the vote is counted on float32 logits."""
+    confidence = ("the predicted class's share of the smoothed vote of the kept (most confident) "
+                  "views: its votes plus 0.5 times their mean probability of it (plus a tie "
+                  "winner's half vote), over the total of those for all classes")
 
     name = "zero"
 
