@@ -180,7 +180,7 @@ if view_rows:
 # %% [markdown]
 # ## Every method on every model and data set
 #
-# Every (model, data, method) cell is evaluated by the same loop (`helpers.evaluate`): accuracy, expected calibration error (15 bins), mean confidence and seconds per test image, adaptation included. Finished cells are saved as they complete, so an interrupted run resumes where it stopped.
+# Every (model, data, method) cell is evaluated by the same loop (`helpers.evaluate`): accuracy, expected calibration error (15 bins; below, pooled over the corrupted data sets with a 95% interval, and not reported where too few images fill the bins), mean confidence and seconds per test image, adaptation included. Finished cells are saved as they complete, so an interrupted run resumes where it stopped.
 
 # %%
 store = run.store(method_settings=("memo", "memo_per_model", "tent", "eata", "eata_per_model",
@@ -200,15 +200,23 @@ table = pd.DataFrame(summary_rows(results))
 table["method"] = pd.Categorical(table["method"], categories=methods, ordered=True)
 accuracy = pd.DataFrame(pivot(results, methods=methods)).set_index(["model", "data"])
 means = table.groupby(["model", "method"], observed=True)[
-    ["accuracy", "ece", "mean_confidence", "seconds_per_sample"]].mean()
+    ["accuracy", "mean_confidence", "seconds_per_sample"]].mean()
 means = means.reindex([*models, *photo_models], level="model")  # methods: in their order
+# ECE pooled over a model's corrupted data sets, with its 95% interval (images resampled with
+# all their corruptions); none where too few images to fill 15 bins (the real photos).
+calibration_exclude = ("clean", "photos/clean") if corruptions and photo_corruptions != [] \
+    else ()
+calibration_rows = [row for name in [*models, *photo_models] for row in findings.calibration(
+    results, name, methods, exclude=calibration_exclude)]
+ece_column = f"ECE (95% CI), {'corrupted' if calibration_exclude else 'all'} data sets"
+means = (means.reset_index().astype({"method": str}).merge(
+    pd.DataFrame(calibration_rows)[["model", "method", "text"]].rename(
+        columns={"text": ece_column}), on=["model", "method"], how="left")
+    .set_index(["model", "method"]))
 display(Markdown(f"**Accuracy per corruption** (severity {severity})"))
 display(accuracy.style.format("{:.3f}", na_rep="—"))
-# PENDING (calibration): reliability diagrams beside ECE, ECE with its interval and no ECE on
-# data sets too small to bin (plots.reliability_diagram and the ECE functions of
-# helpers/evaluate.py and findings.py, from another branch) go here when they land on main.
 display(Markdown("**Mean over the data sets**"))
-display(means.style.format({"accuracy": "{:.3f}", "ece": "{:.3f}", "mean_confidence": "{:.3f}",
+display(means.style.format({"accuracy": "{:.3f}", "mean_confidence": "{:.3f}",
                             "seconds_per_sample": "{:.4f}"}))
 
 # %% [markdown]
@@ -232,6 +240,17 @@ _ = run.figure(fig, "01_memo_confidence")
 display(Markdown(f"*Models and data of both figures:* {note} The confidence figure shows the "
                  f"models with their default recipe ({', '.join(main_models)}); the others "
                  "are in the tables."))
+
+# %% [markdown]
+# ### Calibration
+#
+# Reliability diagrams of the stand-ins with their default recipe, pooled over the corrupted data sets: per confidence bin the accuracy against the diagonal of perfect calibration, the number of predictions below, and each method's ECE with its 95% interval in the panel's title (the numbers of the table above). A method that makes the model more confident without making it more often right moves the bars below the diagonal.
+
+# %%
+for name in [m for m in models if ":" not in m]:
+    fig = plots.reliability_diagram(results, methods=methods, model=name,
+                                    exclude=calibration_exclude, ncols=3)
+    _ = run.figure(fig, f"01_memo_reliability_{name}")
 
 # %% [markdown]
 # ## Does the training recipe decide whether test-time adaptation helps?
@@ -369,6 +388,9 @@ summary = {f"Accuracy per corruption, severity {severity} ({dataset})":
            pivot(results, methods=methods),
            "Mean over the data sets": means.reset_index().astype({"method": str}).round(4)
            .to_dict("records")}
+summary["ECE pooled over the data sets (95% bootstrap interval)"] = [
+    {k: row[k] for k in ("model", "method", "ece", "low", "high", "n", "reason")}
+    for row in calibration_rows]
 if recipe_rows:
     summary["Change over Source per training recipe (95% paired-bootstrap interval)"] = \
         findings.intervals(recipe_rows)
