@@ -249,7 +249,7 @@ display(Markdown(f"*Models and data of both figures:* {note} The confidence figu
 # %%
 for name in [m for m in models if ":" not in m]:
     fig = plots.reliability_diagram(results, methods=methods, model=name,
-                                    exclude=calibration_exclude, ncols=3)
+                                    exclude=("clean",) if corruptions else (), ncols=3)
     _ = run.figure(fig, f"01_memo_reliability_{name}")
 
 # %% [markdown]
