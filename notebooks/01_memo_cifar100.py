@@ -250,7 +250,7 @@ display(Markdown(f"*Models and data of both figures:* {note} The confidence figu
 for name in [m for m in models if ":" not in m]:
     fig = plots.reliability_diagram(results, methods=methods, model=name,
                                     exclude=("clean",) if corruptions else (), ncols=3)
-    _ = run.figure(fig, f"01_memo_reliability_{name}")
+    _ = run.figure(fig, f"01_memo_reliability_{name.replace('/', '-')}")
 
 # %% [markdown]
 # ## Does the training recipe decide whether test-time adaptation helps?
@@ -265,7 +265,8 @@ recipe_rows = [row for row in findings.compare_all(results, methods=methods)
 run.show_changes(recipe_rows, "01_memo_recipes", "Change over the same model's Source, per "
                                                  "training recipe (95% paired-bootstrap intervals)")
 agreement, agreement_lines = [], []
-for name in standins if "memo" in methods else []:
+corrupted = [name for name in tasks if name != "clean"]  # the diagnostic's data sets
+for name in standins if "memo" in methods and corrupted else []:
     settings = methods_by_name["memo"].settings(name)
     memo_views = make_views(settings.get("views"), settings["n_views"])
     classifier = build_classifier(name, test_set.class_names, run.device)
@@ -369,18 +370,21 @@ found = conclusions.what_we_found(
     finding_rows + [r for r in prior_rows if r["method"] != "memo"] + step_rows
     + [r for r in norm_rows if (r["model"], r["method"]) not in same], identical, explanations)
 photo_images = sorted({len(next(iter(suite.values()))) for suite in photo_tasks.values()})
+small_clips = [name for name in standins if parse_standin(name)[0] == "small-clip"]
 limits = conclusions.limitations([
-    f"The models are stand-ins trained here ({', '.join(standins)}) on FashionMNIST at 28 "
-    f"pixels, not the papers' models and data; the small CLIP's zero-shot is in-domain (it "
-    f"was trained on these classes), so its Source is no zero-shot transfer.",
-    f"Each training recipe is one training run (seed {seed}): a difference between recipes "
-    f"mixes the recipe with that run's luck.",
-    f"{n_images or 'All'} test images per data set, on {run.device}; the intervals above are "
-    f"over these images, not over training runs.",
+    *([f"The stand-ins ({', '.join(standins)}) are small models trained here on "
+       f"FashionMNIST at 28 pixels, not the papers' models and data."] if standins else []),
+    *([f"The small CLIP's zero-shot is in-domain ({', '.join(small_clips)} were trained on "
+       f"these classes), so its Source is no zero-shot transfer."] if small_clips else []),
+    *([f"Each training recipe is one training run (seed {seed}): a difference between "
+       f"recipes mixes the recipe with that run's luck."] if len(standins) > 1 else []),
+    f"{n_images or 'All'} test images per data set, on {run.device}; the intervals are over "
+    f"these test images, not over training runs.",
     *([f"The real photos are {', '.join(map(str, photo_images))} images per data set: their "
-       f"intervals are wide."] if photo_images else []),
-    "The full profile (a GPU) runs CLIP ViT-B/32, RN50 and RN101 on the CIFAR-100 test set "
-    "with MEMO's 50 views, the course report's setting (helpers/profiles/full.yaml)."])
+       f"intervals are wide and their ECE is not reported."] if photo_images else []),
+    *(["The full profile (a GPU) runs CLIP ViT-B/32, RN50 and RN101 on the CIFAR-100 test "
+       "set with MEMO's 50 views, the course report's setting (helpers/profiles/full.yaml)."]
+      if profile != "full" else [])])
 run.show_conclusions(found, limits, conclusions.anchor_lines(anchors))
 
 # %%
