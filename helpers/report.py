@@ -154,6 +154,18 @@ def scrub(text: str, repo: Path = paths.REPO) -> str:
                                    text)
 
 
+def scrub_value(value, repo: Path = paths.REPO):
+    """A results file's value with every string ``scrub``bed (a results file may record the
+    paths it wrote, e.g. its series' files)."""
+    if isinstance(value, str):
+        return scrub(value, repo)
+    if isinstance(value, list):
+        return [scrub_value(v, repo) for v in value]
+    if isinstance(value, dict):
+        return {k: scrub_value(v, repo) for k, v in value.items()}
+    return value
+
+
 def _texts(output) -> list[tuple[object, str]]:
     """(container, key) of every text of an output (stream text, text data, a traceback)."""
     found = [(output, "text")] if "text" in output else []
@@ -255,11 +267,11 @@ def publish(profile: str = "offline", report_dir: Path = REPORT) -> list[str]:
     for name, notebook in notebooks.items():
         _write_text(report_dir / f"{name}.ipynb", nbformat.writes(notebook) + "\n")
         _write_text(report_dir / f"{name}.html", _html(notebook, _title(notebook)))
-        results = json.loads((paths.RESULTS / profile / f"{name}.json").read_text())
+        results = scrub_value(json.loads((paths.RESULTS / profile / f"{name}.json").read_text()))
         _write_text(report_dir / "results" / f"{name}.json", json.dumps(results, indent=1) + "\n")
     summary = paths.RESULTS / profile / "SUMMARY.md"
     if summary.is_file():
-        _write_text(report_dir / "SUMMARY.md", summary.read_text())
+        _write_text(report_dir / "SUMMARY.md", scrub(summary.read_text()))
     write_index(report_dir, profile)
     return names
 
