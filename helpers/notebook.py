@@ -56,6 +56,7 @@ class NotebookRun:
     comparisons: list = field(default_factory=list)
     findings_figure: str | None = None
     stores: list = field(default_factory=list)
+    anchors: list = field(default_factory=list)
     conclusions: dict | None = None
 
     def store(self, method_settings=()) -> ResultStore:
@@ -114,6 +115,22 @@ class NotebookRun:
             self.findings_figure = figure
         return self.finding_lines
 
+    def show_anchors(self, table) -> None:
+        """Show an ``anchors.anchor_table`` under "Published numbers and ours" (no index, the
+        numbers already formatted) and keep its rows, with the numbers behind them
+        (``table.attrs["rows"]``, by the table's index: a filtered table keeps its rows'
+        numbers), for the results file's ``anchors`` key."""
+        from IPython.display import Markdown, display
+
+        numbers = table.attrs.get("rows", {})
+        self.anchors = [{**{str(k): v for k, v in row.items()},
+                         "numbers": numbers[i] if i < len(numbers) else {}}
+                        for i, row in zip(table.index, table.to_dict("records"))]
+        display(Markdown("### Published numbers and ours"))
+        style = (table.style.hide(axis="index").set_uuid(f"anchors-{self.name}")
+                 .set_properties(**{"text-align": "left", "vertical-align": "top"}))
+        display(style if len(table) else Markdown("_No published number anchors this notebook._"))
+
     def show_conclusions(self, found: list[str], limitations: str,
                          anchors: list[str] = ()) -> None:
         """Show the notebook's closing section: "What we found" (``conclusions.what_we_found``
@@ -141,8 +158,8 @@ class NotebookRun:
         write_json(self.results_path, {
             "notebook": self.name, "parameters": self.parameters, "run": self.info,
             "note": note, "summary": summary, "findings": self.finding_lines,
-            "comparisons": self.comparisons, "headline": headline, "seconds": seconds,
-            "grid_cells": self.cells_reused(),
+            "comparisons": self.comparisons, "anchors": self.anchors, "headline": headline,
+            "seconds": seconds, "grid_cells": self.cells_reused(),
             "conclusions": self.conclusions,
             **extra})
         print(f"results: {shown_path(self.results_path)}\n"
