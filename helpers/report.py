@@ -104,6 +104,10 @@ def compact_png(data: str) -> str:
 # The lab template, with plumbing cells' code (``jupyter.source_hidden``) in a closed
 # <details>, so that a reader of the HTML sees the story first.
 COLLAPSING_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block extra_css -%}
+<style>details.plumbing{margin:.2rem 0 .2rem 4rem;font:13px system-ui,sans-serif;color:#555}
+details.plumbing summary{cursor:pointer}</style>
+{%- endblock extra_css -%}
 {%- block input_group -%}
 {%- if cell.metadata.get('jupyter', {}).get('source_hidden') -%}
 {%- set tags = cell.metadata.get('tags', []) -%}
@@ -440,7 +444,7 @@ def comparison_table(rows: list[dict]) -> list[dict]:
              "verdict": verdict(r),
              "data sets better / worse": f"{r['better_on']} / {r['worse_on']} of {r['tasks']}",
              "ECE": f"{r['baseline_ece']:.3f} → {r['ece']:.3f}",
-             "s / image": f"{r['seconds']:.3f}"} for r in rows]
+             "s / image": synthesis.seconds(r["seconds"])} for r in rows]
 
 
 def readme_block(report_dir: Path = REPORT, relative_to: Path = paths.REPO) -> str:
