@@ -691,3 +691,76 @@ def runs_caption(study: dict) -> str:
             f"held out for validation (accuracy every {config.eval_every} steps, patience "
             f"{config.patience} evaluations, at most {config.max_steps} steps); fractions are "
             "of the rest._")
+
+
+# ---------------------------------------------------------------- against the published findings
+
+def _transfer_evidence(gains: list[dict]) -> dict:
+    """This run's numbers for Yosinski et al.'s three findings, each with the direction the
+    paper's finding predicts ("same direction", "opposite") and a sentence."""
+    import pandas as pd
+
+    df = pd.DataFrame(gains)
+    out = {}
+    frozen = df[df["variant"].str.endswith("/frozen")].groupby("cut")["gain"].mean()
+    if len(frozen) > 1:
+        first, last = frozen.index.min(), frozen.index.max()
+        out["top"] = (frozen[last] < frozen[first],
+                      f"frozen layers kept up to cut {first}: mean gain {frozen[first]:+.3f} "
+                      f"over the baseline; up to cut {last} (the top): {frozen[last]:+.3f}")
+    source = df["series"].str.split("->").str[0]
+    same = source == df["series"].str.split("->").str[1]
+    if same.any() and (~same).any():
+        near, far = df[same]["gain"].mean(), df[~same]["gain"].mean()
+        out["distance"] = (far < near,
+                           f"mean gain {near:+.3f} within one data set, {far:+.3f} across data "
+                           "sets (every setting, cut and fraction)")
+    trained = df[df["variant"].str.endswith("/trainable")]
+    if len(trained):
+        full = trained[trained["fraction"] == trained["fraction"].max()]
+        better = int((full["ci_low"] > 0).sum())
+        out["fine-tuned"] = (full["gain"].mean() > 0,
+                             f"trainable kept layers with all the fine-tuning data (fraction "
+                             f"{full['fraction'].max():g}): mean gain {full['gain'].mean():+.3f}; "
+                             f"interval above zero in {better} of {len(full)} (series, cut) "
+                             "cells")
+    return out
+
+
+def _evidence_key(entry: dict) -> str | None:
+    setting = entry.get("setting", "")
+    for key, words in (("top", "bottom, middle or top"), ("distance", "distances"),
+                       ("fine-tuned", "fine-tuned")):
+        if words in setting:
+            return key
+    return None
+
+
+def anchor_table(anchors: list[dict], gains: list[dict]):
+    """The published findings of notebook 05 (``helpers.anchors.anchors_for``: findings in
+    words, no number) with this run's evidence beside each: the setting, the finding and its
+    source, our numbers, and whether they point the same way."""
+    import pandas as pd
+
+    evidence = _transfer_evidence(gains)
+    rows = []
+    for entry in anchors:
+        found = evidence.get(_evidence_key(entry))
+        rows.append({
+            "method": entry["method"], "model": entry["model"], "data set": entry["dataset"],
+            "setting": entry["setting"],
+            "published": f"{entry.get('finding') or entry['value']} "
+                         f"({entry.get('paper', entry['source'])}, {entry['where']})",
+            "offline here": found[1] if found else "not measured here",
+            "direction": ("same direction" if found[0] else "opposite") if found else
+                         "not comparable",
+            "note": "a small CNN on 28x28 grey images against the paper's ImageNet network; "
+                    "our gains are over a baseline from scratch at equal stopping rule"})
+    return pd.DataFrame(rows)
+
+
+def anchor_lines(table) -> list[str]:
+    """One sentence per row of :func:`anchor_table`: the paper's setting, our numbers and
+    whether they point the paper's way."""
+    return [f"{row['setting'].capitalize()}: {row['offline here']}: **{row['direction']}**."
+            for row in table.to_dict("records")]
