@@ -97,3 +97,20 @@ def hook_count(model: nn.Module) -> int:
     """Forward and backward hooks registered on the model's modules (zero when clean)."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                for m in model.modules())
+
+
+def adapted_heat_maps(image: torch.Tensor, model: nn.Module, adapters: dict, class_names,
+                      key: int = 0) -> dict:
+    """For one image (C x H x W): the source model's Grad-CAM of its predicted class, then each
+    named episodic method's (``adapters``: MEMO, MEMO_PLUS ...) after adapting to this image
+    alone (``method.adapted``, restored afterwards), keyed ``"<name>: <predicted class>"``."""
+    def entry(name, net):
+        with torch.no_grad():
+            predicted = net(image[None]).argmax(1).item()
+        return f"{name}: {class_names[predicted].split(',')[0]}", heat_maps(net, image[None])[0]
+
+    maps = dict([entry("source", model)])
+    for name, method in adapters.items():
+        with method.adapted(image, key=key) as adapted:
+            maps.update([entry(name, adapted)])
+    return maps

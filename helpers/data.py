@@ -756,9 +756,85 @@ def sample_photos(size: int = 224) -> ImageTensorDataset:
         imagenet_indices=list(range(1000)), acceptable=[list(p["acceptable"]) for p in photos])
 
 
+IMAGENET_SAMPLE = "imagenet_sample.json"
+
+
+def imagenet_sample_manifest() -> dict:
+    """The pinned source of the ImageNet sample photos: repository, commit, base URL and each
+    file's name and SHA-256 (shipped in the package, so a download is checked file by file)."""
+    return _resource(IMAGENET_SAMPLE)
+
+
+def fetch_imagenet_sample(folder: Path, files=None, base_url: str | None = None) -> None:
+    """Download the sample photos (all, or the manifest entries ``files``) into ``folder``
+    from the pinned commit, each checked against its SHA-256 (pooch deletes a file that does
+    not match and raises); one that cannot be had is a DownloadError naming it and the fix."""
+    import pooch
+    import requests
+
+    manifest = imagenet_sample_manifest()
+    base_url = base_url or manifest["url"]
+    for entry in files if files is not None else manifest["files"]:
+        url, target = base_url + entry["file"], folder / entry["file"]
+        manual = f"put it at {target} (every file of {base_url})"
+        try:
+            with _downloading(url, target, manual):
+                pooch.retrieve(url, known_hash=f"sha256:{entry['sha256']}", fname=entry["file"],
+                               path=folder, progressbar=False)
+        except requests.exceptions.RequestException as error:
+            raise DownloadError(f"Could not download {url} to {target} ({error}). On a machine "
+                                f"with internet, {manual}.") from error
+        except ValueError as error:  # pooch: the SHA-256 does not match
+            raise DownloadError(f"{url} does not match its SHA-256 in the package's manifest "
+                                f"({error}); the file was not kept. Download it again.") from error
+
+
+# Every fifth class's photo is held out as source images (EATA's Fisher, temperatures).
+SAMPLE_HELD_OUT_EVERY = 5
+
+
+def imagenet_sample(split: str = "test", root=None, size: int = 224,
+                    download: bool = False) -> ImageTensorDataset:
+    """1,000 ImageNet photos, one per ImageNet-1k class (EliSchwartz/imagenet-sample-images at
+    a pinned commit), from ``root/imagenet-sample/`` (``TTA_DATA``); the label is the WordNet ID
+    of the file name. ``split``: ``test``, the 800 photos of the classes whose index is not a
+    multiple of 5 plus 4, or ``train``, the other 200: held out, disjoint from the test photos,
+    for what a method may estimate on source images (not ImageNet's training split).
+    ``download=True`` fetches what is missing (``fetch_imagenet_sample``). Decoded at ``size``
+    (shorter side, center crop) like the other photos. These are ImageNet images, possibly
+    from its training set: a model's clean accuracy here may exceed its published top-1."""
+    held_out = _check_split(split)
+    manifest = imagenet_sample_manifest()
+    folder = Path(root or paths.DATA) / "imagenet-sample"
+    missing = [e for e in manifest["files"] if not (folder / e["file"]).is_file()]
+    if missing and download:
+        fetch_imagenet_sample(folder, missing)
+        missing = []
+    if missing:
+        raise _not_found(
+            f"The ImageNet sample photos ({len(missing):,} of {len(manifest['files']):,} files "
+            "missing)", folder,
+            f"Call with download=True (fetches commit {manifest['commit'][:10]} of "
+            f"github.com/{manifest['repository']}, each file checked against its SHA-256), or "
+            "put its .JPEG files there.")
+    index = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
+    entries = [e for e in manifest["files"] if held_out == (
+        index[e["file"].split("_")[0]] % SAMPLE_HELD_OUT_EVERY == SAMPLE_HELD_OUT_EVERY - 1)]
+    files = [folder / e["file"] for e in entries]
+    labels = [index[e["file"].split("_")[0]] for e in entries]
+    images = _decode_all(files, size, "Delete it and load with download=True to fetch it "
+                                      "again.")
+    return ImageTensorDataset(
+        images, labels, imagenet_class_names(), "imagenet-sample",
+        f"{len(files):,} ImageNet photos of {len(files):,} classes ({split} part of "
+        f"github.com/{manifest['repository']} at {manifest['commit'][:10]}), {size}x{size}",
+        imagenet_indices=list(range(1000)))
+
+
 DATASETS = {"cifar10": cifar10, "cifar100": cifar100, "imagenet-a": imagenet_a,
             "imagenet-v2": imagenet_v2, "fashion-mnist": fashion_mnist, "mnist": mnist_digits,
             "mnist-full": mnist_full, "digits": sklearn_digits, "photos": sample_photos,
+            "imagenet-sample": imagenet_sample,
             "flowers102": flowers102, "cub200": cub200}
 
 
@@ -783,6 +859,20 @@ def load_dataset(name: str, split: str = "test", root=None, download: bool = Fal
         kw["size"] = size
     return loader(**kw)
 
+
+
+def load_available(name: str, fallback: str | None = None, **options):
+    """``(data set, note)``: ``load_dataset(name, **options)``, or where that set cannot be had
+    here (``UNAVAILABLE``) the ``fallback`` set (None: no set) and a note saying so and why, for
+    a notebook to show before it runs the section on what it got (``note`` is "" otherwise)."""
+    try:
+        return load_dataset(name, **options), ""
+    except UNAVAILABLE as error:
+        if fallback is None:
+            return None, f"Skipped: {error}"
+        shipped = {k: v for k, v in options.items() if k != "root"}  # e.g. the 26 photos
+        return (load_dataset(fallback, **shipped),
+                f"`{name}` is not available here, so this runs on `{fallback}` instead: {error}")
 
 # ---------------------------------------------------------------- corruptions
 

@@ -362,10 +362,12 @@ class RunLog:
         write_json(self.path, [header, *self.runs])
 
 
-def changed_predictions(results: list[dict], tasks: dict, baseline: str, method: str) -> list[dict]:
+def changed_predictions(results: list[dict], tasks: dict, baseline: str, method: str,
+                        class_names=None) -> list[dict]:
     """The test images where ``method`` and ``baseline`` disagree on being right: one record
     per image (model, data, index in the task, label, both predictions, "fixed" or
-    "broken"), for showing per-image cases. Correctness counts a task's acceptable classes."""
+    "broken"), for showing per-image cases. Correctness counts a task's acceptable classes.
+    With ``class_names``, the label and the predictions are class names, not indices."""
     by_key = {(r["model"], r["data"], r["method"]): r for r in results}
     records = []
     for (model, data, name), r in by_key.items():
@@ -376,10 +378,12 @@ def changed_predictions(results: list[dict], tasks: dict, baseline: str, method:
         ok = _correct(torch.tensor(r["predictions"]), torch.tensor(r["labels"]), acceptable)
         ok_before = _correct(torch.tensor(other["predictions"]), torch.tensor(r["labels"]),
                              acceptable)
+        name_of = (lambda c: class_names[c]) if class_names is not None else int
         for i in np.flatnonzero(ok != ok_before):
             records.append({"model": model, "data": data, "index": int(i),
-                            "label": r["labels"][i], baseline: other["predictions"][i],
-                            method: r["predictions"][i],
+                            "label": name_of(r["labels"][i]),
+                            baseline: name_of(other["predictions"][i]),
+                            method: name_of(r["predictions"][i]),
                             "outcome": "fixed" if ok[i] else "broken"})
     return records
 

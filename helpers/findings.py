@@ -76,6 +76,25 @@ def _image_groups(cells: dict[str, dict]) -> list[list[str]]:
     return list(groups.values())
 
 
+
+def images_for_half_width(row: dict, half_width: float = 0.02) -> int:
+    """About how many test images (per task) a comparison row (``compare``) would need for its
+    95% interval to be ``half_width`` wide on either side: an interval shrinks as one over the
+    square root of the number of images, so the row's own width scales to the target."""
+    measured = (row["ci_high"] - row["ci_low"]) / 2
+    if measured <= 0:
+        return row["images"]
+    return math.ceil(row["images"] * (measured / half_width) ** 2)
+
+
+def resolution_line(row: dict, half_width: float = 0.02) -> str:
+    """For a comparison that found no detectable change: how many test images per task would
+    give a 95% interval of ``half_width`` on either side (``images_for_half_width``)."""
+    return (f"{row['model']}: {row['method']} vs {row['baseline']} cannot be told apart on "
+            f"{row['images']:,} images per task (95% interval ±"
+            f"{(row['ci_high'] - row['ci_low']) / 2:.3f}); an interval of ±{half_width} would "
+            f"need about {images_for_half_width(row, half_width):,}.")
+
 def compare(results: list[dict], method: str, baseline: str = "source", by=("model",),
             seed: int = 0) -> list[dict]:
     """For every value of ``by`` (e.g. each model): ``method`` against ``baseline`` on the tasks

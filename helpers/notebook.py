@@ -56,6 +56,8 @@ class NotebookRun:
     comparisons: list = field(default_factory=list)
     findings_figure: str | None = None
     stores: list = field(default_factory=list)
+    anchors: list = field(default_factory=list)
+    conclusions: dict | None = None
 
     def store(self, method_settings=()) -> ResultStore:
         """The store of finished grid cells beside the results file, kept while the parameters
@@ -74,11 +76,12 @@ class NotebookRun:
         reused = [c for c in cells if c.get("run", {}).get("time", started)[:19] < started]
         return {"cells": len(cells), "reused": len(reused)}
 
-    def figure(self, fig, name: str) -> Path:
-        """Save a figure as ``<figures_dir>/<name>.png`` (and keep showing it inline)."""
+    def figure(self, fig, name: str) -> None:
+        """Save a figure as ``<figures_dir>/<name>.png`` (and keep showing it inline). Returns
+        None, so that a cell ending with it shows the figure and no path."""
         from .plots import save
 
-        return save(fig, self.figures_dir, name)
+        save(fig, self.figures_dir, name)
 
     def show_changes(self, rows, figure: str, title: str) -> None:
         """Comparison rows (``findings.compare``) as a table of changes (model x method) and,
@@ -112,22 +115,75 @@ class NotebookRun:
             self.findings_figure = figure
         return self.finding_lines
 
+    def show_anchors(self, table) -> None:
+        """Show an ``anchors.anchor_table`` under "Published numbers and ours" (no index, the
+        numbers already formatted) and keep its rows, with the numbers behind them
+        (``table.attrs["rows"]``, by the table's index: a filtered table keeps its rows'
+        numbers), for the results file's ``anchors`` key."""
+        from IPython.display import Markdown, display
+
+        numbers = table.attrs.get("rows", {})
+        self.anchors = [{**{str(k): v for k, v in row.items()},
+                         "numbers": numbers[i] if i < len(numbers) else {}}
+                        for i, row in zip(table.index, table.to_dict("records"))]
+        display(Markdown("### Published numbers and ours"))
+        style = (table.style.hide(axis="index").set_uuid(f"anchors-{self.name}")
+                 .set_properties(**{"text-align": "left", "vertical-align": "top"}))
+        display(style if len(table) else Markdown("_No published number anchors this notebook._"))
+
+    def show_conclusions(self, found: list[str], limitations: str,
+                         anchors: list[str] = ()) -> None:
+        """Show the notebook's closing section: "What we found" (``conclusions.what_we_found``
+        as a list), the comparison with the published numbers (``conclusions.anchor_lines``)
+        and "Limitations" (``conclusions.limitations``); all three are kept for the results
+        file (``conclusions`` key), which the report's synthesis and the README read."""
+        from IPython.display import Markdown, display
+
+        self.conclusions = {"found": list(found), "anchors": list(anchors),
+                            "limitations": limitations}
+        display(Markdown(conclusions_markdown(self.conclusions)))
+
     def save(self, summary: dict, note: str = "", headline_table: str | None = None,
-             headline_figure: str | None = None, **extra) -> Path:
+             headline_figure: str | None = None, **extra) -> None:
         """Write the results file atomically: what made the numbers (parameters, versions,
         device, seed), the note on models and data, the summary tables the batch summary and
         the README show, the findings shown (sentences with their intervals, and the
         comparison rows behind them), the headline the README shows (a title of ``summary``
-        and a figure's name: the findings figure unless given), and anything else given."""
+        and a figure's name: the findings figure unless given), the conclusions shown
+        (``show_conclusions``; None when not shown) and anything else given. Prints where
+        they went relative to the repository (no machine path in a published notebook);
+        returns None (the file is ``results_path``)."""
         seconds = round(time.time() - self.started, 1)
         headline = {"table": headline_table, "figure": headline_figure or self.findings_figure}
-        path = write_json(self.results_path, {
+        write_json(self.results_path, {
             "notebook": self.name, "parameters": self.parameters, "run": self.info,
             "note": note, "summary": summary, "findings": self.finding_lines,
-            "comparisons": self.comparisons, "headline": headline, "seconds": seconds,
-            "grid_cells": self.cells_reused(), **extra})
-        print(f"results: {path}\nfigures: {self.figures_dir}\n{seconds} s")
-        return path
+            "comparisons": self.comparisons, "anchors": self.anchors, "headline": headline,
+            "seconds": seconds, "grid_cells": self.cells_reused(),
+            "conclusions": self.conclusions,
+            **extra})
+        print(f"results: {shown_path(self.results_path)}\n"
+              f"figures: {shown_path(self.figures_dir)}\n{seconds} s")
+
+
+def conclusions_markdown(conclusions: dict) -> str:
+    """A notebook's conclusions (``show_conclusions``'s dict) as Markdown: "What we found" as
+    a list, the comparison with the published numbers, "Limitations"."""
+    parts = ["### What we found", findings.markdown(conclusions.get("found") or [])]
+    if conclusions.get("anchors"):
+        parts += ["**Against the published numbers**",
+                  "\n".join(f"- {line}" for line in conclusions["anchors"])]
+    parts += ["### Limitations", conclusions.get("limitations") or "_None stated._"]
+    return "\n\n".join(parts)
+
+
+def shown_path(path) -> str:
+    """A path as a published notebook may show it: relative to the repository when inside it,
+    else its last two parts (never the machine's folders)."""
+    path = Path(path)
+    if path.is_absolute() and path.is_relative_to(paths.REPO):
+        return str(path.relative_to(paths.REPO))
+    return str(Path(*path.parts[-2:])) if path.is_absolute() else str(path)
 
 
 def start(name: str, parameters: dict, results_path=None, figures_dir=None,

@@ -220,3 +220,27 @@ def test_sam_provider_runs_segment_anything_with_prompts_from_the_heat_map():
     assert sources.count("sam-point") == 3 and sources.count("sam-box") == 1
     assert all(m.mask.shape == disc.shape and m.mask.dtype == bool for m in found)
     assert all(np.isfinite(m.score) for m in found)
+
+
+def test_adapted_heat_maps_name_each_prediction_and_restore_the_model():
+    """An episodic method stand-in that swaps the class detectors while adapted: the heat-map
+    after adaptation is the other class's map, and the model is the source's again after."""
+    import contextlib
+
+    model, image = two_colour_classifier(), two_squares()[0]
+
+    class Swap:
+        @contextlib.contextmanager
+        def adapted(self, image, key=0):
+            weight = model.backbone.conv.weight.data.clone()
+            model.backbone.conv.weight.data = weight.flip(0)
+            try:
+                yield model
+            finally:
+                model.backbone.conv.weight.data = weight
+
+    before = model.backbone.conv.weight.clone()
+    maps = cam.adapted_heat_maps(image, model, {"swap": Swap()}, ["red", "green"])
+    assert list(maps) == ["source: red", "swap: green"]
+    np.testing.assert_allclose(maps["source: red"], image[0].numpy(), atol=1e-5)
+    assert torch.equal(model.backbone.conv.weight, before)

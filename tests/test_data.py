@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import os
 import re
 import warnings
 from pathlib import Path
@@ -647,3 +648,102 @@ def test_validation_corruptions_are_held_out_and_run(fashion, photos64):
     assert list(suite) == list(data.VALIDATION_CORRUPTIONS)
     assert not torch.equal(suite["speckle_noise"].images, data.take(fashion, 4).images)
 
+
+
+# ---------------------------------------------------------------- ImageNet sample photos
+
+def _small_sample(folder: Path, classes=((0, "tench"), (207, "golden_retriever"),
+                                         (4, "hammerhead"))) -> dict:
+    """A manifest of JPEGs written here, named as the real files are (n<wnid>_<name>.JPEG)."""
+    wnids = data.imagenet_wnids()
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index, name in classes:
+        file = f"{wnids[index]}_{name}.JPEG"
+        pixels = np.random.default_rng(index).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / file)
+        files.append({"file": file, "sha256": data.file_sha256(folder / file)})
+    return {**data.imagenet_sample_manifest(), "files": files}
+
+
+def test_imagenet_sample_manifest_pins_one_photo_per_class():
+    manifest = data.imagenet_sample_manifest()
+    assert manifest["commit"] == "bc69043e2862758a1906c6a24a792bb28c6bb2ff"
+    assert manifest["commit"] in manifest["url"]
+    wnids = [entry["file"].split("_")[0] for entry in manifest["files"]]
+    assert sorted(wnids) == sorted(data.imagenet_wnids())  # each of the 1000 classes once
+    assert all(re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) for entry in manifest["files"])
+
+
+def test_imagenet_sample_labels_come_from_the_file_names(tmp_path, monkeypatch):
+    manifest = _small_sample(tmp_path / "imagenet-sample")
+    monkeypatch.setattr(data, "imagenet_sample_manifest", lambda: manifest)
+    photos = data.load_dataset("imagenet-sample", root=tmp_path, size=32)
+    assert photos.labels.tolist() == [0, 207] and len(photos.class_names) == 1000
+    assert photos.class_names[207] == "Golden Retriever"
+    assert photos.images.shape == (2, 3, 32, 32) and photos.imagenet_indices == list(range(1000))
+    held_out = data.load_dataset("imagenet-sample", "train", root=tmp_path, size=32)
+    assert held_out.labels.tolist() == [4]  # every fifth class: source images, not test ones
+
+
+def test_missing_imagenet_sample_says_where_and_how(tmp_path, monkeypatch):
+    manifest = _small_sample(tmp_path / "elsewhere")
+    monkeypatch.setattr(data, "imagenet_sample_manifest", lambda: manifest)
+    with pytest.raises(data.DatasetNotFoundError, match=r"3 of 3 files missing.*download=True"):
+        data.imagenet_sample(root=tmp_path)
+    assert isinstance(data.DatasetNotFoundError("x"), data.UNAVAILABLE)
+
+
+def test_imagenet_sample_download_checks_every_file(tmp_path, monkeypatch):
+    """A local server stands in for GitHub: the files arrive checked; a file whose bytes do not
+    match the manifest's SHA-256 is refused and not kept."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    manifest = _small_sample(served)
+    monkeypatch.setattr(data, "imagenet_sample_manifest", lambda: manifest)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=served)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        monkeypatch.setitem(manifest, "url", base)
+        photos = data.imagenet_sample(root=tmp_path / "data", size=32, download=True)
+        assert photos.labels.tolist() == [0, 207]
+        assert sorted(p.name for p in (tmp_path / "data" / "imagenet-sample").iterdir()) == \
+            sorted(e["file"] for e in manifest["files"])
+        bad = [{**manifest["files"][0], "sha256": "0" * 64}]
+        with pytest.raises(data.DownloadError, match="SHA-256"):
+            data.fetch_imagenet_sample(tmp_path / "other", bad, base)
+        assert not (tmp_path / "other" / bad[0]["file"]).exists()
+    finally:
+        server.shutdown()
+
+
+def test_imagenet_sample_on_disk_matches_its_manifest():
+    """Where the photos are present (``TTA_DATA/imagenet-sample``), a few of them have the
+    manifest's bytes and the labels their names say."""
+    root = Path(os.environ.get("TTA_DATA", paths.REPO / "data"))  # paths.DATA is isolated here
+    folder = root / "imagenet-sample"
+    if not folder.is_dir():
+        pytest.skip(f"the ImageNet sample photos are not at {folder} (optional data)")
+    manifest = data.imagenet_sample_manifest()
+    names = data.imagenet_class_names()
+    for entry in manifest["files"][::250]:
+        assert data.file_sha256(folder / entry["file"]) == entry["sha256"], entry["file"]
+    photos = data.imagenet_sample(root=root, size=64)
+    held_out = data.imagenet_sample("train", root=root, size=64)
+    assert names[int(photos.labels[0])] == "tench" and (len(photos), len(held_out)) == (800, 200)
+    assert sorted(photos.labels.tolist() + held_out.labels.tolist()) == list(range(1000))
+
+
+def test_load_available_falls_back_with_a_note_or_skips(tmp_path):
+    photos, note = data.load_available("imagenet-a", "photos", root=tmp_path, size=32)
+    assert len(photos) == 26 and "`imagenet-a` is not available here" in note
+    assert str(tmp_path / "imagenet-a") in note  # the reason names where it looked
+    nothing, note = data.load_available("imagenet-a", root=tmp_path)
+    assert nothing is None and note.startswith("Skipped:")
+    found, note = data.load_available("digits")
+    assert len(found) > 0 and note == ""

@@ -122,6 +122,9 @@ def test_changed_predictions_lists_fixed_and_broken_images_with_acceptable_class
     assert records[1] == {"model": "m", "data": "d", "index": 1, "label": 1, "memo": 9,
                           "memo_plus": 1, "outcome": "fixed"}
     assert changed_predictions(results, tasks, "source", "memo_plus") == []
+    named = changed_predictions(results, tasks, "memo", "memo_plus", list("abcdefghij"))
+    assert named[1] == {"model": "m", "data": "d", "index": 1, "label": "b", "memo": "j",
+                        "memo_plus": "b", "outcome": "fixed"}
 
 
 def test_view_agreement_scores_the_source_each_view_and_their_marginal(tiny_cnn, images):

@@ -138,3 +138,12 @@ def test_mean_view_agreement_averages_the_corrupted_sets_only(monkeypatch):
         "m, Zero's views without adaptation (mean over the corruptions, 4 images each): a single "
         "view is right on 0.300 of the images, the average over the views on 0.600, the image "
         "itself on 0.500 (average minus image +0.100).")
+
+
+def test_images_for_half_width_scales_the_interval_as_one_over_root_n():
+    row = {"model": "m", "method": "memo_plus", "baseline": "memo", "images": 100,
+           "ci_low": -0.06, "ci_high": 0.02}  # half-width 0.04: four times the images for 0.02
+    assert findings.images_for_half_width(row, 0.02) == 400
+    assert findings.images_for_half_width(row, 0.04) == 100
+    line = findings.resolution_line(row)
+    assert "100 images per task" in line and "±0.040" in line and "about 400" in line

@@ -160,5 +160,6 @@ def test_a_notebook_run_counts_the_cells_an_earlier_run_computed(tmp_path):
               run={"time": "2020-01-01T00:00:00+0000"})
     store.put(("m", "d", "new"), {"accuracy": 1.0})
     assert run.cells_reused() == {"cells": 2, "reused": 1}
-    saved = json.loads(run.save({}).read_text())
+    assert run.save({}) is None  # a notebook's last line echoes no path
+    saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["grid_cells"] == {"cells": 2, "reused": 1}
