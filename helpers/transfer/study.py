@@ -696,25 +696,33 @@ def runs_caption(study: dict) -> str:
 # ---------------------------------------------------------------- against the published findings
 
 def _transfer_evidence(gains: list[dict]) -> dict:
-    """This run's numbers for Yosinski et al.'s three findings, each with the direction the
-    paper's finding predicts ("same direction", "opposite") and a sentence."""
+    """This run's numbers for Yosinski et al.'s three findings: for each, whether they point
+    the paper's way, a sentence, and how many of its cells' intervals exclude zero that way
+    (None where the evidence is a mean over settings, not intervals)."""
     import pandas as pd
 
     df = pd.DataFrame(gains)
     out = {}
-    frozen = df[df["variant"].str.endswith("/frozen")].groupby("cut")["gain"].mean()
-    if len(frozen) > 1:
-        first, last = frozen.index.min(), frozen.index.max()
-        out["top"] = (frozen[last] < frozen[first],
-                      f"frozen layers kept up to cut {first}: mean gain {frozen[first]:+.3f} "
-                      f"over the baseline; up to cut {last} (the top): {frozen[last]:+.3f}")
+    frozen = df[df["variant"].str.endswith("/frozen")]
+    means = frozen.groupby("cut")["gain"].mean()
+    if len(means) > 1:
+        first, last = means.index.min(), means.index.max()
+        top = frozen[frozen["cut"] == last]
+        out["top"] = (means[last] < means[first],
+                      f"frozen layers kept up to cut {first}: mean gain {means[first]:+.3f} "
+                      f"over the baseline; up to cut {last} (the top): {means[last]:+.3f}, "
+                      f"below zero in {int((top['ci_high'] < 0).sum())} of {len(top)} cells",
+                      int((top["ci_high"] < 0).sum()))
     source = df["series"].str.split("->").str[0]
     same = source == df["series"].str.split("->").str[1]
     if same.any() and (~same).any():
         near, far = df[same]["gain"].mean(), df[~same]["gain"].mean()
         out["distance"] = (far < near,
                            f"mean gain {near:+.3f} within one data set, {far:+.3f} across data "
-                           "sets (every setting, cut and fraction)")
+                           "sets (every setting, cut and fraction)", None)
+    else:
+        out["distance"] = (None, "not measured: this run's series are all "
+                                 f"{'within one' if same.all() else 'across'} data set(s)", None)
     trained = df[df["variant"].str.endswith("/trainable")]
     if len(trained):
         full = trained[trained["fraction"] == trained["fraction"].max()]
@@ -723,8 +731,17 @@ def _transfer_evidence(gains: list[dict]) -> dict:
                              f"trainable kept layers with all the fine-tuning data (fraction "
                              f"{full['fraction'].max():g}): mean gain {full['gain'].mean():+.3f}; "
                              f"interval above zero in {better} of {len(full)} (series, cut) "
-                             "cells")
+                             "cells", better)
     return out
+
+
+def direction(agrees, significant) -> str:
+    """"same direction" / "opposite" / "not comparable", and when the evidence is cells with
+    intervals and none of them excludes zero, says so."""
+    if agrees is None:
+        return "not comparable"
+    text = "same direction" if agrees else "opposite"
+    return text + (" (no interval excludes zero)" if significant == 0 else "")
 
 
 def _evidence_key(entry: dict) -> str | None:
@@ -752,8 +769,7 @@ def anchor_table(anchors: list[dict], gains: list[dict]):
             "published": f"{entry.get('finding') or entry['value']} "
                          f"({entry.get('paper', entry['source'])}, {entry['where']})",
             "offline here": found[1] if found else "not measured here",
-            "direction": ("same direction" if found[0] else "opposite") if found else
-                         "not comparable",
+            "direction": direction(*found[::2]) if found else "not comparable",
             "note": "a small CNN on 28x28 grey images against the paper's ImageNet network; "
                     "our gains are over a baseline from scratch at equal stopping rule"})
     return pd.DataFrame(rows)
@@ -764,3 +780,38 @@ def anchor_lines(table) -> list[str]:
     whether they point the paper's way."""
     return [f"{row['setting'].capitalize()}: {row['offline here']}: **{row['direction']}**."
             for row in table.to_dict("records")]
+
+
+# ---------------------------------------------------------------- conclusions
+
+def conclusion_lines(study: dict, gains: list[dict]) -> list[str]:
+    """What the notebook found, from its numbers: the setting that beats the baseline most
+    often and the one that loses most often, how the stopping rule ended the baselines, and
+    the settings identical by construction. (The comparison rows of
+    ``conclusions.what_we_found`` are per test image; this study's gains are per repeat.)"""
+    if not study["done"]:
+        return ["Nothing ran: " + " ".join(study["notes"])]
+    stopping = stopping_lines(study["runs"], study["done"][0])
+    return _setting_lines(gains)[:2] + stopping[:1] + identical_lines(study["done"])
+
+
+def limitations(study: dict, profile: str) -> list[str]:
+    """The study's limits, from its configs: the network and data, one seed, the repeats,
+    the validation split against the smallest training subsets, the series skipped, and
+    what the full profile adds."""
+    if not study["done"]:
+        return [f"No series ran in the {profile} profile."]
+    config = study["done"][0]
+    runs = study["runs"]
+    smallest = min(r["n_train"] for r in runs)
+    pool = config.n_train or "all the"
+    lines = [
+        f"A small CNN ({config.network().depth} convolution layers) trained here on 28x28 grey "
+        f"images, one seed ({config.seed}), {config.min_repeats}-{config.max_repeats} repeats "
+        "per setting: the intervals are over repeats of this one pretrained network",
+        f"Early stopping reads {config.val_share:.0%} of a pool of {pool} images held out for "
+        f"validation, while the smallest fraction trains on {smallest} images: the comparison "
+        "is at convergence, which a user with that few labelled images could not check",
+        "The full profile runs the whole data sets, CIFAR-10 and all four variants with more "
+        "repeats on a GPU"]
+    return lines + study["notes"]

@@ -8,7 +8,7 @@ import pandas as pd
 
 from .. import findings
 from ..data import UNAVAILABLE
-from ..transfer.study import anchor_lines  # noqa: F401 (one sentence per anchor row)
+from ..transfer.study import anchor_lines, direction  # noqa: F401 (anchor rows, as 05's)
 from . import small
 from .meter import state_memory, total_memory
 from .model import MODES, VIT_B16, PromptedViT, build_vit, expected_trainable
@@ -216,17 +216,17 @@ def explanation(cells: list[dict], vit, finetune: small.FinetuneConfig, n_prompt
     """Why VPT trails full fine-tuning here when the VPT paper finds the reverse, computed
     from this run: how far the frozen features carry (the linear probe) and what each mode
     adds over it, and how the backbone and the tuning differ from the paper's."""
-    table = accuracy_table(cells)
-    mean = table.groupby("mode", observed=True)["accuracy"].mean()
+    mean = pd.DataFrame(cells).groupby("mode")["accuracy"].mean()
     total = sum(p.numel() for p in vit.parameters())
     if small_config is not None:
         metrics = vit.metrics
+        epochs = small_config.epochs
         backbone = (f"a ViT of {total:,} parameters (width {small_config.embed_dim}, "
-                    f"{small_config.depth} blocks) pretrained here on "
-                    f"{metrics.get('steps', 0) * small_config.batch_size:,} image views "
-                    f"({small_config.n_train or 'all':,} images of {len(small_config.classes)} "
-                    f"classes, {small_config.epochs} epochs; {metrics['test_accuracy']:.3f} on "
-                    "its own classes)")
+                    f"{small_config.depth} blocks) pretrained in {metrics.get('steps', 0):,} "
+                    f"steps of {small_config.batch_size} on {small_config.n_train or 'all':,} "
+                    f"FashionMNIST images of {len(small_config.classes)} classes ({epochs} "
+                    f"epoch{'s' if epochs != 1 else ''}; {metrics['test_accuracy']:.3f} on its "
+                    "own classes)")
     else:
         backbone = f"{vit.weights} ({total:,} parameters)"
     gains = {m: mean[m] - mean["linear"] for m in ("vpt-deep", "full") if m in mean}
@@ -236,7 +236,7 @@ def explanation(cells: list[dict], vit, finetune: small.FinetuneConfig, n_prompt
                    f"average; prompts add {gains['vpt-deep']:+.3f} over the probe (VPT-deep) by "
                    f"steering frozen blocks, while full fine-tuning adds {gains['full']:+.3f} by "
                    "rebuilding the features.")
-    return (f"Here the backbone is {backbone}, and each mode takes {finetune.steps} steps of "
+    return (f"the backbone here is {backbone}, and each mode takes {finetune.steps} steps of "
             f"{finetune.batch_size} images with {n_prompts} prompts.{carried} The VPT paper "
             f"tunes {PAPER['backbone']} pretrained on ImageNet-21k "
             f"(about {PAPER['pretrain_images'] / 1e6:.0f} million images, "
@@ -258,19 +258,20 @@ def _vpt_evidence(comparisons: list[dict], n_prompts: int) -> dict:
     out = {"parameters": (max(shares.values()) < 1,
                           f"ViT-B/16 with {n_prompts} prompts and 10 classes: VPT-shallow trains "
                           f"{shares['vpt-shallow']:.3f}% of the parameters, VPT-deep "
-                          f"{shares['vpt-deep']:.3f}%")}
+                          f"{shares['vpt-deep']:.3f}%", None)}
     vpt = [r for r in comparisons if r["method"].startswith("vpt") and r["baseline"] == "full"]
     if vpt:
         text = "; ".join(f"{r['method']} on {r['data']} {r['change']:+.3f} (95% CI "
                          f"{r['ci_low']:+.3f} to {r['ci_high']:+.3f})" for r in vpt)
-        out["against full"] = (any(r["ci_low"] > 0 for r in vpt),
-                               f"change in accuracy against full fine-tuning: {text}")
+        out["against full"] = (any(r["change"] > 0 for r in vpt),
+                               f"change in accuracy against full fine-tuning: {text}",
+                               sum(r["ci_low"] > 0 or r["ci_high"] < 0 for r in vpt))
         relative = [r["accuracy"] / r["baseline_accuracy"] - 1 for r in vpt
                     if r["method"] == "vpt-deep"]
         if relative:
             mean = sum(relative) / len(relative)
             out["relative"] = (mean > 0, f"VPT-deep's mean relative accuracy gain over full "
-                                         f"fine-tuning: {100 * mean:+.1f}%")
+                                         f"fine-tuning: {100 * mean:+.1f}%", None)
     return out
 
 
@@ -293,9 +294,44 @@ def anchor_table(anchors: list[dict], comparisons: list[dict], n_prompts: int):
             "published": f"{entry.get('finding') or entry['value']} "
                          f"({entry.get('paper', entry['source'])}, {entry['where']})",
             "offline here": found[1] if found else "not measured here",
-            "direction": ("same direction" if found[0] else "opposite") if found else
-                         "not comparable",
+            "direction": direction(*found[::2]) if found else "not comparable",
             "note": "a small ViT pretrained here on 5 FashionMNIST classes against the paper's "
                     "ImageNet-21k ViT-B/16 on FGVC and VTAB-1k (the parameter share is "
                     "ViT-B/16's, by formula)"})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- conclusions
+
+def explanation_lines(comparisons: list[dict], cells: list[dict], vit,
+                      finetune: small.FinetuneConfig, n_prompts: int,
+                      small_config: small.SmallVitConfig | None = None) -> list[str]:
+    """The computed explanation (:func:`explanation`) as one conclusion, when VPT-deep loses
+    to full fine-tuning on some data set (its interval below zero: the reverse of the VPT
+    paper); else none."""
+    behind = [r for r in comparisons if r["method"] == "vpt-deep" and r["ci_high"] < 0]
+    if not behind:
+        return []
+    return ["Why VPT-deep loses to full fine-tuning here, the reverse of the VPT paper: "
+            + explanation(cells, vit, finetune, n_prompts, small_config)]
+
+
+def limitations(vit, small_config: small.SmallVitConfig | None, finetune: small.FinetuneConfig,
+                device: str, memory_rows: list[dict], notes=()) -> list[str]:
+    """The study's limits, from its settings: the backbone, one seed, the fixed learning rates,
+    the device and the timing of the memory grid, the data sets skipped, what the full
+    profile adds."""
+    total = sum(p.numel() for p in vit.parameters())
+    lrs = ", ".join(f"{m} {finetune.lr_for(m):g}" for m in ORDER)
+    lines = [
+        (f"The backbone is a small ViT of {total:,} parameters trained here "
+         if small_config is not None else f"The backbone is {vit.weights} ({total:,} "
+         "parameters) ") + f"and tuned with one seed ({finetune.seed})",
+        f"The learning rates are fixed per mode ({lrs}), not tuned per mode and data set as "
+        "the VPT paper does",
+        f"Memory and time were measured on {device} with "
+        f"{memory_rows[0].get('threads', '?')} thread(s), one configuration at a time; on a "
+        "shared CPU single-step times vary by 10-20% between runs",
+        "The full profile tunes ViT-B/16 with ImageNet-21k weights on Flowers-102 and "
+        "CUB-200-2011 on a GPU, the paper's kind of task"]
+    return lines + list(notes)
