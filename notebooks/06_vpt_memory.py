@@ -208,7 +208,7 @@ assert all(r["peak_mb"] >= 0 for r in memory_rows)
 # The VPT paper's FGVC and VTAB tables were in no source readable here, so its findings stand in words (`helpers/resources/published.yaml`), and `anchors.anchor_table` (which reads a grid's accuracies per method) has nothing to set beside them: `vpt.anchor_table` sets this run's numbers beside each finding (the parameter share of ViT-B/16 by formula at this run's prompt count, and VPT against full fine-tuning on the same test images) and says whether they point the same way.
 
 # %%
-anchors = vpt.anchor_table(anchors_for("06_vpt_memory"), comparisons, vpt_prompts)
+anchors = vpt.anchor_table(anchors_for("06_vpt_memory"), comparisons, vpt_prompts, counts)
 run.show_anchors(anchors)
 
 # %% [markdown]

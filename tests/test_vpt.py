@@ -365,3 +365,29 @@ def test_the_explanation_comes_only_when_vpt_deep_loses_and_uses_this_runs_numbe
     assert f"a ViT of {total:,} parameters" in line and "7 steps of 8 images" in line
     assert "linear probe to 0.500" in line and "prompts add +0.100" in line
     assert "full fine-tuning adds +0.300" in line
+
+
+def test_the_vpt_findings_get_this_runs_shares_and_changes_beside_them():
+    from helpers.vpt import study
+
+    anchors = [{"method": "vpt", "model": "ViT", "dataset": "FGVC", "value": None,
+                "finding": f"finding {i}", "source": "s", "paper": "VPT", "where": "Abstract",
+                "metric": metric, "setting": setting}
+               for i, (metric, setting) in enumerate([
+                   ("parameters", "prompts in the input space"),
+                   ("accuracy", "against full fine-tuning"),
+                   ("accuracy", "relative accuracy gain over full fine-tuning")])]
+    rows = [{"method": "vpt-deep", "baseline": "full", "data": "d", "change": -0.2,
+             "ci_low": -0.3, "ci_high": -0.1, "accuracy": 0.6, "baseline_accuracy": 0.8}]
+    vit_b16 = [{"mode": "full", "trainable": 85_806_346}]
+    parameters, against, relative = study.anchor_table(anchors, rows, 10, vit_b16).to_dict(
+        "records")
+    # by formula: shallow 10 * 768 + 7,690 and deep 12 * 10 * 768 + 7,690 trainable parameters
+    assert "VPT-shallow trains 0.018% of the parameters, VPT-deep 0.116%" in \
+        parameters["offline here"]
+    assert parameters["direction"] == "same direction"
+    assert "vpt-deep on d -0.200 (95% CI -0.300 to -0.100)" in against["offline here"]
+    assert against["direction"] == "opposite"
+    assert relative["offline here"].endswith("-25.0%") and relative["direction"] == "opposite"
+    small = study.anchor_table(anchors[:1], rows, 10, [{"mode": "full", "trainable": 10**6}])
+    assert small.iloc[0]["direction"] == "opposite"  # 9.99% of a small model is not < 1%

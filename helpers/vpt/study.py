@@ -248,11 +248,10 @@ def explanation(cells: list[dict], vit, finetune: small.FinetuneConfig, n_prompt
 
 # ---------------------------------------------------------------- against the published findings
 
-def _vpt_evidence(comparisons: list[dict], n_prompts: int) -> dict:
+def _vpt_evidence(comparisons: list[dict], n_prompts: int, total: int) -> dict:
     """This run's numbers for the VPT paper's findings, each with whether they point the
     paper's way and a sentence: the share of ViT-B/16's parameters the prompts train (by
     formula, at this run's prompt count), and VPT against full fine-tuning."""
-    total = sum(p.numel() for p in build_vit(VIT_B16, num_classes=10).parameters())
     shares = {m: 100 * expected_trainable(m, n_prompts, 768, 12, 10, total) / total
               for m in ("vpt-shallow", "vpt-deep")}
     out = {"parameters": (max(shares.values()) < 1,
@@ -281,10 +280,14 @@ def _evidence_key(entry: dict) -> str | None:
     return "relative" if "relative" in entry.get("setting", "") else "against full"
 
 
-def anchor_table(anchors: list[dict], comparisons: list[dict], n_prompts: int):
+def anchor_table(anchors: list[dict], comparisons: list[dict], n_prompts: int,
+                 counts: list[dict]):
     """The published findings of notebook 06 (``helpers.anchors.anchors_for``: findings in
-    words) with this run's evidence beside each and whether it points the same way."""
-    evidence = _vpt_evidence(comparisons, n_prompts)
+    words) with this run's evidence beside each and whether it points the same way;
+    ``counts``: :func:`parameter_counts` of ViT-B/16 with 10 classes (its full mode's
+    trainable parameters are all of them)."""
+    total = next(row["trainable"] for row in counts if row["mode"] == "full")
+    evidence = _vpt_evidence(comparisons, n_prompts, total)
     rows = []
     for entry in anchors:
         found = evidence.get(_evidence_key(entry))
