@@ -215,7 +215,7 @@ run.show_anchors(anchors)
 # ## What we found
 
 # %%
-found = conclusions.what_we_found(comparisons) + vpt.explanation_lines(
+found = conclusions.what_we_found(vpt.named_by_data(comparisons)) + vpt.explanation_lines(
     comparisons, cells, vit, finetune_config, vpt_prompts, small_config)
 run.show_conclusions(found, conclusions.limitations(vpt.limitations(
     vit, small_config, finetune_config, run.info["device"], memory_rows, skipped)),

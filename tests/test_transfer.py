@@ -239,6 +239,7 @@ def test_series_runs_every_setting_on_shared_subsets_and_resumes(tmp_path, monke
         # 12 of the pool's 60 held out for validation (20% of each class), subsets of the rest
         assert r["n_train"] == 48 if r["fraction"] == 1.0 else 4 <= r["n_train"] <= 6
         assert 2 <= r["steps"] <= 6 and r["best_step"] <= r["steps"]
+        assert r["n_val"] == 12  # the whole held-out split: 10 a class would be more
         assert r["capped"] == (r["steps"] == 6 and r["best_step"] == 6) or not r["capped"]
     sizes = {(r["fraction"], r["repeat"]): set() for r in runs}
     for r in runs:
@@ -381,6 +382,14 @@ def test_validation_split_holds_out_each_class_once_and_apart_from_the_subsets()
     assert sorted(held.tolist() + rest.tolist()) == list(range(200))
     again, _ = validation_split(labels, 0.2, seed=3)
     assert torch.equal(held, again)
+    rows = study.validation_rows(labels[held], 5, ratio=4.0, seed=0)
+    assert torch.bincount(labels[held][rows]).tolist() == [8] * 5  # 10 a class, 8 there
+    rows = study.validation_rows(labels, 60, ratio=4.0, seed=0)  # 240 rows: 48 a class
+    assert torch.bincount(labels[rows]).tolist() == [40] * 5  # capped at what it holds
+    rows = study.validation_rows(labels, 20, ratio=4.0, seed=0)
+    assert torch.bincount(labels[rows]).tolist() == [16] * 5
+    with pytest.raises(ValueError, match="val_ratio"):
+        SeriesConfig("s", _pretrain_config(), val_ratio=0)
     with pytest.raises(ValueError, match="val_share is the share"):
         SeriesConfig("s", _pretrain_config(), val_share=1.0)
 

@@ -341,6 +341,8 @@ def test_modes_are_compared_with_full_fine_tuning_on_the_same_images():
     assert [r["method"] for r in rows] == ["linear", "vpt-deep"]  # the fixed order
     deep_row = rows[1]
     assert deep_row["baseline"] == "full" and deep_row["change"] == pytest.approx(-0.2)
+    named = study.named_by_data(rows)[1]
+    assert named["model"] == "m · d" and named["backbone"] == "m" and deep_row["model"] == "m"
     assert deep_row["ci_high"] < 0 and deep_row["worse_on"] == 1
     assert findings.mcnemar_p(np.array(full), np.array(deep)) < 0.05
 

@@ -33,6 +33,7 @@ VARIANTS = ("reinit/frozen", "reinit/trainable", "truncate/frozen", "truncate/tr
 OWN_SPLIT = ("fashion-mnist", "mnist-full", "cifar10", "flowers102", "cub200")
 TEST_SHARE = 0.2
 RUN_KEY = ("lr", "fraction", "variant", "cut", "repeat")
+MIN_VAL_PER_CLASS = 10
 
 
 def seed_of(*parts) -> int:
@@ -242,9 +243,13 @@ class SeriesConfig:
     max_repeats: int = 10
     # Every training (baselines and variants alike) stops early on a validation split of the
     # pool: ``val_share`` of each class, held out of every subset (fractions are of the rest);
-    # accuracy on it every ``eval_every`` steps, stop after ``patience`` evaluations without
-    # a better one, keep the best weights; ``max_steps`` at most.
+    # a fraction reads ``val_ratio`` validation images per training image of it (at least
+    # MIN_VAL_PER_CLASS per class, at most the split: evaluating 400 images every 10 steps of
+    # 5 would cost more than the training); accuracy on them every ``eval_every`` steps, stop
+    # after ``patience`` evaluations without a better one, keep the best weights;
+    # ``max_steps`` at most.
     val_share: float = 0.2
+    val_ratio: float = 4.0
     eval_every: int = 10
     patience: int = 3
     max_steps: int = 300
@@ -263,6 +268,9 @@ class SeriesConfig:
         cuts = self.cut_points()
         for cut in cuts:
             check_cut(self.network(), cut)
+        if self.val_ratio <= 0:
+            raise ValueError(f"val_ratio (validation images per training image) must be > 0, "
+                             f"got {self.val_ratio}")
         if not 0 < self.val_share < 1:
             raise ValueError(f"val_share is the share of the fine-tuning pool held out for "
                              f"early stopping, in (0, 1); got {self.val_share}")
@@ -349,6 +357,20 @@ def validation_split(labels: torch.Tensor, share: float, seed: int):
     return held.sort().values, rest.nonzero().flatten()
 
 
+def validation_rows(labels: torch.Tensor, n_train: int, ratio: float, seed: int):
+    """The rows of the validation split that a fraction training on ``n_train`` images reads:
+    ``ratio * n_train`` of them, the same count from each class (at least
+    MIN_VAL_PER_CLASS, at most what the split holds), drawn once per (seed, size)."""
+    classes = labels.unique()
+    per_class = max(MIN_VAL_PER_CLASS, math.ceil(ratio * n_train / len(classes)))
+    generator = torch.Generator().manual_seed(seed_of(seed, "validation rows", n_train))
+    parts = []
+    for c in classes:
+        members = (labels == c).nonzero().flatten()
+        parts.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(parts).sort().values
+
+
 def _subsets_and_schedules(config: SeriesConfig, labels, fraction: float, repeats: int):
     """Per repeat, its training subset (R x n) and batch order (R x max_steps x B), drawn
     from (seed, fraction, repeat) only: the baseline and every variant see the same ones."""
@@ -391,6 +413,8 @@ def run_series(config: SeriesConfig, path, verbose: bool = True, device=None, ro
             subsets, schedules, _ = _subsets_and_schedules(config, train_y.cpu(), fraction,
                                                            repeats)
             subsets = subsets.to(device)
+            rows = validation_rows(val_y.cpu(), subsets.shape[1], config.val_ratio,
+                                   config.seed).to(device)
             for variant, cut in config.settings():
                 todo = [r for r in range(repeats)
                         if not log.has(lr=lr, fraction=fraction, variant=variant, cut=cut,
@@ -401,8 +425,8 @@ def run_series(config: SeriesConfig, path, verbose: bool = True, device=None, ro
                 start = time.time()
                 modules = [m.to(device) for m in fresh_modules(config, net, variant, cut, repeats)]
                 stack, stops = train_early_stopped(modules, x_train, train_y, subsets, schedules,
-                                                   lr, x_val, val_y, config.eval_every,
-                                                   config.patience)
+                                                   lr, x_val[rows], val_y[rows],
+                                                   config.eval_every, config.patience)
                 train_acc = accuracy_together(stack, x_train, train_y, subsets)
                 test_acc = accuracy_together(stack, x_test, test_y)
                 seconds = (time.time() - start) / repeats
@@ -410,7 +434,7 @@ def run_series(config: SeriesConfig, path, verbose: bool = True, device=None, ro
                           "n_train": subsets.shape[1], "variant": variant, "cut": cut,
                           "cut_after": names[cut - 1] if cut else "input", "repeat": r,
                           "steps": int(stops["steps"][r]),
-                          "best_step": int(stops["best_step"][r]),
+                          "best_step": int(stops["best_step"][r]), "n_val": len(rows),
                           "capped": bool(stops["capped"][r]),
                           "train_accuracy": round(float(train_acc[r]), 4),
                           "test_accuracy": round(float(test_acc[r]), 4),
@@ -688,7 +712,9 @@ def runs_caption(study: dict) -> str:
     return (f"_{len(study['runs']):,} trainings over {len(study['done'])} series "
             f"({', '.join(c.name for c in study['done'])}). Each stops early on "
             f"{config.val_share:.0%} of the fine-tuning pool of {config.n_train or 'all'} images "
-            f"held out for validation (accuracy every {config.eval_every} steps, patience "
+            f"held out for validation ({config.val_ratio:g} validation images per training "
+            f"image, at least {MIN_VAL_PER_CLASS} per class; accuracy every "
+            f"{config.eval_every} steps, patience "
             f"{config.patience} evaluations, at most {config.max_steps} steps); fractions are "
             "of the rest._")
 
@@ -809,9 +835,10 @@ def limitations(study: dict, profile: str) -> list[str]:
         f"A small CNN ({config.network().depth} convolution layers) trained here on 28x28 grey "
         f"images, one seed ({config.seed}), {config.min_repeats}-{config.max_repeats} repeats "
         "per setting: the intervals are over repeats of this one pretrained network",
-        f"Early stopping reads {config.val_share:.0%} of a pool of {pool} images held out for "
-        f"validation, while the smallest fraction trains on {smallest} images: the comparison "
-        "is at convergence, which a user with that few labelled images could not check",
+        f"Early stopping reads up to {config.val_share:.0%} of a pool of {pool} images held "
+        f"out for validation ({min(r['n_val'] for r in runs)} images where the smallest "
+        f"fraction trains on {smallest}): the comparison is at convergence, which a user with "
+        "that few labelled images could not check",
         "The full profile runs the whole data sets, CIFAR-10 and all four variants with more "
         "repeats on a GPU"]
     return lines + study["notes"]

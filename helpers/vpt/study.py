@@ -197,6 +197,13 @@ def mode_comparisons(cells: list[dict], baseline: str = "full") -> list[dict]:
     return findings.compare_all(cells, baseline=baseline, methods=modes, by=("model", "data"))
 
 
+def named_by_data(rows: list[dict]) -> list[dict]:
+    """Comparison rows whose ``model`` names the data set too (``backbone`` keeps the
+    model): ``conclusions.what_we_found`` names a row by its model alone."""
+    return [{**row, "backbone": row["model"], "model": f"{row['model']} · {row['data']}"}
+            for row in rows]
+
+
 def accuracy_lines(cells: list[dict]) -> list[str]:
     """Per data set: each mode's accuracy with its interval, trainable parameters, step peak
     and total training memory."""
