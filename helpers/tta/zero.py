@@ -15,22 +15,24 @@ import torch
 from ..precision import Precision, model_device
 from ..views import views_per_image
 from .base import Adapter
-from .tpt import confident_views, tpt_views, view_selection, views_for
+from .norm import entropy
+from .tpt import tpt_views, view_selection, views_for
 
 TIE_VOTE = 0.5  # the tie winner's extra half vote; see ``zero_vote``
 SMOOTHING = 0.5  # the weight of the kept views' mean probability in the reported distribution
 
 
-def tie_winner(logits: torch.Tensor, keep: int, tied: torch.Tensor,
+def tie_winner(logits: torch.Tensor, order: torch.Tensor, keep: int, tied: torch.Tensor,
                mean_probs: torch.Tensor) -> int:
-    """The authors' greedy tie-break (``greedy_break``): the first view after the first ``keep``
-    ones *in the batch's order* (the image first, then the views as generated; the code reads
-    ``l[k:]`` of the unsorted logits) whose arg-max is one of the ``tied`` classes. If none
-    is, the authors' fallback (``break_sample_tie``) masks the other classes with ``~`` on an
-    integer tensor, a bitwise not that indexes the wrong classes; here the tied class with the
-    highest mean probability over the kept views wins instead."""
+    """The authors' greedy tie-break (``greedy_break`` after their fix "bugfix greedy_break",
+    FarinaMatteo/zero cbd7949): among the views *not* kept, in confidence order (``order``:
+    all views by increasing entropy; the code reads ``l[sorted_idx][k:]``), the first whose
+    arg-max is one of the ``tied`` classes wins. If none is, the authors' fallback
+    (``break_sample_tie``) masks the other classes with ``~`` on an integer tensor, a bitwise
+    not that indexes the wrong classes; here the tied class with the highest mean probability
+    over the kept views wins instead."""
     tied_set = set(tied.tolist())
-    for prediction in logits[keep:].argmax(-1).tolist():
+    for prediction in logits[order[keep:]].argmax(-1).tolist():
         if prediction in tied_set:
             return prediction
     return int(tied[mean_probs[tied].argmax()])
@@ -50,13 +52,14 @@ def zero_vote(logits: torch.Tensor, keep: int) -> torch.Tensor:
     log-probabilities stay finite for the ensemble rules and temperature fitting.
     A view's own arg-max takes the first of equal logits, where the authors' softmax at
     temperature eps would split its vote (equal float logits do not occur in practice)."""
-    kept = logits[confident_views(logits, keep)].float()
+    order = entropy(logits).argsort()  # TPT's confidence order (``confident_views``)
+    kept = logits[order[:keep]].float()
     votes = torch.bincount(kept.argmax(-1), minlength=logits.shape[-1]).float()
     mean_probs = kept.softmax(-1).mean(0)
     score = votes + SMOOTHING * mean_probs
     tied = (votes == votes.max()).nonzero().flatten()
     if len(tied) > 1:
-        score[tie_winner(logits, keep, tied, mean_probs)] += TIE_VOTE
+        score[tie_winner(logits, order, keep, tied, mean_probs)] += TIE_VOTE
     return (score / score.sum()).log()
 
 
