@@ -14,7 +14,7 @@ import torch
 
 from ..precision import Precision, model_device
 from ..views import views_per_image
-from .base import Adapter
+from .base import ACTIVATIONS, Adapter, images_per_pass
 from .norm import entropy
 from .tpt import tpt_views, view_selection, views_for
 
@@ -75,28 +75,38 @@ class Zero(Adapter):
     classifiers, where the text features are fixed and cached (``clip_classifier``), so the
     cost per image is one forward of the image encoder over the 64 inputs. ``precision``
     (``helpers.precision``): that forward under float16 autocast on CUDA (``"auto"``), in
-    float32 on a CPU; the vote is counted on float32 logits."""
+    float32 on a CPU; the vote is counted on float32 logits. ``chunk``: test images per
+    forward (their views together; None: by ``base.BATCH_BUDGET``, 1: one at a time)."""
 
     name = "zero"
 
     def __init__(self, model, views="auto", n_views: int = 63, selection: float = 0.1,
-                 keep: int | None = None, seed: int = 0, precision: str = "auto"):
+                 keep: int | None = None, seed: int = 0, precision: str = "auto",
+                 chunk: int | None = None):
         super().__init__(model, seed)
+        images_per_pass(1, 1, chunk)  # a bad chunk fails here
+        self.chunk = chunk
         self.precision = Precision(precision, model_device(model))
         self.n_views, self.keep = view_selection(views, n_views, selection, keep)
         self.selection = selection
         self.views = None if views == "auto" else tpt_views(views, self.n_views, 0)
 
     def forward(self, images, keys):
+        """The image and its views of ``chunk`` test images (None: as many as
+        ``base.BATCH_BUDGET`` holds) in one forward, each image voted on alone."""
         self.model.eval()
         generators = [self.generator(k) for k in keys]
+        views = views_per_image(views_for(self.views, self.n_views, images), images, generators)
+        chunk = images_per_pass(len(images), (self.n_views + 1) * images[0].numel()
+                                * ACTIVATIONS, self.chunk)
         out = []
         with torch.inference_mode():
-            for image, views in zip(images, views_per_image(
-                    views_for(self.views, self.n_views, images), images, generators)):
+            for start in range(0, len(images), chunk):
+                batch = torch.cat([torch.cat([image[None], next(views)])
+                                   for image in images[start:start + chunk]])
                 with self.precision.autocast():  # the model only, not the views' arithmetic
-                    logits = self.model(torch.cat([image[None], views])).float()
-                out.append(zero_vote(logits, self.keep))
+                    logits = self.model(batch).float()
+                out += [zero_vote(one, self.keep) for one in logits.split(self.n_views + 1)]
         return torch.stack(out)
 
     def config(self) -> dict:
