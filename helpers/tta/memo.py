@@ -14,6 +14,10 @@ from .base import ACTIVATIONS, Episodic, functional_step, images_per_pass
 from .losses import marginal_entropy
 from .norm import BatchNormPrior, has_batchnorm
 
+# On a CPU, MEMO batches images of at most 64 x 64 pixels (the stand-ins' 28 x 28): above,
+# a convolution with per-image weights (grouped) costs more than the loop's per-call overhead.
+CPU_PIXELS = 64 * 64
+
 
 class Memo(Episodic):
     """MEMO. Defaults: the paper's ImageNet setting (64 AugMix views, one SGD step at lr
@@ -143,8 +147,13 @@ class Memo(Episodic):
     def images_per_pass(self, images: torch.Tensor) -> int:
         """Test images per batched pass (``chunk``, or by ``base.BATCH_BUDGET``: the views'
         rough activations and per image a gradient and adapted weights, two more tensors
-        for Adam's moments); 1 (the loop) under float16 loss scaling."""
+        for Adam's moments); 1 (the loop) under float16 loss scaling, and by default on a
+        CPU for images larger than ``CPU_PIXELS``, where per-image weights cost more than
+        the loop's calls (``benchmarks/batched_speed.py``: EfficientNet-Lite0, 224 px)."""
         if self.precision.scaled or len(images) == 1:
+            return 1
+        if (self.chunk is None and self.precision.device_type == "cpu"
+                and images[0][0].numel() > CPU_PIXELS):
             return 1
         weights = sum(p.numel() for p in self.params) * (2 if self.optimizer_name == "sgd"
                                                          else 4)
