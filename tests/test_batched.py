@@ -189,12 +189,13 @@ def test_functional_step_is_the_optimizers_step(name):
         torch.testing.assert_close(params["w"][image], weight.detach(), rtol=1e-6, atol=1e-7)
 
 
-def test_chunk_is_checked_and_float16_scaling_keeps_the_loop(tiny_cnn, images):
+def test_chunk_is_checked_and_autocast_keeps_the_loop(tiny_cnn, images):
     with pytest.raises(ValueError, match="chunk"):
         Memo(tiny_cnn, chunk=0)
     assert images_per_pass(10, 100, None, budget=350) == 3
     assert images_per_pass(10, 100, 4) == 4 and images_per_pass(2, 100, 4) == 2
     assert Memo(tiny_cnn, n_views=4, precision="fp16").images_per_pass(images) == 1
+    assert Memo(tiny_cnn, n_views=4, precision="bf16").images_per_pass(images) == 1
     assert Memo(tiny_cnn, n_views=4).images_per_pass(images[:1]) == 1
 
 

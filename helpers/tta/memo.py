@@ -41,8 +41,8 @@ class Memo(Episodic):
     weights, computed for ``chunk`` images in one pass with ``torch.func`` (per-image
     gradients by ``vmap``, per-image weights by ``functional_call``; the optimizer's step
     written out, ``base.functional_step``); ``chunk`` None takes as many as
-    ``base.BATCH_BUDGET`` holds, 1 the loop over images. Float16 loss scaling (one scale for
-    the whole stream) keeps the loop."""
+    ``base.BATCH_BUDGET`` holds, 1 the loop over images. In float32 only: under autocast
+    (``amp``, ``bf16``, ``fp16``) the loop (see ``images_per_pass``)."""
 
     name = "memo"
 
@@ -147,10 +147,11 @@ class Memo(Episodic):
     def images_per_pass(self, images: torch.Tensor) -> int:
         """Test images per batched pass (``chunk``, or by ``base.BATCH_BUDGET``: the views'
         rough activations and per image a gradient and adapted weights, two more tensors
-        for Adam's moments); 1 (the loop) under float16 loss scaling, and by default on a
-        CPU for images larger than ``CPU_PIXELS``, where per-image weights cost more than
-        the loop's calls (``benchmarks/batched_speed.py``: EfficientNet-Lite0, 224 px)."""
-        if self.precision.scaled or len(images) == 1:
+        for Adam's moments); 1 (the loop) under autocast (torch.func's backward then meets
+        mixed dtypes, torch 2.14) and by default on a CPU for images larger than
+        ``CPU_PIXELS``, where per-image weights cost more than the loop's calls
+        (``benchmarks/batched_speed.py``: EfficientNet-Lite0, 224 px)."""
+        if self.precision.dtype is not None or len(images) == 1:
             return 1
         if (self.chunk is None and self.precision.device_type == "cpu"
                 and images[0][0].numel() > CPU_PIXELS):
