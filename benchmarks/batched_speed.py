@@ -3,7 +3,7 @@ loop) against many at once (``chunk=None``: as many as ``base.BATCH_BUDGET`` hol
 same images, keys and views. Run on demand:
 
     python benchmarks/batched_speed.py [--images 32] [--repeats 3] [--models small-clip ...]
-    python benchmarks/batched_speed.py --memory   # peak memory per chunk size as well
+    python benchmarks/batched_speed.py --memory   # peak memory per chunk size instead
 
 Models (random weights where none can be downloaded: timing does not depend on them):
 ``small-clip`` (the offline CLIP stand-in's architecture, 28 px), ``small-cnn`` (the CNN
@@ -15,13 +15,24 @@ TPT and Zero (63 views, the papers') on the small CLIP. Both variants are timed 
 machine hits both alike; printed: images per second (fastest round, median in brackets) and
 the ratio loop / batched of the fastest rounds. The two variants' predictions are checked to
 agree. Peak memory (``--memory``): each chunk size in a fresh process, CUDA's peak allocation
-or the CPU process's peak resident size above the model's.
+above the model's, or on a CPU the peak of torch's allocations during the call (profiler).
+
+Measured (2026-12-07, one thread, 2 cores shared with other jobs at load 9-12, 32 images,
+``--repeats 3``; EfficientNet-Lite0 8 images), images/s loop -> batched, ratio:
+small CLIP: MEMO SGD 7.2 -> 9.6 (1.33x; floor 14.9, 2.07x), MEMO AdamW 3.6 -> 7.1 (1.98x),
+TPT 3.3 -> 3.8 (1.15x), Zero 7.9 -> 8.9 (1.13x); small CNN (prior): MEMO SGD 13.7 -> 19.7
+(1.44x; floor 45.6, 3.32x), AdamW 14.2 -> 22.7 (1.60x); EfficientNet-Lite0 (prior, 4 views,
+224 px), forced to 4 per pass: SGD 0.8 -> 0.3 (0.38x; floor 0.86x), AdamW 0.34x, so MEMO
+keeps the loop there by default (``memo.CPU_PIXELS``). Same predictions in every row. The
+issue's 3x is out of reach on this CPU: even the floor, one shared forward and backward over
+all views of all images, is 2.1x (small CLIP) and 3.3x (small CNN) the loop; the cost is
+arithmetic more than per-call overhead. Peak memory above the model, MEMO on the small CLIP,
+32 images: 14 MiB at 1 per pass, 48 at 4, 184 at 16, 365 at 32.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -136,12 +147,26 @@ def peak(name: str, method: str, chunk: int, n_images: int, device: str) -> None
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
+        adapter(images, keys=list(range(n_images)))
+        after = torch.cuda.max_memory_allocated()
     else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    adapter(images, keys=list(range(n_images)))
-    after = (torch.cuda.max_memory_allocated() if device == "cuda"
-             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        before, after = 0, cpu_peak(lambda: adapter(images, keys=list(range(n_images))))
     print(f"{(after - before) / 2**20:.0f}")
+
+
+def cpu_peak(fn) -> int:
+    """Bytes: the peak of torch's CPU allocations during ``fn()`` above those before it, from
+    the profiler's memory accounting in time order (per operator, so a peak inside one
+    operator is seen at its net)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    total = peak = 0  # each operator's own allocations less its releases, then later releases
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        total += event.self_cpu_memory_usage
+        peak = max(peak, total)
+    return peak
 
 
 def memory(name: str, n_images: int, device: str, chunks=(1, 4, 16, 64)) -> None:
@@ -163,22 +188,23 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after a warm-up")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--memory", action="store_true", help="peak memory per chunk size")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak memory per chunk size, not the speed")
     parser.add_argument("--peak", nargs=3, metavar=("MODEL", "METHOD", "CHUNK"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak:
         return peak(args.peak[0], args.peak[1], int(args.peak[2]), args.images, args.device)
+    if args.memory:
+        for name in args.models:
+            memory(name, args.images if name != "efficientnet-lite0" else 8, args.device)
+        return
     print(f"{args.images} images, {torch.get_num_threads()} threads, device {args.device}; "
           f"images/s fastest of {args.repeats} rounds (median); ratio loop/batched")
     print(f"{'model':19s} {'method':11s} {'loop':>8s}        {'batched':>8s}")
     for name in args.models:
         speed(name, args.images if name != "efficientnet-lite0" else min(args.images, 8),
               args.repeats, args.device)
-    if args.memory:
-        for name in args.models:
-            memory(name, args.images if name != "efficientnet-lite0" else 8, args.device)
-
 
 if __name__ == "__main__":
     main()
