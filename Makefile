@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= offline
 
-.PHONY: setup data report readme notebooks test benchmark lint clean
+.PHONY: setup data report readme notebooks lab test benchmark lint clean
 
 setup: $(VENV)/.installed data
 
@@ -40,6 +40,17 @@ readme: setup
 notebooks: setup
 	$(VENV)/bin/jupytext --sync notebooks/[0-9]*.py
 	$(PY) tools/checked_outputs.py
+
+# JupyterLab at the repository, opened on notebooks/, this venv's Python as the kernel; the
+# repository's settings (.jupyter/lab/settings) open the .py sources as notebooks. More
+# options through LAB_ARGS, e.g. make lab LAB_ARGS="--no-browser --port=8890"; as root (a
+# container) it allows root, which JupyterLab otherwise refuses.
+LAB_ARGS ?=
+lab: setup
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+	  --LabApp.app_settings_dir="$(CURDIR)/.jupyter/lab/settings" \
+	  --LabApp.default_url=/lab/tree/notebooks \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 test: setup
 	$(PY) -m pytest

@@ -3,11 +3,11 @@
 Modules, one per concept: ``docs/architecture.md`` lists them.
 """
 
-import warnings
+from . import progress
 
 __version__ = "0.1.0"
 
-# Without ipywidgets (a papermill kernel, a bare Jupyter) tqdm.auto draws text progress bars
-# instead of widgets, and says so in a warning naming its own site-packages path: noise in
-# every published notebook, asking for nothing the notebooks need.
-warnings.filterwarnings("ignore", message="IProgress not found", module=r"tqdm\.")
+# Before any module of the package imports tqdm.auto: widget bars in JupyterLab and Colab,
+# text bars in papermill and nbval kernels (helpers/progress.py says why).
+if not progress.widgets_render():
+    progress.use_text_bars()

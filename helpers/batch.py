@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -33,7 +34,9 @@ import re
 import signal
 import statistics
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import NamedTuple
 
@@ -145,8 +148,8 @@ def plan(profile_name: str, notebooks: list[Path]) -> list[tuple[Path, dict]]:
         injected = dict(given)
         injected.setdefault("profile", profile_name)
         results_path, figures_dir = paths.notebook_outputs(nb.stem, profile_name)
-        injected.setdefault("results_path", str(results_path))
-        injected.setdefault("figures_dir", str(figures_dir))
+        injected.setdefault("results_path", repo_relative(results_path))
+        injected.setdefault("figures_dir", repo_relative(figures_dir))
         injected = {k: v for k, v in injected.items()
                     if k in valid or k not in RUNNER_PARAMETERS}
         wrong = sorted(set(injected) - set(valid))
@@ -161,6 +164,15 @@ def plan(profile_name: str, notebooks: list[Path]) -> list[tuple[Path, dict]]:
     if errors:
         raise SystemExit(f"Profile file {file} has bad parameters:\n  " + "\n  ".join(errors))
     return jobs
+
+
+def repo_relative(path: Path) -> str:
+    """A path to inject into a notebook: relative to the repository when inside it (the
+    notebook resolves it against the repository, ``paths.resolve``), so that an executed
+    notebook's parameters cell shows no folder of the machine that ran it."""
+    path = Path(path)
+    inside = path.is_absolute() and path.is_relative_to(paths.REPO)
+    return str(path.relative_to(paths.REPO)) if inside else str(path)
 
 
 def record_file(profile_name: str, nb: Path) -> Path:
@@ -214,8 +226,8 @@ def rerun_reason(params: dict, record_path: Path, code: dict) -> str | None:
     successful run holds the same injected parameters and code; else why it must run. The
     runner keeps this record itself, since a notebook need not store every parameter it was
     given (paths, for instance). Corrupt files are moved aside (with a warning) and rerun."""
-    results = Path(params.get("results_path", ""))
-    if not results.is_file() or read_json(results, dict) is None:
+    results = paths.resolve(params["results_path"]) if params.get("results_path") else None
+    if results is None or not results.is_file() or read_json(results, dict) is None:
         return "no results file"
     saved = _recorded(record_path)
     if not saved:
@@ -261,30 +273,34 @@ def summary(profile_name: str, jobs, failures: dict, seconds: dict | None = None
     selected = {nb for nb, _ in jobs} if selected is None else set(selected)
     for nb, injected in jobs:
         parts.append(f"## {nb.stem}")
-        parts += _section(profile_name, nb, Path(injected["results_path"]), failures,
-                          seconds, nb in selected)
+        parts += _section(profile_name, nb, paths.resolve(injected["results_path"]),
+                          failures, seconds, nb in selected)
     return "\n".join(parts)
 
 
 def _section(profile_name: str, nb: Path, file: Path, failures: dict, seconds: dict,
              selected: bool) -> list[str]:
     """A notebook's run time, then its failure or its results; one line if it never ran.
-    A failed run shows no earlier run time: its record was invalidated when it started."""
+    A failed run shows no earlier run time: its record was invalidated when it started. The
+    run time is the results file's (the notebook's own, which the report and the README
+    show too), else the runner's measure."""
     if nb in failures:
         return [f"**Failed**: {failures[nb]}", ""]
     earlier = _recorded(record_file(profile_name, nb)).get("seconds")
     rerun = f"`python -m helpers.batch --profile {profile_name} --only {nb.stem}`"
+    exists = file.exists()
+    if nb not in seconds and earlier is None and not exists:
+        return [f"_Not run yet: {rerun}._", ""]
+    results = read_json(file, dict) if exists else None  # moves a corrupt file aside
+    own = (results or {}).get("seconds")
     lines = []
     if nb in seconds:
-        lines += [f"_Ran in {seconds[nb]:.0f} s._", ""]
+        lines += [f"_Ran in {own or seconds[nb]:.0f} s._", ""]
     elif earlier is not None:
         how = "resumed" if selected else "left out by --only"
-        lines += [f"_Ran in {earlier:.0f} s (an earlier run, {how})._", ""]
-    elif not file.exists():
-        return [f"_Not run yet: {rerun}._", ""]
-    if not file.exists():
+        lines += [f"_Ran in {own or earlier:.0f} s (an earlier run, {how})._", ""]
+    if not exists:
         return lines + ["_(no results file)_", ""]
-    results = read_json(file, dict)
     if results is None:
         return lines + [f"_(its results file was unreadable and is moved aside; run it again: "
                         f"{rerun})_", ""]
@@ -317,8 +333,40 @@ def execute(nb: Path, params: dict, executed: Path, kernel: str,
         record_path.unlink(missing_ok=True)
     start = time.time()
     papermill.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
-                               cwd=str(nb.parent), progress_bar=False)
+                               cwd=str(nb.parent), progress_bar=False,
+                               kernel_manager_class=quiet_kernel_manager())
     return time.time() - start
+
+
+# The longest path of a Unix socket (Linux's sun_path holds 108 bytes with the closing zero).
+SOCKET_PATH_MAX = 107
+
+
+@functools.cache
+def quiet_kernel_manager() -> type:
+    """Jupyter's kernel manager, with which a notebook that succeeds prints nothing of its
+    kernel's: the kernel listens on IPC sockets (files in the temporary folder, named per
+    kernel and removed at shutdown) instead of local TCP ports, about which ipykernel warns
+    "running over TCP without encryption" (TCP all the same on Windows, which has no IPC
+    transport, and where the temporary folder's path is too long for a socket's); and a
+    kernel is shut down by Jupyter's shutdown request without the SIGINT that jupyter_client
+    sends first, which a kernel still inside its last reply logs as "KeyboardInterrupt caught
+    in kernel". A kernel that does not stop is still terminated, then killed; interrupts
+    asked for otherwise (a timeout's, Ctrl-C's ``stop_kernels``) still reach it."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            socket = os.path.join(tempfile.gettempdir(), f"tta-kernel-{uuid.uuid4().hex[:12]}")
+            if os.name == "posix" and len(os.fsencode(socket)) <= SOCKET_PATH_MAX - len("-99"):
+                kwargs = {"transport": "ipc", "ip": socket, **kwargs}
+            super().__init__(**kwargs)
+
+        async def _async_interrupt_kernel(self):
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return QuietKernelManager
 
 
 def execute_on_worker(*args, **kwargs) -> float:
@@ -351,10 +399,11 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 def kernel_environment(local: bool) -> dict:
     """What each kernel's environment gets: the ``TTA_*`` variables, and on this machine the
     runner's thread settings (None: unset, as here); on other machines all the cores its
-    worker may use (a worker runs one notebook at a time)."""
+    worker may use (a worker runs one notebook at a time); and text progress bars, since no
+    frontend renders widgets in an executed notebook (``helpers.progress``)."""
     threads = ({name: os.environ.get(name) for name in THREAD_VARIABLES} if local
                else {"OMP_NUM_THREADS": "auto"})
-    return {**cluster.forwarded_environment(), **threads}
+    return {**cluster.forwarded_environment(), **threads, "TTA_PROGRESS": "text"}
 
 
 def select(planned: list, only: list[str] | None) -> list:
@@ -694,21 +743,31 @@ def _sweep_tables(groups: dict[str, list]) -> list[str]:
                 continue
             for cells in zip(*tables):
                 columns = dict.fromkeys(k for row in cells for k in row)
-                rows.append({"setting": label, **{c: _spread([r.get(c) for r in cells])
+                rows.append({"setting": label, **{c: spread([r.get(c) for r in cells])
                                                   for c in columns}})
         lines += [f"### {title}", "", markdown_table(rows), ""]
     return lines
 
 
-def _spread(values: list):
+def spread(values: list):
     """One column's values over the seeds: the value where they agree, else mean ± sample
-    standard deviation of numbers, else the values joined by " / "."""
+    standard deviation of numbers, else the values joined by " / ". A number that is not
+    finite (NaN: a measure undefined for that run) is left out of the mean and counted
+    (``0.812 ± 0.004 (1 of 3 n/a)``); with at most one finite number left, that number or
+    ``n/a``."""
     if all(v == values[0] for v in values):
         return values[0]
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if len(numbers) == len(values):
-        return f"{statistics.fmean(numbers):.3f} ± {statistics.stdev(numbers):.3f}"
-    return " / ".join(str(v) for v in values)
+    if len(numbers) != len(values):
+        return " / ".join(str(v) for v in values)
+    finite = [v for v in numbers if math.isfinite(v)]
+    missing = f" ({len(numbers) - len(finite)} of {len(numbers)} n/a)" if len(finite) < len(
+        numbers) else ""
+    if not finite:
+        return "n/a"
+    if len(finite) == 1:
+        return f"{finite[0]:.3f}{missing}"
+    return f"{statistics.fmean(finite):.3f} ± {statistics.stdev(finite):.3f}{missing}"
 
 
 # ---------------------------------------------------------------- run

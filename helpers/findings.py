@@ -263,3 +263,82 @@ def agreement_line(model: str, whose: str, score: dict, n_images: int) -> str:
             f"images, the average over the views on {score['marginal']:.3f}, the image itself "
             f"on {score['source']:.3f} (average minus image "
             f"{score['marginal'] - score['source']:+.3f}).")
+
+
+# ---------------------------------------------------------------- calibration
+
+def _calibration_cells(results: list[dict], model: str | None, methods, exclude) -> tuple:
+    """(model, methods in order, {method: cells}) of one model's results on the data sets
+    not in ``exclude``; an unnamed model is the only one the results hold."""
+    models = list(dict.fromkeys(r["model"] for r in results))
+    if model is None and len(models) == 1:
+        model = models[0]
+    if model not in models:
+        raise ValueError(f"model {model!r} is not in the results; choose one of {models}")
+    cells = defaultdict(list)
+    for r in results:
+        if r["model"] == model and r["data"] not in exclude:
+            cells[r["method"]].append(r)
+    order = [m for m in (methods or cells) if m in cells]
+    if not order:
+        raise ValueError(f"none of the methods {list(methods)} ran on {model}; these did: "
+                         f"{list(cells)}")
+    return model, order, cells
+
+
+def _pooled(cells: list[dict], field: str) -> list[np.ndarray]:
+    """A method's per-image values over its data sets as tasks x images arrays, one per group
+    of data sets sharing their images (``_image_groups``)."""
+    by_task = {r["data"]: r for r in cells}
+    values = {t: (correct_per_image(r) if field == "correct" else
+                  np.asarray(r[field], dtype=np.float64)) for t, r in by_task.items()}
+    return [np.stack([values[t] for t in group]) for group in _image_groups(by_task)]
+
+
+def calibration(results: list[dict], model: str | None = None, methods=None,
+                exclude=("clean",), n_bins: int = 15, seed: int = 0) -> list[dict]:
+    """Per method of one model, pooled over its data sets but those in ``exclude`` (the
+    corrupted ones): ECE with its 95% bootstrap interval (``evaluate.ece_with_interval``,
+    images resampled with all their corruptions), its printable ``text`` and the reliability
+    ``bins`` (``evaluate.calibration_bins``). Methods in the order of ``methods``."""
+    from .evaluate import calibration_bins, ece_text, ece_with_interval
+
+    model, order, cells = _calibration_cells(results, model, methods, exclude)
+    rows = []
+    for method in order:
+        confidences, correct = _pooled(cells[method], "confidences"), _pooled(
+            cells[method], "correct")
+        ece = ece_with_interval(confidences, correct, n_bins, seed=seed)
+        rows.append({"model": model, "method": method, "data_sets": len(cells[method]),
+                     **ece, "text": ece_text(ece),
+                     "bins": calibration_bins(np.concatenate([c.ravel() for c in confidences]),
+                                              np.concatenate([c.ravel() for c in correct]),
+                                              n_bins)})
+    return rows
+
+
+def ece_line(row: dict) -> str:
+    """A ``calibration`` row as a sentence: ``**tent** (ResNet): ECE 0.107 (95% CI 0.090 to
+    0.120; 1,300 predictions over 13 data sets)``, or why it is not reported."""
+    where = f"{row['n']:,} predictions over {row['data_sets']} data sets"
+    if row["ece"] is None:
+        return f"**{row['method']}** ({row['model']}): ECE n/a, {row['reason']} ({where})."
+    return (f"**{row['method']}** ({row['model']}): ECE {row['ece']:.3f} (95% CI "
+            f"{row['low']:.3f} to {row['high']:.3f}; {where}).")
+
+
+def confidence_definitions(methods) -> dict[str, str]:
+    """What each method's recorded confidence is, one sentence per method name of the results
+    (``ensemble (vote)`` and the like included): its class's ``confidence``, else the
+    default, a softmax maximum of the predicted logits."""
+    from .tta import METHODS, Adapter
+    from .tta.ensemble import RULE_CONFIDENCE
+
+    found = {}
+    for name in methods:
+        rule = name[len("ensemble ("):-1] if name.startswith("ensemble (") else None
+        if rule in RULE_CONFIDENCE:
+            found[name] = RULE_CONFIDENCE[rule]
+        else:
+            found[name] = getattr(METHODS.get(name), "confidence", Adapter.confidence)
+    return found

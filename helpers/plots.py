@@ -345,3 +345,45 @@ def changes(rows, title: str = "", panel: str = "model", label: str = "method"):
         fig.suptitle(textwrap.fill(title, 30 * len(panels) + 40), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def reliability_diagram(results: list[dict], methods=None, model: str | None = None,
+                        n_bins: int = 15, exclude=("clean",), ncols: int = 4):
+    """Reliability diagrams of one model's methods side by side (in the order of
+    ``methods``), pooled over its data sets but ``exclude`` (the corrupted ones): per
+    confidence bin the accuracy (bars) against the diagonal of perfect calibration, and
+    below, how many predictions fall in each bin. Each panel's title gives the method's ECE
+    with its 95% interval (``findings.calibration``, the numbers drawn here)."""
+    from .findings import calibration
+
+    rows = calibration(results, model, methods, exclude, n_bins)
+    ncols = min(ncols, len(rows))
+    nrows = -(-len(rows) // ncols)
+    fig = plt.figure(figsize=(3.0 * ncols, 3.6 * nrows))
+    outer = fig.add_gridspec(nrows, ncols, hspace=0.55, wspace=0.3)
+    width = 1 / n_bins
+    for i, row in enumerate(rows):
+        inner = outer[i // ncols, i % ncols].subgridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+        top, bottom = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
+        lows = [b["lower"] for b in row["bins"]]
+        accuracy = [b["accuracy"] or 0.0 for b in row["bins"]]
+        top.bar(lows, accuracy, width=width, align="edge", color="tab:blue", edgecolor="white",
+                label="accuracy")
+        top.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="calibrated")
+        top.set(xlim=(0, 1), ylim=(0, 1), xticklabels=[])
+        top.set_title(f"{row['method']}\n" + textwrap.fill(f"ECE {row['text']}", 40),
+                      fontsize=8)
+        bottom.bar(lows, [b["count"] for b in row["bins"]], width=width, align="edge",
+                   color="tab:grey")
+        bottom.set(xlim=(0, 1))
+        bottom.set_xlabel("confidence", fontsize=8)
+        if i % ncols == 0:
+            top.set_ylabel("accuracy", fontsize=8)
+            bottom.set_ylabel("images", fontsize=8)
+        for ax in (top, bottom):
+            ax.tick_params(labelsize=7)
+    data_sets = max(r["data_sets"] for r in rows)
+    fig.suptitle(f"Reliability: {rows[0]['model']}\n{n_bins} confidence bins, pooled over "
+                 f"{data_sets} data sets" + (f" (without {', '.join(exclude)})" if exclude
+                                              else ""), fontsize=9)
+    return fig

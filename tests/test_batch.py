@@ -254,3 +254,61 @@ def test_markdown_table_exact():
         "| tent | n/a | n/a | n/a |\n"
         "| zero | 0.0025 | 0.000 | n/a |")
     assert batch.markdown_table([]) == "_(no rows)_"
+
+
+def test_sweep_spread_reports_values_that_are_not_finite_as_na():
+    nan, inf = float("nan"), float("inf")
+    assert batch.spread([0.5, 0.7, nan]) == "0.600 ± 0.141 (1 of 3 n/a)"
+    assert batch.spread([0.5, inf]) == "0.500 (1 of 2 n/a)"
+    assert batch.spread([nan, nan]) == "n/a"
+    assert batch.spread([0.5, 0.7]) == "0.600 ± 0.141"
+    assert batch.spread([3, 3]) == 3 and batch.spread(["a", nan]) == "a / nan"
+
+
+def test_a_successful_smoke_run_prints_no_kernel_warning_or_interrupt(tmp_path, monkeypatch,
+                                                                      capfd):
+    """Notebook 05 at its smoke defaults through the runner (about a minute): the kernel
+    talks over IPC sockets, which it removes, and is shut down without a SIGINT."""
+    for attr in ("RESULTS", "RUNS", "FIGURES"):
+        monkeypatch.setattr(paths, attr, tmp_path / attr.lower())
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the workers' kernels put their sockets
+    assert batch.run("smoke", only=["05"]) == 0
+    printed = "".join(capfd.readouterr())
+    assert "ok   05_transfer_cuts_clustering" in printed
+    assert "without encryption" not in printed and "KeyboardInterrupt" not in printed
+    assert not list(tmp_path.glob("tta-kernel-*"))  # removed at shutdown
+
+
+def test_kernels_talk_over_ipc_sockets_named_per_kernel():
+    made = [batch.quiet_kernel_manager()(kernel_name="python3") for _ in range(2)]
+    assert [km.transport for km in made] == ["ipc", "ipc"] and made[0].ip != made[1].ip
+
+
+def test_kernels_are_shut_down_without_an_interrupt(monkeypatch):
+    import asyncio
+    import signal
+
+    from jupyter_client.manager import KernelManager
+
+    sent = []
+    send = KernelManager._async_signal_kernel
+
+    async def recorded(km, signum):
+        sent.append((signum, km.shutting_down))
+        await send(km, signum)
+
+    monkeypatch.setattr(KernelManager, "_async_signal_kernel", recorded)
+
+    async def session():
+        km = batch.quiet_kernel_manager()(kernel_name="python3")
+        await km.start_kernel()
+        client = km.client()
+        client.start_channels()
+        await client.wait_for_ready(timeout=60)
+        client.stop_channels()
+        await km.interrupt_kernel()  # asked for: sent
+        await km.shutdown_kernel()  # jupyter_client's own sends SIGINT first; this one does not
+        return await km.is_alive()
+
+    assert asyncio.run(session()) is False
+    assert sent == [(signal.SIGINT, False)]

@@ -21,9 +21,18 @@ def test_requirements_and_pyproject_name_the_same_packages():
               if line.strip() and not line.startswith("#")}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = {_name(r) for r in project["dependencies"]}
-    test_extra = {_name(r) for r in project["optional-dependencies"]["test"]}
-    assert declared | test_extra == pinned
-    assert not declared & test_extra
+    extras = {extra: {_name(r) for r in requirements}
+              for extra, requirements in project["optional-dependencies"].items()}
+    assert declared | set().union(*extras.values()) == pinned
+    assert not any(declared & names for names in extras.values())
+
+
+def test_jupyterlab_comes_as_an_extra_not_with_the_package():
+    """`pip install tta-helpers` (Colab) stays slim; `tta-helpers[lab]` brings JupyterLab,
+    the jupytext extension that opens the .py sources as notebooks, and widget bars."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lab = {_name(r) for r in project["optional-dependencies"]["lab"]}
+    assert lab == {"jupyterlab", "ipywidgets", "jupytext"}
 
 
 def test_conda_environment_installs_the_requirements_and_the_package():

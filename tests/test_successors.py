@@ -1,6 +1,7 @@
 """Zero, TDA, EATA and SAR: each method's defining step against a hand-computed case, and their
 resets (episodic methods restore bit for bit, TDA empties its caches, the online methods go
-back to the source weights and a fresh optimizer)."""
+back to the source weights and a fresh optimizer), and SAR's recovery as the authors' code runs
+it (source weights, SGD's momentum kept)."""
 
 import copy
 import math
@@ -82,20 +83,26 @@ def test_zero_votes_for_the_most_frequent_class_among_the_confident_views():
     assert torch.isfinite(log_p).all()  # classes without a vote keep a finite logit
 
 
-def test_zero_breaks_a_tie_by_the_first_later_view_in_batch_order():
-    # keep 2: rows 3 (class 0) and 1 (class 1) tie. The authors scan the views from index
-    # keep = 2 on, in the batch's order: row 2 votes class 2 (not tied), row 3 class 0.
+def test_zero_breaks_a_tie_by_the_first_non_kept_view_in_confidence_order():
+    # keep 2: rows 3 (class 0) and 1 (class 1) tie. The authors (after their "bugfix
+    # greedy_break") scan the views not kept in confidence order: row 0 (class 0, margin 5)
+    # comes first, so class 0 wins, with half a vote more.
     log_p = zero_vote(VIEW_LOGITS, keep=2)
     assert int(log_p.argmax()) == 0
     mean_probs = VIEW_LOGITS[[3, 1]].softmax(-1).mean(0)
     expected = (torch.tensor([1.5, 1.0, 0, 0]) + 0.5 * mean_probs) / 3.0  # 2 + 0.5 + 0.5
     assert torch.allclose(log_p.exp(), expected, atol=1e-7)
-    # the order decides, not the confidence: a weak class-1 view at index 2 makes class 1 win
-    # although class 0's kept view is the more confident
+    # the batch's order no longer decides: a weak class-1 view at index 2 (first after the
+    # kept ones in the batch, the old rule's winner) loses to row 0, the more confident
     reordered = VIEW_LOGITS.clone()
     reordered[2] = torch.tensor([0, 0.1, 0, 0])
-    assert int(zero_vote(reordered, keep=2).argmax()) == 1
-    # no later view votes for a tied class: the tied class with the higher mean probability
+    assert int(zero_vote(reordered, keep=2).argmax()) == 0
+    # the confidence order decides: a class-1 view of margin 4 (row 5) ranks before row 0's
+    # class-0 view of margin 1, although row 0 comes first in the batch
+    by_confidence = VIEW_LOGITS.clone()
+    by_confidence[0], by_confidence[5] = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 4.0, 0, 0])
+    assert int(zero_vote(by_confidence, keep=2).argmax()) == 1
+    # no view left out votes for a tied class: the tied class with the higher mean probability
     no_match = VIEW_LOGITS.clone()
     no_match[2:] = torch.tensor([0, 0, 0.1, 0])
     no_match[2] = torch.tensor([0, 0, 0, 4.0])  # keep the two ties the most confident
@@ -104,16 +111,18 @@ def test_zero_breaks_a_tie_by_the_first_later_view_in_batch_order():
 
 
 def authors_zero(logits, keep):
-    """FarinaMatteo/zero ``Zero.zero`` written out: the vote counts at temperature eps, ties
-    broken greedily over ``logits[keep:]``; None where that finds no tied class."""
+    """FarinaMatteo/zero ``Zero.zero`` written out (after their "bugfix greedy_break"): the
+    vote counts at temperature eps, ties broken greedily over the views not kept in
+    confidence order (``l[sorted_idx][k:]``); None where that finds no tied class."""
     probs = logits.softmax(1)
     ent = -(probs * probs.log()).sum(1)
-    kept = logits[torch.argsort(ent)[:keep]]
+    order = torch.argsort(ent)
+    kept = logits[order[:keep]]
     p_bar = (kept / torch.finfo(kept.dtype).eps).softmax(1).sum(0)
     best, pred = torch.max(p_bar, dim=-1)
     ties = [int(pred)] + [i for i in range(len(p_bar)) if i != pred and p_bar[i] == best]
     if len(ties) > 1:
-        matches = [int(p) for p in logits[keep:].argmax(1) if int(p) in ties]
+        matches = [int(p) for p in logits[order][keep:].argmax(1) if int(p) in ties]
         return matches[0] if matches else None
     return int(pred)
 
@@ -403,10 +412,11 @@ def test_sar_step_is_a_hand_written_sam_step(tiny_cnn, images, rho):
             p.add_(g * (rho / (norm + 1e-12)))  # w + e(w)
     second = entropy_of(reference(images)).float()[reliable]
     still = second < margin  # the climb raises the entropy: some fall out of E_0
-    if rho > 0.1:  # none left: no step, back at w exactly, nothing averaged
-        assert not still.any()
+    if rho > 0.1:  # none left: back at w, nothing averaged; SGD steps on zero gradients as the
+        assert not still.any()  # authors' code does, which moves nothing on the first step
         assert all(torch.equal(p, w) for p, w in zip(sar.params, source))
         assert sar.loss_average is None and sar.counters["steps"] == 0
+        assert sar.counters["momentum_steps"] == 1
         return
     assert 0 < still.sum() < 4 and sar.counters["steps"] == 1
     g2 = torch.autograd.grad(second[still].mean(), params)
@@ -417,9 +427,13 @@ def test_sar_step_is_a_hand_written_sam_step(tiny_cnn, images, rho):
     assert sar.loss_average == pytest.approx(second[still].mean().item(), rel=1e-5)
 
 
-def test_sar_recovers_the_source_model_when_the_loss_average_collapses(tiny_cnn, images):
+def momentum(sar):
+    return [sar.optimizer.state[p]["momentum_buffer"].clone() for p in sar.params]
+
+
+def test_sar_recovery_without_the_authors_quirks_starts_a_fresh_optimizer(tiny_cnn, images):
     source = state(tiny_cnn)
-    sar = Sar(tiny_cnn, e_margin=10.0, lr=0.5)
+    sar = Sar(tiny_cnn, e_margin=10.0, lr=0.5, as_authors=False)
     sar(images[:3])
     assert not all(torch.equal(v, source[k]) for k, v in tiny_cnn.state_dict().items())
     assert sar.loss_average is not None and sar.counters["recoveries"] == 0
@@ -428,6 +442,46 @@ def test_sar_recovers_the_source_model_when_the_loss_average_collapses(tiny_cnn,
     assert sar.counters["recoveries"] == 1 and sar.loss_average is None
     assert_same_state(tiny_cnn, source)
     assert len(sar.optimizer.state) == 0
+    sar.e_margin = 0.0  # no sample reliable: no step at all (the forward moves batch-norm
+    sar(images[:3])  # running statistics, which SAR never uses, only)
+    assert all(torch.equal(p, source[k]) for k, p in tiny_cnn.named_parameters())
+    assert sar.counters["momentum_steps"] == 0
+
+
+def test_sar_steps_on_the_momentum_when_no_sample_is_reliable(tiny_cnn, images):
+    sar = Sar(tiny_cnn, e_margin=10.0, lr=0.5)
+    sar(images[:3])
+    w1, buf1 = [p.detach().clone() for p in sar.params], momentum(sar)
+    sar.e_margin = 0.0  # no entropy is below 0: the authors' loss is NaN, its gradients zero
+    sar(images[3:])
+    assert sar.counters["steps"] == 1 and sar.counters["momentum_steps"] == 1
+    for p, w, b, b2 in zip(sar.params, w1, buf1, momentum(sar)):
+        assert torch.allclose(b2, 0.9 * b, atol=0, rtol=1e-6)  # buffer <- 0.9 buffer + 0
+        assert torch.allclose(p, w - 0.5 * 0.9 * b, atol=1e-7)  # w <- w - lr * buffer
+    assert sar.counters["recoveries"] == 0
+
+
+def test_sar_recovery_keeps_the_momentum_and_loss_average_as_the_authors_code(tiny_cnn, images):
+    source = state(tiny_cnn)
+    sar = Sar(tiny_cnn, e_margin=10.0, lr=0.5)
+    sar(images[:3])
+    buf1 = momentum(sar)
+    sar.e_margin, sar.loss_average = 0.0, 0.1  # no reliable sample; the average stays 0.1
+    sar(images[3:])  # steps on the momentum, then recovers: source weights, momentum kept
+    assert sar.counters["recoveries"] == 1 and sar.counters["momentum_steps"] == 1
+    assert_same_state(tiny_cnn, source)
+    for b, b2 in zip(buf1, momentum(sar)):
+        assert torch.allclose(b2, 0.9 * b, atol=0, rtol=1e-6)
+    assert sar.loss_average == 0.1  # their reset's None is overwritten by forward
+    sar(images[3:])  # the average is still below 0.2: another recovery
+    assert sar.counters["recoveries"] == 2
+    assert_same_state(tiny_cnn, source)
+    sar.loss_average = None  # no recovery now: the kept momentum moves the source weights
+    source_params = [p.detach().clone() for p in sar.params]
+    sar(images[3:])
+    assert sar.counters["recoveries"] == 2
+    for p, w, b in zip(sar.params, source_params, buf1):
+        assert torch.allclose(p, w - 0.5 * 0.9 ** 3 * b, atol=1e-7)
 
 
 def test_sar_leaves_out_the_top_blocks_and_final_norm():
@@ -438,11 +492,14 @@ def test_sar_leaves_out_the_top_blocks_and_final_norm():
     skipped = top_layers(model)
     assert skipped == ["backbone.visual.transformer.resblocks.9",
                        "backbone.visual.transformer.resblocks.10",
-                       "backbone.visual.transformer.resblocks.11", "backbone.visual.ln_post"]
+                       "backbone.visual.transformer.resblocks.11"]
     names = {id(p): n for n, p in model.named_parameters()}
     chosen = [names[id(p)] for p in sar_parameters(model)]
-    assert len(chosen) == 2 + 9 * 4  # ln_pre and blocks 0-8's ln_1 and ln_2
-    assert not any(s in n for n in chosen for s in ("resblocks.9.", "resblocks.11.", "ln_post"))
+    blocks = [f"backbone.visual.transformer.resblocks.{i}.ln_{j}.{w}" for i in range(9)
+              for j in (1, 2) for w in ("weight", "bias")]
+    # the authors' collect_params: every norm but names containing blocks.9-11, norm. or = norm
+    assert chosen == (["backbone.visual.ln_pre.weight", "backbone.visual.ln_pre.bias"] + blocks
+                      + ["backbone.visual.ln_post.weight", "backbone.visual.ln_post.bias"])
 
     class TimmLike(nn.Module):  # timm's ViT: ``blocks`` and a final ``norm``
         def __init__(self):

@@ -27,6 +27,17 @@ from .base import Adapter
 from .norm import entropy
 
 RULES = ("mean", "temperature", "entropy", "vote")
+# What an ensemble's recorded confidence is under each rule (the highest probability of the
+# distribution ``combine`` returns).
+RULE_CONFIDENCE = {
+    "mean": "the highest of the members' averaged softmax probabilities",
+    "temperature": "the highest of the members' averaged softmax probabilities, each member's "
+                   "logits divided by its temperature fitted on held-out images",
+    "entropy": "the highest of the members' softmax probabilities averaged with weights "
+               "exp(-entropy) per image",
+    "vote": "the predicted class's (votes + members' mean probability) / (members + 1): close "
+            "to the share of members voting for it",
+}
 
 
 def combine(logits: torch.Tensor, rule: str = "mean", temperatures=None) -> torch.Tensor:
@@ -113,6 +124,10 @@ class Ensemble(Adapter):
         super().__init__(next(iter(members.values())).model, seed)
         self.members, self.rule = members, rule
         self.temperatures = list(temperatures) if temperatures is not None else None
+
+    @property
+    def confidence(self) -> str:
+        return RULE_CONFIDENCE[self.rule]
 
     def forward(self, images, keys):
         logits = torch.stack([m(images, keys).float() for m in self.members.values()])

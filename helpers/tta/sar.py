@@ -9,8 +9,21 @@ Entropy minimisation of the normalisation layers' affine parameters, online, mad
   again by E_0, take the gradient of their mean entropy, go back to w and let SGD step with
   that gradient;
 - model recovery: an exponential moving average (0.9) of the second loss; when it falls
-  below 0.2 (a sign of collapse onto few classes) the model and optimizer go back to the
-  source state.
+  below 0.2 (a sign of collapse onto few classes) the model goes back to the source weights.
+
+As the authors' code runs (``as_authors=True``, the default), three details differ from what its
+comments intend, and are kept so that results compare with the paper's:
+
+- a recovery keeps SGD's momentum: their ``reset`` reloads the state saved at the start from
+  the SAM wrapper, whose state holds no momentum (the buffers live in the wrapped SGD);
+- a recovery keeps the loss average: ``reset`` sets it to None, then ``SAR.forward`` writes the
+  value from before the recovery back, so recovery repeats while the average stays below 0.2;
+- a batch with no reliable sample (at the first or the second filter) still lets SGD step: the
+  mean of no entropies is NaN (kept out of the average), its gradients are zeros, and the step
+  moves the weights by the momentum alone.
+
+``as_authors=False`` gives what the comments intend: a recovery starts a fresh optimizer and
+loss average, and a batch without a reliable sample leaves the weights alone.
 """
 
 from __future__ import annotations
@@ -30,12 +43,13 @@ def top_layers(model: nn.Module) -> list[str]:
     """Names of the modules whose norm layers SAR leaves alone: the authors skip ResNets'
     ``layer4`` and ViT-Base's blocks 9-11 and final norm (``collect_params``). Generalised
     here as the last quarter (rounded down) of a transformer's ``blocks`` / ``resblocks``
-    list and the norm after them (timm's ``norm``, CLIP's ``ln_post``). Other models (the
-    small CNN, EfficientNet-Lite0) adapt every norm layer: the authors give no rule for them."""
+    list and the norm after them in the same module (timm's ``norm``; CLIP's ``ln_post`` is
+    not skipped, as the authors' name rule adapts it). Other models (the small CNN,
+    EfficientNet-Lite0) adapt every norm layer: the authors give no rule for them."""
     skipped = []
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
-        if leaf == "layer4" or leaf == "ln_post":
+        if leaf == "layer4":
             skipped.append(name)
         elif leaf in ("blocks", "resblocks") and isinstance(module, (nn.Sequential,
                                                                      nn.ModuleList)):
@@ -61,24 +75,25 @@ class Sar(OnlineNormAdapter):
     architecture (``eata.paper_lr``: 0.00025 for batch/group-norm CNNs, 0.001 for ViTs, at
     batch size 64), one two-step update per test batch, online. ``params="sar"`` (default) is
     the authors' choice of norm layers (``sar_parameters``); ``"norm"`` or ``"all"`` as for
-    Tent. ``counters`` count reliable samples, steps taken and recoveries. ``lr_scale``
-    multiplies the learning rate, as for EATA.
-
-    When no sample of a batch is reliable (first or second filter) the step is skipped; the
-    authors' code then takes the mean of an empty tensor (NaN, kept out of the average) and
-    still lets SGD step on zero gradients, which moves the weights by the momentum alone."""
+    Tent. ``counters`` count reliable samples, steps taken with a loss (``steps``), steps on
+    the momentum alone (``momentum_steps``, batches without a reliable sample) and recoveries.
+    ``lr_scale`` multiplies the learning rate, as for EATA. ``as_authors`` (default True):
+    recovery and batches without a reliable sample as the authors' code runs them (see the
+    module's docstring); False for what its comments intend."""
 
     name = "sar"
 
     def __init__(self, model, e_margin: float | None = None, rho: float = 0.05,
                  reset_threshold: float = 0.2, lr: float | None = None, momentum: float = 0.9,
-                 params: str = "sar", seed: int = 0, lr_scale: float = 1.0):
+                 params: str = "sar", seed: int = 0, lr_scale: float = 1.0,
+                 as_authors: bool = True):
         chosen = sar_parameters(model) if params == "sar" else params
         super().__init__(model, chosen, "sgd", lr_scale * (paper_lr(model) if lr is None
                                                             else lr), momentum, seed=seed)
         self.params_choice = params
         self.e_margin = entropy_margin(model, e_margin)
         self.rho, self.reset_threshold = rho, reset_threshold
+        self.as_authors = as_authors
         self.loss_average = None
 
     @torch.no_grad()
@@ -98,9 +113,20 @@ class Sar(OnlineNormAdapter):
         entropies = entropy(logits)
         reliable = entropies < self.e_margin
         self.counters["reliable"] += int(reliable.sum())
-        if not reliable.any():
-            return
         self.optimizer.zero_grad(set_to_none=True)
+        if reliable.any():
+            self.sam_step(images, entropies, reliable)
+        elif self.as_authors:
+            self.momentum_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.loss_average is not None and self.loss_average < self.reset_threshold:
+            self.recover()
+
+    def sam_step(self, images: torch.Tensor, entropies: torch.Tensor,
+                 reliable: torch.Tensor) -> None:
+        """Climb to w + e(w), take the gradient of the samples still reliable there, come back
+        to w and step with it; with none still reliable, step on the momentum (as_authors) or
+        not at all."""
         entropies[reliable].mean().backward()
         saved = self.climb()
         self.optimizer.zero_grad(set_to_none=True)
@@ -118,14 +144,25 @@ class Sar(OnlineNormAdapter):
         if len(second):
             self.optimizer.step()
             self.counters["steps"] += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.loss_average is not None and self.loss_average < self.reset_threshold:
-            self.recover()
+        elif self.as_authors:
+            self.momentum_step()
+
+    def momentum_step(self) -> None:
+        """SGD's step on zero gradients: w <- w - lr * momentum * buffer (nothing before the
+        first real step), as the authors' code does with the NaN loss of no reliable sample."""
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        self.optimizer.step()
+        self.counters["momentum_steps"] += 1
 
     def recover(self) -> None:
-        """Back to the source weights and a fresh optimizer (the authors' ``reset``)."""
+        """Back to the source weights (the authors' ``reset``). As the authors' code runs, SGD's
+        momentum and the loss average carry over; otherwise both start afresh."""
+        kept = dict(self.optimizer.state) if self.as_authors else {}
         self.restore()
-        self.loss_average = None
+        self.optimizer.state.update(kept)
+        if not self.as_authors:
+            self.loss_average = None
         self.counters["recoveries"] += 1
 
     def reset(self) -> None:
@@ -135,4 +172,5 @@ class Sar(OnlineNormAdapter):
     def config(self) -> dict:
         return {**super().config(), "params": self.params_choice
                 if isinstance(self.params_choice, str) else "given", "rho": self.rho,
-                "e_margin": self.e_margin, "reset_threshold": self.reset_threshold}
+                "e_margin": self.e_margin, "reset_threshold": self.reset_threshold,
+                "as_authors": self.as_authors}

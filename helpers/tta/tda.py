@@ -98,6 +98,9 @@ class Tda(Adapter):
     Needs a CLIP classifier (``clip_classifier``): the image features and the zero-shot head
     (the model's own class text features and logit scale)."""
 
+    confidence = ("the highest softmax probability of its combined logits: CLIP's zero-shot "
+                  "logits plus the positive cache's affinities minus the negative cache's")
+
     name = "tda"
 
     def __init__(self, model, shot_capacity: int = 3, alpha: float = 2.0, beta: float = 5.0,
