@@ -747,8 +747,9 @@ def _transfer_evidence(gains: list[dict]) -> dict:
                            f"mean gain {near:+.3f} within one data set, {far:+.3f} across data "
                            "sets (every setting, cut and fraction)", None)
     else:
-        out["distance"] = (None, "not measured: this run's series are all "
-                                 f"{'within one' if same.all() else 'across'} data set(s)", None)
+        out["distance"] = (None, "not measured: this run's series all stay "
+                                 f"{'within one data set' if same.all() else 'across data sets'}",
+                           None)
     trained = df[df["variant"].str.endswith("/trainable")]
     if len(trained):
         full = trained[trained["fraction"] == trained["fraction"].max()]
