@@ -343,13 +343,15 @@ def step_memory_and_time(rows, title: str = ""):
 
 def accuracy_vs_cost(rows, title: str = ""):
     """Test accuracy of each tuning mode against its trainable parameters (log scale) and
-    its peak training-step memory, one colour per data set."""
+    its training memory: the total (weights, optimizer state and the step's peak) where the
+    rows have ``total_mb``, else the step's peak; one colour per data set."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
+    memory = ("total_mb", "training memory (MB): weights, optimizer, step peak") \
+        if "total_mb" in df else ("peak_mb", "peak step memory (MB)")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, x, label in ((axes[0], "trainable", "trainable parameters"),
-                         (axes[1], "peak_mb", "peak step memory (MB)")):
+    for ax, x, label in ((axes[0], "trainable", "trainable parameters"), (axes[1], *memory)):
         sns.scatterplot(data=df, x=x, y="accuracy", hue="data", style="mode", s=70, ax=ax,
                         legend=ax is axes[1])
         ax.set(xlabel=label, ylabel="test accuracy")
