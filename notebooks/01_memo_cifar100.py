@@ -74,6 +74,10 @@ photo_batch_size = 8
 # on the stand-ins whose MEMO uses a BN prior: how much of MEMO's change the prior alone makes.
 memo_prior_only = True
 photo_models = []  # e.g. ["efficientnet-lite0"]: also run on the corrupted real photos
+# photos (26, shipped in packages) | imagenet-sample (1,000 ImageNet photos, their 800 test
+# ones; where absent the photo section is skipped with a note)
+photo_dataset = "photos"
+photo_images = None  # photos per task (None: all)
 photo_corruptions = None  # the photos' corruptions (None: the same as `corruptions`)
 agreement_images = 32  # images per data set for the views-without-adaptation diagnostic
 seed = 0
@@ -102,7 +106,8 @@ run = start("01_memo_cifar100", dict(
     methods=methods, memo=memo, memo_per_model=memo_per_model, tent=tent, eata=eata,
     eata_per_model=eata_per_model, sar=sar, successor_lr_factors=successor_lr_factors,
     batch_size=batch_size, photo_batch_size=photo_batch_size, memo_prior_only=memo_prior_only,
-    photo_models=photo_models, photo_corruptions=photo_corruptions,
+    photo_models=photo_models, photo_dataset=photo_dataset, photo_images=photo_images,
+    photo_corruptions=photo_corruptions,
     agreement_images=agreement_images,
     seed=seed), results_path, figures_dir)
 
@@ -114,10 +119,14 @@ run = start("01_memo_cifar100", dict(
 # %%
 test_set = data.load_dataset(dataset, root=data_root, download=download)
 tasks = data.corruption_suite(test_set, corruptions, severity, n_images, seed, include_clean)
+photo_sets = {name: data.load_available(photo_dataset, download=download, size=photo_size(name))
+              for name in photo_models}
+if any(note for _, note in photo_sets.values()):
+    display(Markdown(next(note for _, note in photo_sets.values() if note)))
+    photo_models = []
 photo_tasks = {name: data.corruption_suite(
-    data.load_dataset("photos", size=photo_size(name)),
-    corruptions if photo_corruptions is None else photo_corruptions, severity, None, seed,
-    include_clean) for name in photo_models}
+    photo_sets[name][0], corruptions if photo_corruptions is None else photo_corruptions,
+    severity, photo_images, seed, include_clean) for name in photo_models}
 print(test_set.description)
 
 # %%
