@@ -403,7 +403,9 @@ def reliability_diagram(results: list[dict], methods=None, model: str | None = N
     ncols = min(ncols, len(rows))
     nrows = -(-len(rows) // ncols)
     fig = plt.figure(figsize=(3.0 * ncols, 3.6 * nrows))
-    outer = fig.add_gridspec(nrows, ncols, hspace=0.55, wspace=0.3)
+    # Half an inch above the first row for its panels' titles; the figure's title above that.
+    outer = fig.add_gridspec(nrows, ncols, hspace=0.55, wspace=0.3,
+                             top=1 - 0.5 / (3.6 * nrows))
     width = 1 / n_bins
     for i, row in enumerate(rows):
         inner = outer[i // ncols, i % ncols].subgridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
@@ -428,5 +430,5 @@ def reliability_diagram(results: list[dict], methods=None, model: str | None = N
     data_sets = max(r["data_sets"] for r in rows)
     fig.suptitle(f"Reliability: {rows[0]['model']}\n{n_bins} confidence bins, pooled over "
                  f"{data_sets} data sets" + (f" (without {', '.join(exclude)})" if exclude
-                                              else ""), fontsize=9)
+                                              else ""), fontsize=9, y=1.0, va="bottom")
     return fig
