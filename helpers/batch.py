@@ -148,8 +148,8 @@ def plan(profile_name: str, notebooks: list[Path]) -> list[tuple[Path, dict]]:
         injected = dict(given)
         injected.setdefault("profile", profile_name)
         results_path, figures_dir = paths.notebook_outputs(nb.stem, profile_name)
-        injected.setdefault("results_path", str(results_path))
-        injected.setdefault("figures_dir", str(figures_dir))
+        injected.setdefault("results_path", repo_relative(results_path))
+        injected.setdefault("figures_dir", repo_relative(figures_dir))
         injected = {k: v for k, v in injected.items()
                     if k in valid or k not in RUNNER_PARAMETERS}
         wrong = sorted(set(injected) - set(valid))
@@ -164,6 +164,15 @@ def plan(profile_name: str, notebooks: list[Path]) -> list[tuple[Path, dict]]:
     if errors:
         raise SystemExit(f"Profile file {file} has bad parameters:\n  " + "\n  ".join(errors))
     return jobs
+
+
+def repo_relative(path: Path) -> str:
+    """A path to inject into a notebook: relative to the repository when inside it (the
+    notebook resolves it against the repository, ``paths.resolve``), so that an executed
+    notebook's parameters cell shows no folder of the machine that ran it."""
+    path = Path(path)
+    inside = path.is_absolute() and path.is_relative_to(paths.REPO)
+    return str(path.relative_to(paths.REPO)) if inside else str(path)
 
 
 def record_file(profile_name: str, nb: Path) -> Path:
@@ -217,8 +226,8 @@ def rerun_reason(params: dict, record_path: Path, code: dict) -> str | None:
     successful run holds the same injected parameters and code; else why it must run. The
     runner keeps this record itself, since a notebook need not store every parameter it was
     given (paths, for instance). Corrupt files are moved aside (with a warning) and rerun."""
-    results = Path(params.get("results_path", ""))
-    if not results.is_file() or read_json(results, dict) is None:
+    results = paths.resolve(params["results_path"]) if params.get("results_path") else None
+    if results is None or not results.is_file() or read_json(results, dict) is None:
         return "no results file"
     saved = _recorded(record_path)
     if not saved:
@@ -264,30 +273,34 @@ def summary(profile_name: str, jobs, failures: dict, seconds: dict | None = None
     selected = {nb for nb, _ in jobs} if selected is None else set(selected)
     for nb, injected in jobs:
         parts.append(f"## {nb.stem}")
-        parts += _section(profile_name, nb, Path(injected["results_path"]), failures,
-                          seconds, nb in selected)
+        parts += _section(profile_name, nb, paths.resolve(injected["results_path"]),
+                          failures, seconds, nb in selected)
     return "\n".join(parts)
 
 
 def _section(profile_name: str, nb: Path, file: Path, failures: dict, seconds: dict,
              selected: bool) -> list[str]:
     """A notebook's run time, then its failure or its results; one line if it never ran.
-    A failed run shows no earlier run time: its record was invalidated when it started."""
+    A failed run shows no earlier run time: its record was invalidated when it started. The
+    run time is the results file's (the notebook's own, which the report and the README
+    show too), else the runner's measure."""
     if nb in failures:
         return [f"**Failed**: {failures[nb]}", ""]
     earlier = _recorded(record_file(profile_name, nb)).get("seconds")
     rerun = f"`python -m helpers.batch --profile {profile_name} --only {nb.stem}`"
+    exists = file.exists()
+    if nb not in seconds and earlier is None and not exists:
+        return [f"_Not run yet: {rerun}._", ""]
+    results = read_json(file, dict) if exists else None  # moves a corrupt file aside
+    own = (results or {}).get("seconds")
     lines = []
     if nb in seconds:
-        lines += [f"_Ran in {seconds[nb]:.0f} s._", ""]
+        lines += [f"_Ran in {own or seconds[nb]:.0f} s._", ""]
     elif earlier is not None:
         how = "resumed" if selected else "left out by --only"
-        lines += [f"_Ran in {earlier:.0f} s (an earlier run, {how})._", ""]
-    elif not file.exists():
-        return [f"_Not run yet: {rerun}._", ""]
-    if not file.exists():
+        lines += [f"_Ran in {own or earlier:.0f} s (an earlier run, {how})._", ""]
+    if not exists:
         return lines + ["_(no results file)_", ""]
-    results = read_json(file, dict)
     if results is None:
         return lines + [f"_(its results file was unreadable and is moved aside; run it again: "
                         f"{rerun})_", ""]

@@ -152,17 +152,19 @@ def anchor_lines(table) -> list[str]:
     comparing the direction of its change over Source (the same model, data set and metric)
     offline with the published change: "same direction", "opposite", or "not comparable
     because ..." (no Source row, no published or offline number, a missing column). Error is
-    lower-is-better, accuracy higher. The numbers come from ``table.attrs["rows"]`` when the
-    table keeps them, else from the formatted cells."""
+    lower-is-better, accuracy higher. The numbers come from ``table.attrs["rows"]`` (by the
+    table's index, so a filtered table keeps its rows' numbers) when the table keeps them,
+    else from the formatted cells."""
     records = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
     if not records:
         return ["No published number anchors this notebook."]
     columns = {field: _column(records[0], names) for field, names in COLUMNS.items()}
     if not columns["method"]:
         return ["Not comparable because the anchor table has no method column."]
-    kept = getattr(table, "attrs", {}).get("rows")
-    rows = [_anchor_row(r, columns, kept[i] if kept and len(kept) == len(records) else None)
-            for i, r in enumerate(records)]
+    kept = getattr(table, "attrs", {}).get("rows") or []
+    index = list(table.index) if hasattr(table, "index") else range(len(records))
+    rows = [_anchor_row(r, columns, kept[i] if isinstance(i, int) and i < len(kept) else None)
+            for i, r in zip(index, records)]
     return [_anchor_line(row, _source_of(row, rows)) for row in rows
             if row["method"].lower() != "source"]
 
@@ -187,7 +189,8 @@ def _anchor_row(record: dict, columns: dict, numbers: dict | None) -> dict:
         published = [p.get("value") for p in numbers.get("published") or []]
         row["published"] = next((_number(v) for v in published if _number(v) is not None),
                                 None)
-        row["offline"] = {_offline_key(o): o["value"] for o in numbers.get("offline here") or []
+        row["offline"] = {_offline_key(o): (o["value"], o.get("ci_low"), o.get("ci_high"))
+                          for o in numbers.get("offline here") or []
                           if o.get("value") is not None}
     else:
         row["published"], row["offline"] = _number(cell("published")), _numbers(
@@ -215,19 +218,34 @@ def _anchor_line(row: dict, source: dict | None) -> str:
         return f"{who}: not comparable because {reason}."
     lower_better = "acc" not in row["metric"].lower()
     paper = _direction(row["published"] - source["published"], lower_better)
-    pairs = {k: (source["offline"][k.split(" · ")[0]] if k not in source["offline"]
-                 else source["offline"][k], v) for k, v in row["offline"].items()
+    pairs = {k: (source["offline"].get(k) or source["offline"][k.split(" · ")[0]], v)
+             for k, v in row["offline"].items()
              if k in source["offline"] or k.split(" · ")[0] in source["offline"]}
     if not pairs:
         return f"{who}: not comparable because no offline model ran both it and Source."
-    ours = {k: _direction(after - before, lower_better) for k, (before, after) in pairs.items()}
+    ours = {k: _direction(after[0] - before[0], lower_better) for k, (before, after)
+            in pairs.items() if not _overlap(before, after)}
+    change = ", ".join(f"{_label(k)}{before[0]:.1f} → {after[0]:.1f}"
+                       for k, (before, after) in pairs.items())
+    if not ours:
+        return (f"{who}: not comparable because the offline change ({change}) lies within the "
+                f"95% intervals of Source and the method on every model.")
     agree = sum(d == paper for d in ours.values())
     verdict_text = ("same direction" if agree == len(ours) else "opposite" if not agree else
                     f"same direction on {agree} of {len(ours)} offline models")
-    change = ", ".join(f"{_label(k)}{before:.1f} → {after:.1f}"
-                       for k, (before, after) in pairs.items())
+    unclear = len(pairs) - len(ours)
+    if unclear:
+        verdict_text += f"; {unclear} within the intervals"
     return (f"{who} ({row['metric']}): published {source['published']:.1f} → "
             f"{row['published']:.1f} ({paper}); offline {change}: **{verdict_text}**.")
+
+
+def _overlap(first: tuple, second: tuple) -> bool:
+    """Whether two (value, low, high) numbers' intervals overlap (False when either has
+    none): an offline change whose intervals overlap is not called a direction."""
+    if None in (*first[1:], *second[1:]):
+        return False
+    return first[1] <= second[2] and second[1] <= first[2]
 
 
 def _not_comparable(row: dict, source: dict | None) -> str | None:
@@ -265,21 +283,23 @@ def _number(value) -> float | None:
 
 
 def _numbers(value) -> dict:
-    """Offline numbers by model: ``{None: x}`` for a number, ``{model: x}`` for a string of
-    "model: x (interval)" parts separated by ';' or newlines, ``{}`` for none."""
-    if isinstance(value, dict):
-        return {k: float(v) for k, v in value.items() if _number(v) is not None}
+    """Offline numbers by model, each (value, low, high): ``{None: (x, None, None)}`` for a
+    number; for a string of "model: x (low–high, ...)" parts separated by ';' or newlines
+    (``anchors.offline_text``), ``{model: (x, low, high)}``; ``{}`` for none."""
     if not isinstance(value, str):
         number = _number(value)
-        return {} if number is None else {None: number}
+        return {} if number is None else {None: (number, None, None)}
     parts = [p for p in re.split(r"[;\n]", value) if p.strip()]
     out = {}
     for part in parts:
         named = re.match(rf"\s*([A-Za-z][^:]*?):\s*({NUMBER})", part)
+        interval = re.search(rf"\(\s*({NUMBER})\s*[–-]\s*({NUMBER})", part)
+        low, high = (float(interval.group(1)), float(interval.group(2))) if interval \
+            else (None, None)
         if named:
-            out[named.group(1).strip()] = float(named.group(2))
+            out[named.group(1).strip()] = (float(named.group(2)), low, high)
         elif _number(part) is not None and len(parts) == 1:
-            out[None] = _number(part)
+            out[None] = (_number(part), low, high)
     return out
 
 

@@ -408,21 +408,14 @@ class SmallCnnConfig:
 
 
 # The stand-ins by name, ``<model>:<recipe>``; the model's name alone means its first recipe
-# here, the default. ``none`` is the training from before recipes existed (the ablation's
-# baseline); augmented recipes train longer, as each image is a harder task.
-STANDIN_RECIPES = {
-    "small-clip": {
-        "clip": {"recipe": "clip", "epochs": 6, "domains": ("fashion-mnist", "mnist")},
-        "none": {},
-        "standard": {"recipe": "standard", "epochs": 3},
-        "augmix": {"recipe": "augmix", "epochs": 3},
-    },
-    "small-cnn": {
-        "augmix": {"recipe": "augmix", "epochs": 3},
-        "standard": {"recipe": "standard", "epochs": 3},
-        "none": {},
-    },
-}
+# here, the default. Every recipe of one architecture trains on the same data for the same
+# epochs (``STANDIN_TRAINING``), so that the recipe ablation differs in the augmentation alone.
+STANDIN_RECIPES = {"small-clip": ("clip", "none", "standard", "augmix"),
+                   "small-cnn": ("augmix", "standard", "none")}
+# 4 epochs of 250 steps (FashionMNIST and 4,000 digits) for the small CLIP, 2 of 468 for the
+# CNN: the offline profile's five stand-ins train in about 7 minutes on 2 cores.
+STANDIN_TRAINING = {"small-clip": {"epochs": 4, "domains": ("fashion-mnist", "mnist")},
+                    "small-cnn": {"epochs": 2}}
 CNN_RECIPES = tuple(STANDIN_RECIPES["small-cnn"])
 STANDIN_NAMES = tuple(f"{model}:{recipe}" for model, named in STANDIN_RECIPES.items()
                       for recipe in named)
@@ -436,7 +429,7 @@ def parse_standin(name: str) -> tuple[str, str] | None:
     if model not in STANDIN_RECIPES:
         return None
     named = STANDIN_RECIPES[model]
-    default = next(iter(named))
+    default = named[0]
     recipe = recipe if colon else default
     if recipe not in named:
         raise ValueError(f"Unknown training recipe {recipe!r} in {name!r}; valid: "
@@ -453,7 +446,7 @@ def standin_config(name: str) -> SmallClipConfig | SmallCnnConfig:
                          f"{', '.join(STANDIN_NAMES)}")
     model, recipe = parsed
     config_class = SmallClipConfig if model == "small-clip" else SmallCnnConfig
-    return config_class(**STANDIN_RECIPES[model][recipe])
+    return config_class(**STANDIN_TRAINING[model], recipe=recipe)
 
 
 def _atomic_save(obj, file: Path) -> None:
@@ -725,9 +718,11 @@ def standin_description(config: SmallClipConfig | SmallCnnConfig) -> str:
     """A stand-in in words: what it is, what it was trained on, and how."""
     model = "small-clip" if isinstance(config, SmallClipConfig) else "small-cnn"
     domains = getattr(config, "domains", ("fashion-mnist",))
-    return (f"{DESCRIPTIONS[model]} trained here on "
+    text = (f"{DESCRIPTIONS[model]} trained here on "
             f"{' and '.join(DOMAIN_TEXT[d] for d in domains)}, {config.epochs} epochs, "
             f"recipe '{config.recipe}': {recipes.DESCRIPTIONS[config.recipe]}")
+    return text + ("; its zero-shot is in-domain (it was trained on these classes)"
+                   if model == "small-clip" else "")
 
 
 def describe(model: str) -> str:

@@ -73,7 +73,8 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from helpers import augment, cam, data, findings, plots
+from helpers import augment, cam, conclusions, data, findings, plots
+from helpers.anchors import anchor_table
 from helpers.evaluate import changed_predictions, summary_rows
 from helpers.grid import run_grid
 from helpers.models import build_classifier, describe, photo_size
@@ -200,6 +201,26 @@ fig = plots.sweep(table.to_dict("records"), x="severity", y="accuracy", hue="met
 run.figure(fig, "02_memo_plus_severity")
 
 # %% [markdown]
+# ## Against the published numbers
+#
+# The anchors of this notebook (`helpers/resources/published.yaml`): the papers' and the course project's numbers beside this run's on the same metric (error over the corruptions at severity 5, clean apart). MEMO_PLUS is this course's own method: no paper reports it.
+
+# %%
+anchors = anchor_table("02_memo_plus_sam_gradcam", results)
+run.show_anchors(anchors)
+
+# %% [markdown]
+# ## Calibration
+#
+# Expected calibration error (15 bins) pooled over the corrupted test images, with a 95% bootstrap interval; below 150 predictions the bins are too sparse for a number, and none is given. The reliability diagrams show where the confidence and the accuracy part ways.
+
+# %%
+calibration = findings.calibration(results, model=model_name, methods=methods)
+display(Markdown(findings.markdown([findings.ece_line(row) for row in calibration])))
+fig = plots.reliability_diagram(results, methods=methods, model=model_name)
+run.figure(fig, "02_memo_plus_reliability")
+
+# %% [markdown]
 # ## Where MEMO_PLUS fixes or breaks MEMO's prediction
 #
 # The test images (first model) where one of the two is right and the other wrong, with the label and both predictions.
@@ -256,6 +277,24 @@ run.show_findings(finding_rows + plus_vs_memo, needed, figure="02_memo_plus_find
 assert all(0 <= r["accuracy"] <= 1 and r["n"] == len(base) for r in results)
 assert set(table["method"]) == set(methods)
 
+# %% [markdown]
+# ## What we found
+
+# %%
+limits = [
+    f"{len(base):,} test images per task ({test_set.description}), one seed ({seed}), on "
+    f"{run.info['device']}",
+    f"The object masks come from {plus.masks.description}, not Segment-Anything"
+    if memo_plus.get("masks") == "offline" else "",
+    "These photos are ImageNet images and may include the model's training images: the clean "
+    "accuracy can exceed the model's published top-1" if dataset == "imagenet-sample" else "",
+    "The full profile runs SAM's masks and CLIP ViT-B/16 on ImageNet-A/V2 on a GPU",
+]
+run.show_conclusions(
+    conclusions.what_we_found(finding_rows + plus_vs_memo,
+                              conclusions.identical_pairs(results, methods)) + needed,
+    conclusions.limitations(limits), conclusions.anchor_lines(anchors))
+
 # %%
 note = (f"{'; '.join(describe(m) for m in models)}; data: {test_set.description}; masks: "
         f"{plus.masks.description}. {len(tasks)} tasks of {len(base)} images.")
@@ -264,6 +303,7 @@ summary = {
         means.reset_index().round(4).to_dict("records"),
     "Accuracy per severity (mean over the corruptions; 0 is clean)":
         per_severity.reset_index().round(4).to_dict("records"),
+    "Calibration (corrupted images pooled)": [findings.ece_line(row) for row in calibration],
 }
 run.save(summary, note, headline_table=next(iter(summary)), mask_sources=sources,
          changed=changed, results=summary_rows(results))

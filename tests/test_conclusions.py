@@ -252,3 +252,16 @@ def test_method_table_gives_the_error_over_the_corruptions_and_collapses_equal_m
                       "identical": []}
     assert norm["method"] == "norm" and norm["identical"] == ["eata"]
     assert norm["clean_error"] is None and norm["error"] == pytest.approx(40.0)
+
+
+def test_anchor_lines_call_no_direction_where_the_offline_intervals_overlap():
+    table = _anchors(**{"offline here": [
+        "small-cnn: 60.6 (58.0–63.1, 15 corruptions); small-clip: 50.0 (48.0–52.0)",
+        "small-cnn: 41.6 (39.0–44.2, 15 corruptions); small-clip: 51.0 (49.0–53.0)",
+        "small-cnn: 61.0 (58.5–63.5); small-clip: 50.5 (48.5–52.5)", "not run offline"]})
+    tent, memo, _ = conclusions.anchor_lines(table)
+    assert tent.endswith("offline small-cnn 60.6 → 41.6, small-clip 50.0 → 51.0: "
+                         "**same direction; 1 within the intervals**.")
+    assert memo == ("ResNet-50 on ImageNet-C · **memo**: not comparable because the offline "
+                    "change (small-cnn 60.6 → 61.0, small-clip 50.0 → 50.5) lies within the "
+                    "95% intervals of Source and the method on every model.")

@@ -413,7 +413,8 @@ for _ in range(1200):
         break
     time.sleep(0.05)
 from helpers.jsonfile import write_json
-write_json(results_path, {"summary": {"slept": [{"done": 1}]}})
+from helpers.paths import resolve  # the runner injects paths relative to the repository
+write_json(resolve(results_path), {"summary": {"slept": [{"done": 1}]}})
 """
 
 
@@ -432,8 +433,8 @@ def test_ctrl_c_stops_the_kernels_writes_the_summary_and_exits_130(tmp_path):
     nbs = tmp_path / "notebooks"
     (nbs / "profiles").mkdir(parents=True)
     notebook(nbs / "01_quick.ipynb", 'profile = "s"\nresults_path = None',
-             "from helpers.jsonfile import write_json\n"
-             "write_json(results_path, {'summary': {'quick': [{'a': 1}]}})")
+             "from helpers.jsonfile import write_json\nfrom helpers.paths import resolve\n"
+             "write_json(resolve(results_path), {'summary': {'quick': [{'a': 1}]}})")
     notebook(nbs / "02_sleep.ipynb", 'profile = "s"\nresults_path = None', SLEEPER)
     (nbs / "profiles" / "p.yaml").write_text(yaml.safe_dump({"jobs": 1}))
     records = {name: tmp_path / "runs" / "p" / f"{name}.done.json"

@@ -15,12 +15,42 @@ def test_confidence_histograms_mark_methods_that_do_not_apply():
                _result("cnn", "norm", [0, 1, 0], [0, 1, 0], [0.7, 0.6, 0.5]),
                _result("clip", "source", [2, 2], [2, 1], [0.95, 0.4])]  # no norm for clip
     fig = plots.confidence_histograms(results, methods=["source", "norm"], title="t")
-    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
-    empty = axes["model = clip | method = norm"]
-    assert [t.get_text() for t in empty.texts] == ["does not apply"]
-    assert not empty.axison and not empty.patches
-    counts = sum(p.get_height() for p in axes["model = cnn | method = source"].patches)
-    assert counts == 3  # three predictions in the histogram bars (correct and wrong)
+    cnn_source, cnn_norm, clip_source, clip_norm = fig.axes  # rows: models, columns: methods
+    assert [t.get_text() for t in clip_norm.texts] == ["clip", "does not apply"]  # margin
+    assert not clip_norm.patches
+    assert sum(p.get_height() for p in cnn_source.patches) == 3  # correct and wrong bars
+    # Short titles: the method on top of its column, the model on the right margin.
+    assert [cnn_source.get_title(), cnn_norm.get_title()] == ["source", "norm"]
+    assert clip_source.get_title() == "" and clip_norm.get_title() == ""
+    margin = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {"cnn", "clip"} <= margin
+
+
+def test_views_text_names_the_kind_and_its_options():
+    assert plots.views_text(None) == "AugMix views"
+    assert plots.views_text("augmix") == "AugMix views"
+    assert plots.views_text({"kind": "crop", "min_scale": 0.5}) == "crop views (min_scale 0.5)"
+    assert plots.views_text({"kind": "augmix", "severity": 1}) == "AugMix views (severity 1)"
+
+
+def test_model_views_shows_each_model_its_own_views_at_its_own_size():
+    import pytest
+    import torch
+
+    rows = [{"model": "cnn", "label": "AugMix views", "image": torch.zeros(3, 8, 8),
+             "views": torch.ones(5, 3, 8, 8)},
+            {"model": "photo", "label": "crop views", "image": torch.zeros(3, 16, 16),
+             "views": torch.ones(2, 3, 16, 16)}]
+    fig = plots.model_views(rows, show=4)
+    assert len(fig.axes) == 2 * 5  # the original and at most 4 views per row
+    first, second = fig.axes[:5], fig.axes[5:]
+    assert [ax.get_title() for ax in first] == ["original", "view 1", "view 2", "view 3",
+                                                "view 4"]
+    assert first[0].get_ylabel() == "cnn\nAugMix views"
+    assert [len(ax.images) for ax in second] == [1, 1, 1, 0, 0]  # two views, then blank
+    assert second[0].images[0].get_array().shape[:2] == (16, 16)
+    with pytest.raises(ValueError, match="at least one row"):
+        plots.model_views([])
 
 
 def test_changes_draws_each_interval_coloured_by_its_verdict_on_a_zoomed_axis():

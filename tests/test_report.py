@@ -2,6 +2,7 @@
 complete for every notebook, within its size budget, and stable when nothing changed."""
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -163,3 +164,173 @@ def test_a_notebook_run_counts_the_cells_an_earlier_run_computed(tmp_path):
     assert run.save({}) is None  # a notebook's last line echoes no path
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["grid_cells"] == {"cells": 2, "reused": 1}
+
+
+# ------------------------------------------------------------- what a reader is shown
+def _cells(model, method, accuracies, ece=0.1, confidence=0.6):
+    return [{"model": model, "method": method, "data": data, "accuracy": acc, "ece": ece,
+             "mean_confidence": confidence, "seconds_per_sample": 0.002}
+            for data, acc in zip(("clean", "snow", "fog"), accuracies)]
+
+
+@pytest.fixture
+def published(tmp_path, monkeypatch):
+    """A published report of two notebooks: 01 with per-data-set rows, conclusions and
+    anchors; 02 from before conclusions existed."""
+    monkeypatch.setattr(paths, "REPO", tmp_path)
+    out = tmp_path / "report"
+    (out / "results").mkdir(parents=True)
+    (tmp_path / "figures").mkdir()
+    for name in ("01_a", "02_b"):
+        (tmp_path / "figures" / f"{name}_findings.png").write_bytes(b"png")
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+            f"# {name[:2]} · Title {name}")]), out / f"{name}.ipynb")
+    row = {"model": "cnn", "method": "norm", "baseline": "source", "tasks": 3, "images": 50,
+           "baseline_accuracy": 0.5, "accuracy": 0.7, "change": 0.2, "ci_low": 0.1,
+           "ci_high": 0.3, "better_on": 2, "worse_on": 0, "baseline_ece": 0.2, "ece": 0.1,
+           "baseline_seconds": 0.001, "seconds": 0.002}
+    first = {"note": "a note", "seconds": 90, "findings": ["finding one", "finding two"],
+             "comparisons": [row], "headline": {"figure": "01_a_findings"},
+             "parameters": {"seed": 0}, "run": {"device": "cpu"},
+             "results": _cells("cnn", "source", (0.9, 0.5, 0.3))
+             + _cells("cnn", "norm", (0.9, 0.7, 0.5)) + _cells("cnn", "eata", (0.9, 0.7, 0.5)),
+             "conclusions": {"found": ["**norm** gains, found here."], "anchors": [
+                 "tent: same direction."], "limitations": "One seed."},
+             "anchors": [{"method": "norm", "offline here": "cnn: 40.0", "numbers": {}}]}
+    second = {"note": "", "seconds": 30, "findings": ["only finding"], "comparisons": [],
+              "headline": {"figure": "02_b_findings", "table": "T"},
+              "summary": {"T": [{"a": 1}]}}
+    for name, results in (("01_a", first), ("02_b", second)):
+        (out / "results" / f"{name}.json").write_text(json.dumps(results))
+    return out
+
+
+def test_the_landing_page_opens_with_the_synthesis_then_each_notebooks_figure(published):
+    page = report.index_page(published)
+    synthesis_at, first, second = (page.index('id="synthesis"'), page.index('id="01_a"'),
+                                   page.index('id="02_b"'))
+    assert page.index("<h1>") < synthesis_at < first < second
+    assert page.count("<img ") == 2 and 'src="../figures/01_a_findings.png"' in page
+    for name in ("01_a", "02_b"):
+        assert f'href="{name}.html"' in page and f'href="{name}.ipynb"' in page
+    # the synthesis: one row per method, eata collapsed into norm; error over the corruptions
+    synthesis = page[synthesis_at:first]
+    assert "eata: identical to norm" in synthesis and ">eata<" not in synthesis
+    assert "<td class=\"n\">60.0</td>" in synthesis  # source: mean error over snow and fog
+    assert "The full profile has not been run here" in synthesis
+    assert "One seed (0)" in synthesis and "ran on the CPU" in synthesis
+    # 01 shows its conclusions and anchors, 02 says they are missing; findings collapsed
+    assert "<strong>norm</strong> gains, found here." in page[first:second]
+    assert "Against the published numbers" in page[first:second]
+    assert "not yet computed: rerun the notebook" in page[second:]
+    assert "<details><summary>Detailed findings (2)</summary>" in page
+    # plain HTML: nothing from the network, no machine path
+    assert "<script" not in page and "http" not in page and str(published) not in page
+
+
+def test_the_readme_block_shows_the_error_beside_the_anchors_and_the_conclusions(published):
+    block = report.readme_block(published, published.parent)
+    first, second = block.index("### 01 · Title 01_a"), block.index("### 02 · Title 02_b")
+    section = block[first:second]
+    assert section.index("**Published numbers and ours**") < section.index(
+        "**Every method**") < section.index("**What we found**")
+    assert "| norm | 40.0 (" not in section and "eata: identical to norm" in section
+    assert "**Limitations.** One seed." in section
+    assert "<details><summary>All 1 comparisons</summary>" in section
+    assert "Conclusions: not yet computed: rerun the notebook" in block[second:]
+    assert "| 1 |" in block[second:]  # no per-data-set rows: its headline table
+    assert "01 1.5 min · 02 0.5 min (2.0 min of notebook time in all" in block
+
+
+def _notebook_with(*outputs, injected="results_path = 'results/offline/01_x.json'"):
+    cells = [nbformat.v4.new_markdown_cell("# 01 · X"),
+             nbformat.v4.new_code_cell("import sys\nif 'google.colab' in sys.modules: pass"),
+             nbformat.v4.new_code_cell("profile = 'smoke'", metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell(injected, metadata={"tags": ["injected-parameters"]}),
+             nbformat.v4.new_code_cell("run.save()", outputs=list(outputs))]
+    return nbformat.v4.new_notebook(cells=cells)
+
+
+def test_published_notebooks_lose_machine_paths_and_repr_echoes_and_collapse_plumbing():
+    repo = paths.REPO
+    notebook = _notebook_with(
+        nbformat.v4.new_output("stream", text=f"results: {repo}/results/offline/01_x.json\n"
+                                              "figures: /tmp/rep3/figures\n"),
+        nbformat.v4.new_output("execute_result", data={
+            "text/plain": "PosixPath('/tmp/rep3/results/offline/01_x.json')"}),
+        nbformat.v4.new_output("stream", name="stderr",
+                               text="/root/.venv/lib/site.py:3: UserWarning: w\n"),
+        injected=f"results_path = '{repo}/results/offline/01_x.json'\nx = '/home/u/a b'")
+    clean = report.publishable(notebook, repo)
+    outputs = clean.cells[4].outputs
+    assert [o.output_type for o in outputs] == ["stream", "stream"]  # the repr echo dropped
+    assert outputs[0].text == "results: results/offline/01_x.json\nfigures: …/figures\n"
+    assert outputs[1].text == "…/site.py:3: UserWarning: w\n"
+    assert clean.cells[3].source == "results_path = 'results/offline/01_x.json'\nx = '…/a b'"
+    assert report.published_problems(clean, repo) == []
+    assert report.scrub_value({"files": [f"{repo}/results/a.json", "/tmp/x/b.json", 3]},
+                              repo) == {"files": ["results/a.json", "…/b.json", 3]}
+    hidden = [c.metadata.get("jupyter", {}).get("source_hidden", False) for c in clean.cells]
+    assert hidden == [False, True, True, True, False]  # Colab and both parameters cells
+    page = report._html(clean, "X")
+    assert page.count('<details class="plumbing">') == 3
+    assert "<summary>Parameters injected by the runner</summary>" in page
+    assert "<summary>Set-up (Colab only)</summary>" in page
+
+
+def test_publish_refuses_a_notebook_that_shows_a_repr(batch_run):
+    out = batch_run / "report"
+    batch.record_file("offline", Path("01_test.ipynb")).write_text("{}")
+    executed = batch_run / "runs" / "offline" / "01_test.ipynb"
+    notebook = nbformat.read(executed, as_version=4)
+    notebook.cells[1].outputs.append(nbformat.v4.new_output(
+        "stream", text="model: <helpers.models.Net object at 0x7f3a>\n"))
+    nbformat.write(notebook, executed)
+    with pytest.raises(ValueError, match=r"01_test, cell 1: .*<helpers\.models\.Net object"):
+        report.publish("offline", out)
+    assert not out.exists()  # nothing written
+
+
+def test_the_runner_injects_paths_relative_to_the_repository(tmp_path, monkeypatch):
+    from test_batch import make_repo
+
+    layout = make_repo(tmp_path, monkeypatch)
+    monkeypatch.setattr(paths, "REPO", tmp_path)
+    notebooks = sorted(layout["notebooks"].glob("0*.ipynb"))
+    injected = dict(batch.plan("smoke", notebooks))[notebooks[1]]
+    assert injected["results_path"] == "results/smoke/02_good.json"
+    assert injected["figures_dir"] == "figures/smoke"
+    assert batch.repo_relative(Path("/elsewhere/r.json")) == "/elsewhere/r.json"
+    # the summary's run time is the results file's (what the report shows), not the runner's
+    (layout["results"] / "smoke").mkdir(parents=True)
+    (layout["results"] / "smoke" / "02_good.json").write_text(json.dumps({"seconds": 61.4}))
+    text = batch.summary("smoke", [(notebooks[1], injected)], {}, {notebooks[1]: 75.0})
+    assert "## 02_good\n_Ran in 61 s._" in text
+
+
+# Marked: the committed report/ predates this check until the merger regenerates it (make
+# report); its results files then carry the 'conclusions' key that NotebookRun.save writes.
+REGENERATED = all("conclusions" in results for results in report.load_results(ROOT / "report")
+                  .values())
+
+
+@pytest.mark.xfail(not REGENERATED, strict=True,
+                   reason="report/ was published before machine paths and reprs were refused: "
+                          "regenerate it with make report")
+def test_the_committed_report_shows_no_machine_path_or_repr():
+    pattern = re.compile("|".join([*(re.escape(d) + "/" for d in report.MACHINE_DIRS),
+                                   re.escape(str(ROOT)), *(re.escape(r) for r in report.REPRS)]))
+    found = [f"{f.relative_to(ROOT)}: {m.group()}" for f in sorted((ROOT / "report").rglob("*"))
+             if f.is_file() and f.suffix in (".ipynb", ".html", ".json", ".md")
+             for m in pattern.finditer(f.read_text())]
+    assert not found, found[:10]
+
+
+def test_the_committed_landing_page_opens_with_the_synthesis_and_each_notebooks_figure():
+    page = (ROOT / "report" / "index.html").read_text()
+    results = report.load_results(ROOT / "report")
+    assert page.index('id="synthesis"') < min(page.index(f'id="{n}"') for n in results)
+    figures = [r["headline"]["figure"] for r in results.values() if r["headline"].get("figure")]
+    assert page.count("<img ") == len(figures)
+    assert all(f'href="{name}.html"' in page for name in results)
+    assert "<script" not in page and len(page) < 200_000

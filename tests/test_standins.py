@@ -154,12 +154,18 @@ def test_bad_recipe_names_error_with_the_valid_names(name):
         models.describe(name)
 
 
-def test_none_recipe_is_the_training_from_before_recipes():
-    assert models.standin_config("small-clip:none") == models.SmallClipConfig()
-    assert models.standin_config("small-cnn:none") == models.SmallCnnConfig()
+def test_recipes_of_one_architecture_differ_in_the_augmentation_alone():
+    """The recipe ablation compares like with like: same data, epochs and everything else."""
+    from dataclasses import asdict, replace
+
+    for model, named in models.STANDIN_RECIPES.items():
+        configs = [models.standin_config(f"{model}:{r}") for r in named]
+        assert [c.recipe for c in configs] == list(named)
+        assert all(asdict(replace(c, recipe="none")) == asdict(replace(configs[0], recipe="none"))
+                   for c in configs)
     assert models.standin_config("small-cnn") == models.standin_config("small-cnn:augmix")
-    clip = models.standin_config("small-clip")
-    assert clip.recipe == "clip" and clip.domains == ("fashion-mnist", "mnist")
+    clip = models.standin_config("small-clip:none")
+    assert clip.recipe == "none" and clip.domains == ("fashion-mnist", "mnist")
 
 
 def test_the_recipe_changes_the_cache_key():
@@ -173,6 +179,8 @@ def test_describe_says_the_recipe_and_not_the_real_clip():
     text = models.describe("small-clip:none")
     assert "not the real CLIP" in text and "recipe 'none'" in text and "no augmentation" in text
     assert "MNIST digits" in models.describe("small-clip")
+    assert "in-domain" in models.describe("small-clip:none")
+    assert "in-domain" not in models.describe("small-cnn")
     assert "recipe 'augmix'" in models.describe("small-cnn")
     assert "AugMix" in models.describe("small-cnn")
     assert models.describe("small-cnn:standard") != models.describe("small-cnn:none")

@@ -83,20 +83,26 @@ def test_zero_votes_for_the_most_frequent_class_among_the_confident_views():
     assert torch.isfinite(log_p).all()  # classes without a vote keep a finite logit
 
 
-def test_zero_breaks_a_tie_by_the_first_later_view_in_batch_order():
-    # keep 2: rows 3 (class 0) and 1 (class 1) tie. The authors scan the views from index
-    # keep = 2 on, in the batch's order: row 2 votes class 2 (not tied), row 3 class 0.
+def test_zero_breaks_a_tie_by_the_first_non_kept_view_in_confidence_order():
+    # keep 2: rows 3 (class 0) and 1 (class 1) tie. The authors (after their "bugfix
+    # greedy_break") scan the views not kept in confidence order: row 0 (class 0, margin 5)
+    # comes first, so class 0 wins, with half a vote more.
     log_p = zero_vote(VIEW_LOGITS, keep=2)
     assert int(log_p.argmax()) == 0
     mean_probs = VIEW_LOGITS[[3, 1]].softmax(-1).mean(0)
     expected = (torch.tensor([1.5, 1.0, 0, 0]) + 0.5 * mean_probs) / 3.0  # 2 + 0.5 + 0.5
     assert torch.allclose(log_p.exp(), expected, atol=1e-7)
-    # the order decides, not the confidence: a weak class-1 view at index 2 makes class 1 win
-    # although class 0's kept view is the more confident
+    # the batch's order no longer decides: a weak class-1 view at index 2 (first after the
+    # kept ones in the batch, the old rule's winner) loses to row 0, the more confident
     reordered = VIEW_LOGITS.clone()
     reordered[2] = torch.tensor([0, 0.1, 0, 0])
-    assert int(zero_vote(reordered, keep=2).argmax()) == 1
-    # no later view votes for a tied class: the tied class with the higher mean probability
+    assert int(zero_vote(reordered, keep=2).argmax()) == 0
+    # the confidence order decides: a class-1 view of margin 4 (row 5) ranks before row 0's
+    # class-0 view of margin 1, although row 0 comes first in the batch
+    by_confidence = VIEW_LOGITS.clone()
+    by_confidence[0], by_confidence[5] = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 4.0, 0, 0])
+    assert int(zero_vote(by_confidence, keep=2).argmax()) == 1
+    # no view left out votes for a tied class: the tied class with the higher mean probability
     no_match = VIEW_LOGITS.clone()
     no_match[2:] = torch.tensor([0, 0, 0.1, 0])
     no_match[2] = torch.tensor([0, 0, 0, 4.0])  # keep the two ties the most confident
@@ -105,16 +111,18 @@ def test_zero_breaks_a_tie_by_the_first_later_view_in_batch_order():
 
 
 def authors_zero(logits, keep):
-    """FarinaMatteo/zero ``Zero.zero`` written out: the vote counts at temperature eps, ties
-    broken greedily over ``logits[keep:]``; None where that finds no tied class."""
+    """FarinaMatteo/zero ``Zero.zero`` written out (after their "bugfix greedy_break"): the
+    vote counts at temperature eps, ties broken greedily over the views not kept in
+    confidence order (``l[sorted_idx][k:]``); None where that finds no tied class."""
     probs = logits.softmax(1)
     ent = -(probs * probs.log()).sum(1)
-    kept = logits[torch.argsort(ent)[:keep]]
+    order = torch.argsort(ent)
+    kept = logits[order[:keep]]
     p_bar = (kept / torch.finfo(kept.dtype).eps).softmax(1).sum(0)
     best, pred = torch.max(p_bar, dim=-1)
     ties = [int(pred)] + [i for i in range(len(p_bar)) if i != pred and p_bar[i] == best]
     if len(ties) > 1:
-        matches = [int(p) for p in logits[keep:].argmax(1) if int(p) in ties]
+        matches = [int(p) for p in logits[order][keep:].argmax(1) if int(p) in ties]
         return matches[0] if matches else None
     return int(pred)
 

@@ -176,9 +176,11 @@ def test_one_step_lowers_the_selected_views_entropy_then_resets_exactly(clip77, 
 
 def test_same_image_same_prediction_in_any_order(clip77, images):
     tpt = Tpt(clip77, NAMES, n_views=15)
-    together = tpt(images, keys=[0, 1, 2])
+    together = tpt(images, keys=[0, 1, 2])  # tuned together (``adapt_and_predict_many``)
     alone = tpt(images[2:], keys=[2])
-    assert torch.equal(together[2:], alone)
+    # the same views and steps; a batched matrix product may sum in another order
+    assert torch.equal(together[2:].argmax(-1), alone.argmax(-1))
+    torch.testing.assert_close(together[2:], alone, rtol=1e-5, atol=1e-5 * alone.abs().max())
 
 
 def test_views_follow_the_paper_by_image_size(clip77):

@@ -34,7 +34,8 @@ from helpers.transfer import (
     train_one,
     train_together,
 )
-from helpers.transfer.study import _pretrain
+from helpers.transfer.batched import train_early_stopped
+from helpers.transfer.study import _pretrain, fresh_modules, validation_split
 
 TINY = CnnConfig(depth=2, channels=(3, 4), hidden=6, image_size=12, num_classes=3)
 
@@ -228,13 +229,18 @@ def test_run_log_resumes_only_for_the_same_parameters(tmp_path):
 def test_series_runs_every_setting_on_shared_subsets_and_resumes(tmp_path, monkeypatch):
     config = SeriesConfig("tiny", _pretrain_config(), n_train=60, n_test=40, fractions=(0.1, 1.0),
                           variants=("reinit/frozen", "truncate/trainable"), cuts=(1, 3),
-                          min_repeats=1, max_repeats=2, min_steps=2, max_steps=3, batch_size=16)
+                          min_repeats=1, max_repeats=2, eval_every=2, patience=1, max_steps=6,
+                          batch_size=16)
     runs = run_series(config, tmp_path / "tiny.json", verbose=False)
     per_fraction = {0.1: repeats_for(0.1, 1, 2), 1.0: 1}
     assert len(runs) == sum(per_fraction.values()) * (1 + 2 * 2)
     for r in runs:
         assert 0 <= r["test_accuracy"] <= 1 and r["lr"] == 1e-3
-        assert r["n_train"] == 60 if r["fraction"] == 1.0 else 5 <= r["n_train"] <= 7
+        # 12 of the pool's 60 held out for validation (20% of each class), subsets of the rest
+        assert r["n_train"] == 48 if r["fraction"] == 1.0 else 4 <= r["n_train"] <= 6
+        assert 2 <= r["steps"] <= 6 and r["best_step"] <= r["steps"]
+        assert r["n_val"] == 12  # the whole held-out split: 10 a class would be more
+        assert r["capped"] == (r["steps"] == 6 and r["best_step"] == 6) or not r["capped"]
     sizes = {(r["fraction"], r["repeat"]): set() for r in runs}
     for r in runs:
         sizes[r["fraction"], r["repeat"]].add(r["n_train"])
@@ -247,7 +253,7 @@ def test_series_runs_every_setting_on_shared_subsets_and_resumes(tmp_path, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a recorded run was trained again")
 
-    monkeypatch.setattr(study, "train_together", no_training)
+    monkeypatch.setattr(study, "train_early_stopped", no_training)
     assert run_series(config, tmp_path / "tiny.json", verbose=False) == runs
 
 
@@ -265,7 +271,7 @@ def test_a_series_whose_data_cannot_be_had_is_skipped_with_a_note(tmp_path, monk
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     settings = dict(n_train=60, n_test=40, fractions=(1.0,), variants=("reinit/frozen",),
-                    cuts=(1,), min_repeats=1, max_repeats=1, min_steps=1, max_steps=1)
+                    cuts=(1,), min_repeats=1, max_repeats=1, max_steps=1)
     tiny = {"depth": 2, "channels": [3, 4], "hidden": 6}
     for spec, download, why in (
             ("mnist-full->mnist-full", True, "Could not download http"),
@@ -326,3 +332,114 @@ def test_gain_is_a_paired_difference_over_repeats_with_a_t_interval():
     (score,) = setting_scores(list(gains.values()))
     assert (score["cells"], score["better"], score["worse"]) == (2, 1, 0)
     assert score["lowest_gain"] == pytest.approx(-0.1)
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping_together_equals_stopping_each_model_alone(patience):
+    """The reference: each model trained alone with train_one, evaluated every 2 steps on the
+    validation rows, stopped after ``patience`` evaluations without a better accuracy, and
+    restored to its best weights."""
+    x, y, indices, schedules = _tiny_problem(repeats=3, n=10, steps=12, batch=4)
+    val = torch.arange(20, 40)
+    modules = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        modules.append(build_cnn(TINY))
+    alone, expected = [copy.deepcopy(m) for m in modules], []
+    for r, module in enumerate(alone):
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+        best, best_step, stale, state = -1.0, 0, 0, None
+        for start in range(0, 12, 2):
+            train_one(module, x, y, indices[r], schedules[r][start:start + 2], 1e-3, optimizer)
+            with torch.no_grad():
+                accuracy = float((module(x[val]).argmax(1) == y[val]).float().mean())
+            if accuracy > best:
+                best, best_step, stale = accuracy, start + 2, 0
+                state = copy.deepcopy(module.state_dict())
+            else:
+                stale += 1
+            if stale >= patience:
+                break
+        module.load_state_dict(state)
+        expected.append((best_step, start + 2, stale < patience))
+    stack, stops = train_early_stopped(modules, x, y, indices, schedules, 1e-3, x[val], y[val],
+                                       eval_every=2, patience=patience)
+    for r, module in enumerate(alone):
+        got = (int(stops["best_step"][r]), int(stops["steps"][r]), bool(stops["capped"][r]))
+        assert got == expected[r]
+        for (name, a), b in zip(stack.module(r).state_dict().items(),
+                                module.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-5), name
+    assert any(steps < 12 for _, steps, _ in expected)  # some stopped before the maximum
+    with pytest.raises(ValueError, match="eval_every and patience must be >= 1"):
+        train_early_stopped(modules, x, y, indices, schedules, 1e-3, x, y, 0, 1)
+
+
+def test_validation_split_holds_out_each_class_once_and_apart_from_the_subsets():
+    labels = torch.arange(5).repeat_interleave(40)
+    held, rest = validation_split(labels, 0.2, seed=3)
+    assert torch.bincount(labels[held]).tolist() == [8] * 5
+    assert sorted(held.tolist() + rest.tolist()) == list(range(200))
+    again, _ = validation_split(labels, 0.2, seed=3)
+    assert torch.equal(held, again)
+    rows = study.validation_rows(labels[held], 5, ratio=4.0, seed=0)
+    assert torch.bincount(labels[held][rows]).tolist() == [8] * 5  # 10 a class, 8 there
+    rows = study.validation_rows(labels, 60, ratio=4.0, seed=0)  # 240 rows: 48 a class
+    assert torch.bincount(labels[rows]).tolist() == [40] * 5  # capped at what it holds
+    rows = study.validation_rows(labels, 20, ratio=4.0, seed=0)
+    assert torch.bincount(labels[rows]).tolist() == [16] * 5
+    with pytest.raises(ValueError, match="val_ratio"):
+        SeriesConfig("s", _pretrain_config(), val_ratio=0)
+    with pytest.raises(ValueError, match="val_share is the share"):
+        SeriesConfig("s", _pretrain_config(), val_share=1.0)
+
+
+def test_truncate_at_the_last_cut_is_reinit_by_construction_and_runs_once():
+    config = SeriesConfig("s", _pretrain_config(), variants=("reinit/frozen",
+                          "truncate/frozen", "truncate/trainable"), cuts="all")
+    last = config.network().n_layers - 1
+    assert [(s["variant"], s["cut"], s["same_as"]) for s in config.identical_settings()] == [
+        ("truncate/frozen", last, "reinit/frozen")]
+    assert ("truncate/frozen", last) not in config.settings()
+    assert ("truncate/trainable", last) in config.settings()  # no reinit/trainable to equal
+    assert ("truncate/frozen", last - 1) in config.settings()
+    net = build_cnn(config.pretrain.cnn)
+    x = torch.randn(6, 1, 28, 28)
+    features = net[:last](x).detach()
+    for variant in ("reinit/frozen", "truncate/frozen"):
+        module = fresh_modules(config, net, variant, last, 1)[0]
+        if variant == "reinit/frozen":
+            reinit = module(features)
+        else:
+            assert torch.equal(module(features), reinit)
+
+
+def test_the_published_findings_get_this_runs_evidence_and_its_direction():
+    def gain(series, variant, cut, fraction, value, low, high):
+        return {"series": series, "variant": variant, "cut": cut, "fraction": fraction,
+                "gain": value, "ci_low": low, "ci_high": high}
+
+    gains = [gain("a->a", "reinit/frozen", 1, 1.0, 0.10, 0.05, 0.15),
+             gain("a->a", "reinit/frozen", 3, 1.0, -0.20, -0.30, -0.10),
+             gain("a->b", "reinit/frozen", 1, 1.0, 0.00, -0.05, 0.05),
+             gain("a->b", "reinit/frozen", 3, 1.0, -0.30, -0.35, -0.25),
+             gain("a->b", "reinit/trainable", 1, 1.0, 0.02, -0.01, 0.05)]
+    anchors = [{"method": "transfer", "model": "m", "dataset": "d", "metric": "accuracy",
+                "value": None, "finding": f"finding {i}", "source": "s", "paper": "p",
+                "where": "Abstract", "setting": setting}
+               for i, setting in enumerate(["features transferred from the bottom, middle or "
+                                            "top of the network", "base and target tasks at "
+                                            "different distances", "transferred layers "
+                                            "fine-tuned on the target data set", "other"])]
+    table = study.anchor_table(anchors, gains)
+    top, distance, tuned, other = table.to_dict("records")
+    assert "up to cut 1: mean gain +0.050" in top["offline here"]
+    assert "(the top): -0.250, below zero in 2 of 2 cells" in top["offline here"]
+    assert top["direction"] == "same direction"
+    # within a->a: mean of +0.10, -0.20; across a->b: 0.00, -0.30, +0.02
+    assert "mean gain -0.050 within one data set, -0.093 across" in distance["offline here"]
+    assert distance["direction"] == "same direction"
+    assert tuned["direction"] == "same direction (no interval excludes zero)"
+    assert other["direction"] == "not comparable"
+    lines = study.anchor_lines(table)
+    assert lines[0].startswith("Features transferred from the bottom") and len(lines) == 4

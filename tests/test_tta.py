@@ -89,11 +89,12 @@ def test_memo_step_lowers_marginal_entropy_then_forgets(tiny_cnn, images):
 @pytest.mark.parametrize("params", ["all", "norm"])
 def test_memo_one_sgd_step_fast_path_equals_torch_optim_step(tiny_cnn, images, params):
     """The fast path never writes the weights; its predictions must equal those of a copy of
-    the model adapted by torch.optim.SGD (momentum and weight decay on), bit for bit."""
+    the model adapted by torch.optim.SGD (momentum and weight decay on), bit for bit (one
+    image at a time; ``test_batched`` compares the batched path with it)."""
     import copy
 
     source = state(tiny_cnn)
-    memo = Memo(tiny_cnn, n_views=8, lr=0.5, weight_decay=0.01, params=params)
+    memo = Memo(tiny_cnn, n_views=8, lr=0.5, weight_decay=0.01, params=params, chunk=1)
     assert memo.one_sgd_step
     fast = memo(images[:3])
     assert_same_state(tiny_cnn, source)
@@ -116,7 +117,7 @@ def one_by_one(model, images):
 
 def test_memo_changes_predictions_only_through_adaptation(tiny_cnn, images):
     source = one_by_one(tiny_cnn, images)
-    assert torch.equal(Memo(tiny_cnn, lr=0.0, n_views=4)(images), source)
+    assert torch.equal(Memo(tiny_cnn, lr=0.0, n_views=4, chunk=1)(images), source)
     adapted = Memo(tiny_cnn, lr=0.5, n_views=4)(images)
     assert not torch.equal(adapted, source)
 

@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -256,3 +257,139 @@ def test_a_failing_config_is_named_with_the_error():
     with pytest.raises(RuntimeError, match="(?s)mode=.nope.*unknown mode 'nope'"):
         measure_steps([StepConfig(batch_size=1, **METER_BASE),
                        StepConfig(batch_size=1, mode="nope", **METER_BASE)])
+
+
+def test_state_memory_counts_weights_gradients_and_the_optimizers_state():
+    from helpers.vpt.meter import MB, state_memory, total_memory
+
+    model = tiny("vpt-deep", n_prompts=5)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = 2 * 5 * 32 + 32 * 3 + 3  # two blocks' prompts and the head
+    counted = state_memory(model)  # no optimizer: Adam's two float32 slots
+    assert counted == {"weights_mb": 4 * total / MB, "gradients_mb": 4 * trainable / MB,
+                       "optimizer_mb": 2 * 4 * trainable / MB}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    assert state_memory(model, optimizer) == counted  # no step yet: the same count
+    train_step(model, optimizer, *batch())
+    stepped = state_memory(model, optimizer)
+    # After a step AdamW holds exp_avg and exp_avg_sq per parameter and a float32 step count
+    # per tensor (the prompts, the head's weight and its bias).
+    assert stepped["optimizer_mb"] == pytest.approx((2 * 4 * trainable + 4 * 3) / MB)
+    row = {**stepped, "peak_mb": 10.0}
+    assert total_memory(row) == pytest.approx(stepped["weights_mb"] + stepped["optimizer_mb"]
+                                              + 10.0)
+
+
+def test_measured_rows_carry_the_total_training_memory():
+    full, deep = measure_steps([StepConfig(batch_size=8, mode="full",
+                                           **{**METER_BASE, "n_prompts": 0}),
+                                StepConfig(batch_size=8, **METER_BASE)])
+    for row in (full, deep):
+        assert row["total_mb"] == pytest.approx(row["weights_mb"] + row["optimizer_mb"]
+                                                + row["peak_mb"])
+    assert full["weights_mb"] == pytest.approx(deep["weights_mb"] - 2 * 10 * 64 * 4 / 2 ** 20)
+    assert full["optimizer_mb"] > 50 * deep["optimizer_mb"]  # every weight against prompts
+
+
+def test_parameter_counts_follow_the_formula_in_the_fixed_order():
+    from helpers.vpt import study
+
+    rows = study.parameter_counts("vit_tiny_patch16_224", n_prompts=4, num_classes=3,
+                                  modes=("full", "vpt-deep", "linear"))
+    assert [r["mode"] for r in rows] == ["linear", "full", "vpt-deep"]  # MODES' order
+    full = rows[1]
+    assert full["trainable %"] == 100 and full["gradients_mb"] == full["weights_mb"]
+    assert full["optimizer_mb"] == 2 * full["weights_mb"]
+    assert full["state MB"] == pytest.approx(4 * full["weights_mb"])
+
+
+def test_memory_ratios_against_eager_attention_by_hand():
+    from helpers.vpt import study
+
+    def row(attention, checkpointing, peak, seconds, prompts=10):
+        return {"batch_size": 4, "n_prompts": prompts, "attention": attention,
+                "checkpointing": checkpointing, "peak_mb": peak, "seconds_per_step": seconds,
+                "weights_mb": 1.0, "optimizer_mb": 0.5, "total_mb": peak + 1.5}
+
+    rows = [row("eager", False, 600.0, 2.0), row("sdpa", False, 400.0, 2.2),
+            row("sdpa", True, 100.0, 3.0), row("sdpa", True, 50.0, 1.0, prompts=0)]
+    ratios = {r["setting"]: r for r in study.memory_ratios(rows)}
+    assert len(ratios) == 3  # the row without an eager baseline is left out
+    assert ratios["sdpa"]["memory_vs_eager"] == pytest.approx(1.5)
+    assert ratios["sdpa + checkpointing"]["memory_vs_eager"] == pytest.approx(6.0)
+    assert ratios["sdpa + checkpointing"]["time_vs_eager"] == pytest.approx(1.5)
+    lines = study.memory_lines(rows[:3])
+    assert len(lines) == 2 and "6.00x less peak step memory" in lines[1]
+    assert "(102 MB in all)" in lines[1]  # 100 MB of peak and 1.5 MB of weights and state
+    assert "(600 MB of step peak with eager attention, 602 MB with" in lines[1]
+
+
+def test_modes_are_compared_with_full_fine_tuning_on_the_same_images():
+    from helpers import findings
+    from helpers.vpt import study
+
+    labels = [0, 1] * 50
+    full = [1.0] * 80 + [0.0] * 20
+    deep = [1.0] * 60 + [0.0] * 40  # loses 20 images full gets right, gains none
+
+    def cell(mode, correct):
+        return {"model": "m", "method": mode, "data": "d", "labels": labels, "correct": correct,
+                "accuracy": sum(correct) / 100, "ece": 0.1, "seconds_per_sample": 0.01}
+
+    rows = study.mode_comparisons([cell("vpt-deep", deep), cell("full", full),
+                                   cell("linear", deep)])
+    assert [r["method"] for r in rows] == ["linear", "vpt-deep"]  # the fixed order
+    deep_row = rows[1]
+    assert deep_row["baseline"] == "full" and deep_row["change"] == pytest.approx(-0.2)
+    named = study.named_by_data(rows)[1]
+    assert named["model"] == "m · d" and named["backbone"] == "m" and deep_row["model"] == "m"
+    assert deep_row["ci_high"] < 0 and deep_row["worse_on"] == 1
+    assert findings.mcnemar_p(np.array(full), np.array(deep)) < 0.05
+
+
+def test_the_explanation_comes_only_when_vpt_deep_loses_and_uses_this_runs_numbers():
+    from helpers.vpt import small, study
+
+    vit = build_vit("vit_tiny_patch16_224", 5, img_size=28, patch_size=7, embed_dim=16,
+                    depth=1, num_heads=2)
+    vit.weights, vit.metrics = "here", {"steps": 10, "test_accuracy": 0.8}
+
+    def cell(mode, accuracy):
+        return {"mode": mode, "data": "d", "accuracy": accuracy, "n_test": 100}
+
+    cells = [cell("linear", 0.5), cell("full", 0.8), cell("vpt-deep", 0.6)]
+    config = small.FinetuneConfig(steps=7, batch_size=8)
+    loses = [{"method": "vpt-deep", "ci_low": -0.3, "ci_high": -0.1}]
+    ties = [{"method": "vpt-deep", "ci_low": -0.1, "ci_high": 0.05}]
+    assert study.explanation_lines(ties, cells, vit, config, 4, small.SmallVitConfig()) == []
+    (line,) = study.explanation_lines(loses, cells, vit, config, 4, small.SmallVitConfig())
+    total = sum(p.numel() for p in vit.parameters())
+    assert f"a ViT of {total:,} parameters" in line and "7 steps of 8 images" in line
+    assert "linear probe to 0.500" in line and "prompts add +0.100" in line
+    assert "full fine-tuning adds +0.300" in line
+
+
+def test_the_vpt_findings_get_this_runs_shares_and_changes_beside_them():
+    from helpers.vpt import study
+
+    anchors = [{"method": "vpt", "model": "ViT", "dataset": "FGVC", "value": None,
+                "finding": f"finding {i}", "source": "s", "paper": "VPT", "where": "Abstract",
+                "metric": metric, "setting": setting}
+               for i, (metric, setting) in enumerate([
+                   ("parameters", "prompts in the input space"),
+                   ("accuracy", "against full fine-tuning"),
+                   ("accuracy", "relative accuracy gain over full fine-tuning")])]
+    rows = [{"method": "vpt-deep", "baseline": "full", "data": "d", "change": -0.2,
+             "ci_low": -0.3, "ci_high": -0.1, "accuracy": 0.6, "baseline_accuracy": 0.8}]
+    vit_b16 = [{"mode": "full", "trainable": 85_806_346}]
+    parameters, against, relative = study.anchor_table(anchors, rows, 10, vit_b16).to_dict(
+        "records")
+    # by formula: shallow 10 * 768 + 7,690 and deep 12 * 10 * 768 + 7,690 trainable parameters
+    assert "VPT-shallow trains 0.018% of the parameters, VPT-deep 0.116%" in \
+        parameters["offline here"]
+    assert parameters["direction"] == "same direction"
+    assert "vpt-deep on d -0.200 (95% CI -0.300 to -0.100)" in against["offline here"]
+    assert against["direction"] == "opposite"
+    assert relative["offline here"].endswith("-25.0%") and relative["direction"] == "opposite"
+    small = study.anchor_table(anchors[:1], rows, 10, [{"mode": "full", "trainable": 10**6}])
+    assert small.iloc[0]["direction"] == "opposite"  # 9.99% of a small model is not < 1%

@@ -206,6 +206,65 @@ def train_together(modules: list[nn.Module], inputs: torch.Tensor, labels: torch
     return stack
 
 
+def model_of_element(stack: Stack) -> torch.Tensor:
+    """For every element of ``stack.flat``, the index of the model it belongs to."""
+    parts = [torch.arange(stack.size).repeat_interleave(shape[1:].numel())
+             for shape in stack.shapes.values()]
+    return torch.cat(parts).to(stack.flat.device)
+
+
+def train_early_stopped(modules: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor,
+                        indices: torch.Tensor, schedules: torch.Tensor, lr: float,
+                        val_inputs: torch.Tensor, val_labels: torch.Tensor, eval_every: int,
+                        patience: int) -> tuple[Stack, dict]:
+    """``train_together`` with early stopping per model: every ``eval_every`` steps (and
+    after the last step of ``schedules``, the maximum) each model's accuracy on the shared
+    validation set; a model stops after ``patience`` evaluations without a better one and
+    keeps the weights of its best. Equal to stopping each model alone: a model's training
+    does not depend on the others', and steps after its stop never change its kept weights.
+    Returns the stack (best weights) and, per model (R values each), ``best_step``,
+    ``steps`` (trained until it stopped) and ``capped`` (still improving at the maximum)."""
+    if eval_every < 1 or patience < 1:
+        raise ValueError(f"eval_every and patience must be >= 1, got {eval_every}, {patience}")
+    keep_freed_memory()
+    stack = Stack(modules)
+    optimizer = torch.optim.Adam([stack.flat], lr=lr)
+    schedules = schedules.to(indices.device)
+    owner = model_of_element(stack)
+    best_flat = stack.flat.detach().clone()
+    best = torch.full((stack.size,), -1.0)
+    best_step = torch.zeros(stack.size, dtype=torch.int64)
+    stale = torch.zeros(stack.size, dtype=torch.int64)
+    stopped_at = torch.zeros(stack.size, dtype=torch.int64)
+    total = schedules.shape[1]
+    for step in range(total):
+        rows = indices.gather(1, schedules[:, step])
+        logits = stack(take_rows(inputs, rows))
+        losses = F.cross_entropy(logits.flatten(0, 1), take_rows(labels, rows).flatten(),
+                                 reduction="none")
+        optimizer.zero_grad(set_to_none=True)
+        losses.view(rows.shape).mean(1).sum().backward()
+        optimizer.step()
+        if (step + 1) % eval_every and step + 1 < total:
+            continue
+        running = stopped_at == 0
+        accuracy = accuracy_together(stack, val_inputs, val_labels)
+        better = running & (accuracy > best)
+        with torch.no_grad():
+            chosen = better.to(owner.device)[owner]
+            best_flat[chosen] = stack.flat[chosen]
+        best[better], best_step[better] = accuracy[better], step + 1
+        stale = torch.where(better, 0, stale + running.long())
+        stopped_at[running & (stale >= patience)] = step + 1
+        if bool((stopped_at > 0).all()):
+            break
+    capped = stopped_at == 0
+    stopped_at[capped] = step + 1
+    with torch.no_grad():
+        stack.flat.copy_(best_flat)
+    return stack, {"best_step": best_step, "steps": stopped_at, "capped": capped}
+
+
 @torch.no_grad()
 def accuracy_together(stack: Stack, inputs: torch.Tensor, labels: torch.Tensor,
                       indices: torch.Tensor | None = None, chunk: int = 128) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import torch
@@ -10,6 +11,25 @@ from torch import nn
 from ..precision import Precision, model_device
 from ..views import generator_for
 from .episodic import Snapshot, norm_buffers, select_parameters
+
+# Floats of per-image tensors (inputs, their rough activations, adapted weights) that one
+# batched pass over many test images may hold: 512 MB. ``images_per_pass`` cuts by it.
+BATCH_BUDGET = 2**27
+ACTIVATIONS = 64  # a rough count of activation floats per input float, for the budget
+
+
+def images_per_pass(n_images: int, floats_per_image: int, chunk: int | None = None,
+                    budget: int = BATCH_BUDGET) -> int:
+    """How many test images one batched pass of a per-image method takes: ``chunk`` if given
+    (1: one image at a time, the original loop), else as many as ``budget`` floats hold at
+    ``floats_per_image`` each, at least one and at most ``n_images``. Results do not depend on
+    it (each image's randomness is keyed by the image): only time and memory do."""
+    if chunk is not None:
+        if chunk < 1:
+            raise ValueError(f"chunk (images per batched pass) must be at least 1 or None "
+                             f"(by memory), got {chunk}")
+        return max(1, min(chunk, n_images))
+    return max(1, min(n_images, budget // max(1, floats_per_image)))
 
 
 def make_optimizer(params, name: str = "sgd", lr: float = 1e-3, momentum: float = 0.9,
@@ -21,6 +41,42 @@ def make_optimizer(params, name: str = "sgd", lr: float = 1e-3, momentum: float 
         cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
         return cls(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', not {name!r}")
+
+
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, which make_optimizer keeps
+
+
+@torch.no_grad()
+def functional_step(name: str, params: dict, grads: dict, state: dict, step: int, lr: float,
+                    momentum: float = 0.0, weight_decay: float = 0.0) -> dict:
+    """One step of ``make_optimizer(name, ...)`` written out on tensors, for many test
+    images at once: ``params`` may be shared (the source weights, on the first step) or carry
+    a leading image dimension, ``grads`` carry it; ``state`` (empty before the first step,
+    ``step`` counting from 1) is updated in place. The operations are those of torch's
+    single-tensor SGD, Adam and AdamW, so each image's weights are the optimizer's."""
+    new = {}
+    for key, grad in grads.items():
+        param, slot = params[key], state.setdefault(key, {})
+        if name == "sgd":
+            d_p = grad.add(param, alpha=weight_decay) if weight_decay else grad
+            if momentum:
+                slot["buf"] = (d_p.clone() if step == 1
+                               else slot["buf"].mul_(momentum).add_(d_p))
+                d_p = slot["buf"]
+            new[key] = param.add(d_p, alpha=-lr)
+            continue
+        if name == "adamw":
+            param = param.mul(1 - lr * weight_decay)
+        elif weight_decay:
+            grad = grad.add(param, alpha=weight_decay)
+        beta1, beta2 = ADAM_BETAS
+        if step == 1:
+            slot["avg"], slot["sq"] = torch.zeros_like(grad), torch.zeros_like(grad)
+        slot["avg"].lerp_(grad, 1 - beta1)
+        slot["sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (slot["sq"].sqrt() / math.sqrt(1 - beta2 ** step)).add_(ADAM_EPS)
+        new[key] = param.addcdiv(slot["avg"], denom, value=-lr / (1 - beta1 ** step))
+    return new
 
 
 class Adapter:

@@ -43,7 +43,7 @@ class MemoPlus(Memo):
         self.fallback = self._ordinary(ordinary_recipe, n_focused)
         self.focused = FocusedViews(n_focused, kinds, object_recipe)
         self.focus_log: list[dict] = []
-        self._current = None
+        self._objects: dict = {}  # id(generator) -> (generator, find_object's result)
 
     @staticmethod
     def _ordinary(recipe, n_views: int):
@@ -58,13 +58,13 @@ class MemoPlus(Memo):
         return mask, cam, candidates, best, coverage
 
     def _object_of(self, image: torch.Tensor, generator: torch.Generator):
-        """The object of the image being adapted, found once with the source model: later
+        """The object of an image being adapted, found once with the source model: later
         steps (``steps`` > 1) ask for fresh views of the same image, known by its generator
-        (one per image), from an adapted model."""
-        if self._current is None or self._current[0] is not generator:
-            self._current = (generator, self.find_object(image))
-            self._log(*self._current[1])
-        return self._current[1]
+        (one per image, kept for the call's images, which may adapt together)."""
+        if id(generator) not in self._objects:
+            self._objects[id(generator)] = (generator, self.find_object(image))
+            self._log(*self._objects[id(generator)][1])
+        return self._objects[id(generator)][1]
 
     def _log(self, mask, heat, candidates, best, coverage) -> None:
         if mask is None:
@@ -84,10 +84,17 @@ class MemoPlus(Memo):
             return focused
         return torch.cat([self.ordinary(image, generator), focused])
 
+    def forward(self, images, keys):
+        self._objects.clear()  # the generators of the last call's images are gone
+        try:
+            return super().forward(images, keys)
+        finally:
+            self._objects.clear()
+
     def reset(self) -> None:
         super().reset()
         self.focus_log.clear()
-        self._current = None
+        self._objects.clear()
 
     def config(self) -> dict:
         n_ordinary = self.ordinary.n_views if self.ordinary else 0

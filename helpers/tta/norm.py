@@ -91,7 +91,8 @@ def batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     quarter of MEMO's time on EfficientNet-Lite0)."""
     dims = [0, *range(2, x.dim())]
     mean = x.mean(dims, keepdim=True)
-    return mean.flatten(), (x - mean).square_().mean(dims)
+    deviation = x - mean
+    return mean.flatten(), deviation.mul_(deviation).mean(dims)  # square_ has no vmap rule
 
 
 class BatchNormPrior:

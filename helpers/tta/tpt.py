@@ -20,7 +20,7 @@ from torch import nn
 
 from ..models import CLIP_MEAN, CLIP_STD, Classifier, Preprocess
 from ..views import make_views, views_per_image
-from .base import Episodic
+from .base import ACTIVATIONS, Episodic, images_per_pass, make_optimizer
 from .episodic import frozen
 from .losses import marginal_entropy
 from .norm import entropy
@@ -113,30 +113,44 @@ class PromptLearner(nn.Module):
         torch.save(self.ctx.detach().cpu(), file)
         return file
 
-    def _encode(self, x: torch.Tensor, rows, length: int) -> torch.Tensor:
-        """CLIP's text transformer on prompts ``rows`` cut to ``length`` tokens, read at
-        each prompt's end token."""
+    def _encode(self, x: torch.Tensor, eot: torch.Tensor, length: int) -> torch.Tensor:
+        """CLIP's text transformer on prompts ``x`` cut to ``length`` tokens, read at each
+        prompt's end token ``eot``."""
         clip_model = self.clip
-        x = (x[rows, :length] + clip_model.positional_embedding[:length]).to(clip_model.dtype)
+        x = (x[:, :length] + clip_model.positional_embedding[:length]).to(clip_model.dtype)
         x = clip_model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
-        return clip_model.ln_final(x)[torch.arange(len(x)), self.eot[rows]] @ \
-            clip_model.text_projection
+        return clip_model.ln_final(x)[torch.arange(len(x)), eot] @ clip_model.text_projection
 
-    def forward(self, trim: bool = True) -> torch.Tensor:
-        """Unit-norm text features per class (classes x embed_dim). ``trim`` drops the
-        padding after each prompt's end, same result since the attention is causal and the
-        features are read at the end token: the prompts, sorted by length, run in
-        ``TRIM_GROUPS`` groups, each cut to its longest prompt (so none is longer than the
-        longest prompt of the task)."""
+    def forward(self, trim: bool = True, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit-norm text features per class (classes x embed_dim), or per image and class
+        (images x classes x embed_dim) for a context per image (``ctx``: images x the
+        context's shape; default: the learner's own, one set). ``trim`` drops the padding
+        after each prompt's end, same result since the attention is causal and the features
+        are read at the end token: the prompts, sorted by length, run in ``TRIM_GROUPS``
+        groups, each cut to its longest prompt (so none is longer than the longest prompt of
+        the task); the prompts of all images run together, group by group."""
         n = len(self.class_names)
-        ctx = self.ctx if self.class_specific else self.ctx.expand(n, -1, -1)
-        x = torch.cat([self.prefix, ctx.to(self.prefix.dtype), self.suffix], 1)
-        if not trim:
-            return F.normalize(self._encode(x, slice(None), x.shape[1]).float(), dim=-1)
-        order = self.eot.argsort()
-        parts = [self._encode(x, rows, int(self.eot[rows].max()) + 1)
-                 for rows in order.chunk(min(TRIM_GROUPS, n))]
-        return F.normalize(torch.cat(parts)[order.argsort()].float(), dim=-1)
+        single = ctx is None
+        ctx = (self.ctx if single else ctx).to(self.prefix.dtype)
+        if single:
+            ctx = ctx[None]
+        if not self.class_specific:
+            ctx = ctx[:, None].expand(-1, n, -1, -1)
+        m = len(ctx)
+        x = torch.cat([self.prefix.expand(m, -1, -1, -1), ctx,
+                       self.suffix.expand(m, -1, -1, -1)], 2)  # images x classes x L x width
+        groups = [slice(None)] if not trim else self.eot.argsort().chunk(min(TRIM_GROUPS, n))
+        parts = []
+        for rows in groups:
+            eot = self.eot[rows]
+            length = x.shape[2] if not trim else int(eot.max()) + 1
+            prompts = x[:, rows].flatten(0, 1)
+            parts.append(self._encode(prompts, eot.repeat(m), length).view(m, len(eot), -1))
+        features = torch.cat(parts, 1)
+        if trim:
+            features = features[:, self.eot.argsort().argsort()]
+        features = F.normalize(features.float(), dim=-1)
+        return features[0] if single else features
 
 
 class PromptHead(nn.Module):
@@ -151,8 +165,14 @@ class PromptHead(nn.Module):
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual(pixels.to(self.visual.conv1.weight.dtype)).float(), dim=-1)
 
-    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * image_features @ self.prompt(self.trim).t()
+    def logits(self, image_features: torch.Tensor, ctx: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """Logits of image features (views x width) against the prompt's classes; with a
+        context per image (``ctx``, images first), of each image's features (images x views x
+        width) against its own prompts (images x views x classes)."""
+        if ctx is None:
+            return self.logit_scale * image_features @ self.prompt(self.trim).t()
+        return self.logit_scale * image_features @ self.prompt(self.trim, ctx).transpose(1, 2)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.logits(self.image_features(pixels))
@@ -222,7 +242,11 @@ class Tpt(Episodic):
     ``test_time_tuning`` does. ``cache_features`` and ``trim`` switch the exact speed-ups
     (see the module); off, this is the original loop. ``precision`` (``helpers.precision``):
     ``"auto"`` is the original's float16 autocast with loss scaling on CUDA, float32 on a
-    CPU; the entropy and the AdamW step are float32 either way."""
+    CPU; the entropy and the AdamW step are float32 either way.
+
+    Many test images at once (``forward``): ``chunk`` images (None: by
+    ``base.BATCH_BUDGET``; 1: the loop) are tuned together, each with its own context
+    (``adapt_and_predict_many``), as each would be alone."""
 
     name = "tpt"
 
@@ -231,7 +255,7 @@ class Tpt(Episodic):
                  lr: float = 5e-3, optimizer: str = "adamw", weight_decay: float = 0.01,
                  n_ctx: int = 4, ctx_init: str | None = CTX_INIT, class_specific: bool = False,
                  ctx_file=None, cache_features: bool = True, trim: bool = True, seed: int = 0,
-                 precision: str = "auto"):
+                 precision: str = "auto", chunk: int | None = None):
         model = prompt_classifier(clip_model, class_names, trim, n_ctx=n_ctx, ctx_init=ctx_init,
                                   class_specific=class_specific, ctx_file=ctx_file, seed=seed)
         self.head: PromptHead = model.backbone
@@ -243,6 +267,8 @@ class Tpt(Episodic):
         self.views_kind, self.steps = views, steps
         self.selection, self.cache_features = selection, cache_features
         self.views = None if views == "auto" else tpt_views(views, self.n_views, 0)
+        images_per_pass(1, 1, chunk)  # a bad chunk fails here
+        self.chunk = chunk
 
     def _views_for(self, images):
         return views_for(self.views, self.n_views, images)
@@ -276,13 +302,64 @@ class Tpt(Episodic):
     def forward(self, images, keys):
         self.model.eval()
         generators = [self.generator(k) for k in keys]
+        views = views_per_image(self._views_for(images), images, generators)
+        chunk = self.images_per_pass(images)
         out = []
         with frozen(self.head.prompt.clip):
-            for image, views in zip(images, views_per_image(self._views_for(images), images,
-                                                            generators)):
-                out.append(self.adapt_and_predict(image, views))
-                self.restore()
+            for start in range(0, len(images), chunk):
+                part = images[start:start + chunk]
+                if chunk == 1:
+                    out.append(self.adapt_and_predict(part[0], next(views)))
+                    self.restore()
+                    continue
+                out.append(self.adapt_and_predict_many(part, torch.stack(
+                    [next(views) for _ in range(len(part))])))
         return torch.cat(out)
+
+    def images_per_pass(self, images: torch.Tensor) -> int:
+        """Test images tuned together (``chunk``, or by ``base.BATCH_BUDGET``: each image's
+        views and its prompts' rough activations); 1 (the loop) under float16 loss scaling
+        (one scale for the whole stream) and without ``cache_features``."""
+        if self.precision.scaled or not self.cache_features or len(images) == 1:
+            return 1
+        prompt = self.head.prompt
+        text = len(prompt.class_names) * prompt.length * prompt.prefix.shape[-1]
+        per_image = ((self.n_views + 1) * images[0].numel() + text) * ACTIVATIONS
+        return images_per_pass(len(images), per_image, self.chunk)
+
+    def adapt_and_predict_many(self, images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """``adapt_and_predict`` for many images (N x C x H x W, their views N x V x C x H x
+        W) at once: the features of all images and views in one pass, a context per image
+        (a copy of the initial one) tuned by one optimizer over all of them (its steps are
+        elementwise, so each image's context moves as alone; the summed losses give each
+        context its own gradient), the text encoder over images x classes in one pass. An
+        image whose loss is not finite is counted and predicted with the initial prompt."""
+        batch = torch.cat([images[:, None], views], 1)  # the original first, as in TPT
+        with torch.no_grad(), self.precision.autocast():
+            features = self.head.image_features(self.model.preprocess(batch.flatten(0, 1)))
+        features = features.view(*batch.shape[:2], -1)
+        initial = self.head.prompt.ctx.detach()
+        ctx = initial.expand(len(images), *initial.shape).clone().requires_grad_()
+        optimizer = make_optimizer([ctx], self.optimizer_name, self.lr, 0.0, self.weight_decay)
+        selected, ok = None, torch.ones(len(images), dtype=torch.bool)
+        for _ in range(self.steps):
+            with self.precision.autocast():
+                logits = self.head.logits(features, ctx).float()
+            if selected is None:  # per image, chosen on the first step and kept
+                selected = [confident_views(one.detach(), self.keep) for one in logits]
+            losses = torch.stack([marginal_entropy(one[s]) for one, s in zip(logits, selected)])
+            finite = torch.isfinite(losses.detach()).cpu()
+            self.counters["skipped_nonfinite"] += int((ok & ~finite).sum())
+            ok &= finite
+            if not ok.any():
+                break
+            optimizer.zero_grad(set_to_none=True)
+            losses[ok.to(losses.device)].sum().backward()
+            optimizer.step()
+        with torch.no_grad():
+            ctx[~ok.to(ctx.device)] = initial  # as ``restore`` before the prediction
+        with torch.inference_mode(), self.precision.autocast():
+            return self.head.logits(features[:, :1], ctx.detach()).float()[:, 0]
 
     @torch.no_grad()
     def selection_of(self, image: torch.Tensor, key: int = 0):

@@ -14,23 +14,25 @@ import torch
 
 from ..precision import Precision, model_device
 from ..views import views_per_image
-from .base import Adapter
-from .tpt import confident_views, tpt_views, view_selection, views_for
+from .base import ACTIVATIONS, Adapter, images_per_pass
+from .norm import entropy
+from .tpt import tpt_views, view_selection, views_for
 
 TIE_VOTE = 0.5  # the tie winner's extra half vote; see ``zero_vote``
 SMOOTHING = 0.5  # the weight of the kept views' mean probability in the reported distribution
 
 
-def tie_winner(logits: torch.Tensor, keep: int, tied: torch.Tensor,
+def tie_winner(logits: torch.Tensor, order: torch.Tensor, keep: int, tied: torch.Tensor,
                mean_probs: torch.Tensor) -> int:
-    """The authors' greedy tie-break (``greedy_break``): the first view after the first ``keep``
-    ones *in the batch's order* (the image first, then the views as generated; the code reads
-    ``l[k:]`` of the unsorted logits) whose arg-max is one of the ``tied`` classes. If none
-    is, the authors' fallback (``break_sample_tie``) masks the other classes with ``~`` on an
-    integer tensor, a bitwise not that indexes the wrong classes; here the tied class with the
-    highest mean probability over the kept views wins instead."""
+    """The authors' greedy tie-break (``greedy_break`` after their fix "bugfix greedy_break",
+    FarinaMatteo/zero cbd7949): among the views *not* kept, in confidence order (``order``:
+    all views by increasing entropy; the code reads ``l[sorted_idx][k:]``), the first whose
+    arg-max is one of the ``tied`` classes wins. If none is, the authors' fallback
+    (``break_sample_tie``) masks the other classes with ``~`` on an integer tensor, a bitwise
+    not that indexes the wrong classes; here the tied class with the highest mean probability
+    over the kept views wins instead."""
     tied_set = set(tied.tolist())
-    for prediction in logits[keep:].argmax(-1).tolist():
+    for prediction in logits[order[keep:]].argmax(-1).tolist():
         if prediction in tied_set:
             return prediction
     return int(tied[mean_probs[tied].argmax()])
@@ -50,13 +52,14 @@ def zero_vote(logits: torch.Tensor, keep: int) -> torch.Tensor:
     log-probabilities stay finite for the ensemble rules and temperature fitting.
     A view's own arg-max takes the first of equal logits, where the authors' softmax at
     temperature eps would split its vote (equal float logits do not occur in practice)."""
-    kept = logits[confident_views(logits, keep)].float()
+    order = entropy(logits).argsort()  # TPT's confidence order (``confident_views``)
+    kept = logits[order[:keep]].float()
     votes = torch.bincount(kept.argmax(-1), minlength=logits.shape[-1]).float()
     mean_probs = kept.softmax(-1).mean(0)
     score = votes + SMOOTHING * mean_probs
     tied = (votes == votes.max()).nonzero().flatten()
     if len(tied) > 1:
-        score[tie_winner(logits, keep, tied, mean_probs)] += TIE_VOTE
+        score[tie_winner(logits, order, keep, tied, mean_probs)] += TIE_VOTE
     return (score / score.sum()).log()
 
 
@@ -72,7 +75,8 @@ class Zero(Adapter):
     classifiers, where the text features are fixed and cached (``clip_classifier``), so the
     cost per image is one forward of the image encoder over the 64 inputs. ``precision``
     (``helpers.precision``): that forward under float16 autocast on CUDA (``"auto"``), in
-    float32 on a CPU; the vote is counted on float32 logits."""
+    float32 on a CPU; the vote is counted on float32 logits. ``chunk``: test images per
+    forward (their views together; None: by ``base.BATCH_BUDGET``, 1: one at a time)."""
     confidence = ("the predicted class's share of the smoothed vote of the kept (most confident) "
                   "views: its votes plus 0.5 times their mean probability of it (plus a tie "
                   "winner's half vote), over the total of those for all classes")
@@ -80,23 +84,32 @@ class Zero(Adapter):
     name = "zero"
 
     def __init__(self, model, views="auto", n_views: int = 63, selection: float = 0.1,
-                 keep: int | None = None, seed: int = 0, precision: str = "auto"):
+                 keep: int | None = None, seed: int = 0, precision: str = "auto",
+                 chunk: int | None = None):
         super().__init__(model, seed)
+        images_per_pass(1, 1, chunk)  # a bad chunk fails here
+        self.chunk = chunk
         self.precision = Precision(precision, model_device(model))
         self.n_views, self.keep = view_selection(views, n_views, selection, keep)
         self.selection = selection
         self.views = None if views == "auto" else tpt_views(views, self.n_views, 0)
 
     def forward(self, images, keys):
+        """The image and its views of ``chunk`` test images (None: as many as
+        ``base.BATCH_BUDGET`` holds) in one forward, each image voted on alone."""
         self.model.eval()
         generators = [self.generator(k) for k in keys]
+        views = views_per_image(views_for(self.views, self.n_views, images), images, generators)
+        chunk = images_per_pass(len(images), (self.n_views + 1) * images[0].numel()
+                                * ACTIVATIONS, self.chunk)
         out = []
         with torch.inference_mode():
-            for image, views in zip(images, views_per_image(
-                    views_for(self.views, self.n_views, images), images, generators)):
+            for start in range(0, len(images), chunk):
+                batch = torch.cat([torch.cat([image[None], next(views)])
+                                   for image in images[start:start + chunk]])
                 with self.precision.autocast():  # the model only, not the views' arithmetic
-                    logits = self.model(torch.cat([image[None], views])).float()
-                out.append(zero_vote(logits, self.keep))
+                    logits = self.model(batch).float()
+                out += [zero_vote(one, self.keep) for one in logits.split(self.n_views + 1)]
         return torch.stack(out)
 
     def config(self) -> dict:

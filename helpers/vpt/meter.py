@@ -10,6 +10,12 @@ and reads the peak over the timed steps. Configurations of one backbone share it
 once, its gradients dropped after each): a random ViT-B/16 takes seconds to build, and
 neither memory nor time depends on the weights' values.
 
+The step's peak leaves out what the model holds at rest, which is what sets full fine-tuning
+apart: :func:`state_memory` counts the weights, the gradients and the optimizer's state from
+the parameters and the optimizer, and each row's ``total_mb`` is the memory of training:
+weights + optimizer state + the step's measured peak (activations, gradients and temporaries
+of the step: gradients are dropped between steps, so they are part of that peak).
+
 That process starts with ``MALLOC_MMAP_THRESHOLD_=65536`` (``allocator="live"``): glibc then
 maps every allocation above 64 KB on its own and unmaps it when freed, so resident memory
 rises and falls with the live tensors, as CUDA's allocated memory does. With glibc's usual
@@ -109,6 +115,38 @@ def _release_freed_memory() -> None:
         pass
 
 
+# ---------------------------------------------------------------- memory of the model's state
+
+ADAM_SLOTS = 2  # Adam / AdamW keep two tensors per trainable parameter (exp_avg, exp_avg_sq)
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def state_memory(model: torch.nn.Module, optimizer=None) -> dict:
+    """MB of what training holds besides the step's activations: ``weights_mb`` (every
+    parameter), ``gradients_mb`` (one per trainable parameter, of its dtype) and
+    ``optimizer_mb``: the tensors of ``optimizer``'s state when it has taken a step, else (no
+    optimizer, or no step yet) Adam's two float32 slots per trainable parameter."""
+    parameters = list(model.parameters())
+    trainable = [p for p in parameters if p.requires_grad]
+    states = [] if optimizer is None else list(optimizer.state.values())
+    if states:
+        optimizer_bytes = tensor_bytes(v for state in states for v in state.values()
+                                       if isinstance(v, torch.Tensor))
+    else:
+        optimizer_bytes = ADAM_SLOTS * 4 * sum(p.numel() for p in trainable)
+    return {"weights_mb": tensor_bytes(parameters) / MB,
+            "gradients_mb": tensor_bytes(trainable) / MB, "optimizer_mb": optimizer_bytes / MB}
+
+
+def total_memory(row: dict) -> float:
+    """MB of a training step in all: weights and optimizer state (at rest) plus the step's
+    measured peak above rest (activations, gradients, temporaries)."""
+    return row["weights_mb"] + row["optimizer_mb"] + row["peak_mb"]
+
+
 # ---------------------------------------------------------------- the measurement
 
 def _backbone_key(config: StepConfig) -> str:
@@ -175,7 +213,8 @@ def measure_here(config: StepConfig, backbones: dict | None = None) -> dict:
            "seconds_per_step": statistics.median(seconds),
            "trainable": model.trainable_parameters(), "tokens": model.tokens(config.image_size),
            "weights": model.vit.weights, "threads": torch.get_num_threads(),
-           "precision": precision.describe()}
+           "precision": precision.describe(), **state_memory(model, optimizer)}
+    row["total_mb"] = total_memory(row)
     for parameter in model.parameters():  # the shared backbone keeps none of this step's state
         parameter.grad = None
     return row
@@ -187,7 +226,7 @@ def _measure_on_cuda(config: StepConfig, backbones: dict) -> dict:
     except torch.OutOfMemoryError:  # a result too: this setting does not fit the GPU
         torch.cuda.empty_cache()
         return {**asdict(config), "peak_mb": float("nan"), "seconds_per_step": float("nan"),
-                "error": "out of memory", "allocator": "cuda"}
+                "total_mb": float("nan"), "error": "out of memory", "allocator": "cuda"}
 
 
 # Run in the fresh process: one configuration per line in, one JSON row per line out.

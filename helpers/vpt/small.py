@@ -88,17 +88,27 @@ def fit(model, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def predict(model, inputs: torch.Tensor, batch_size: int = 250,
+            precision: Precision | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted classes and their softmax confidences (on the CPU), the forward passes
+    under ``precision``'s autocast (None: float32)."""
+    model.eval()
+    precision = precision or Precision("fp32")
+    predictions, confidences = [], []
+    for i in range(0, len(inputs), batch_size):
+        with precision.autocast():
+            logits = model(fit(model, inputs[i:i + batch_size])).float()
+        confidence, predicted = logits.softmax(1).max(1)
+        predictions.append(predicted.cpu())
+        confidences.append(confidence.cpu())
+    return torch.cat(predictions), torch.cat(confidences)
+
+
 def accuracy(model, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 250,
              precision: Precision | None = None) -> float:
     """Top-1 accuracy, the forward passes under ``precision``'s autocast (None: float32)."""
-    model.eval()
-    precision = precision or Precision("fp32")
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        with precision.autocast():
-            logits = model(fit(model, inputs[i:i + batch_size])).float()
-        correct += int((logits.argmax(1).cpu() == labels[i:i + batch_size]).sum())
-    return correct / len(labels)
+    predictions, _ = predict(model, inputs, batch_size, precision)
+    return float((predictions == labels).float().mean())
 
 
 def _train(model, inputs, labels, steps, batch_size, lr, seed, weight_decay=0.0,
@@ -151,7 +161,11 @@ def finetune(backbone, mode: str, n_prompts: int, train, test, config: FinetuneC
              num_classes: int, device=None, **model_options) -> dict:
     """Tune a copy of ``backbone`` with a new head in ``mode`` on ``train``; test accuracy,
     trainable parameters, training time and the precision of the steps (``config.precision``,
-    resolved for ``device``). ``model_options``: attention, checkpointing."""
+    resolved for ``device``), and per test image whether it was right (``correct``), with the
+    ``labels``, the ``ece`` and the test seconds per image, as a grid cell has them for
+    :mod:`helpers.findings`. ``model_options``: attention, checkpointing."""
+    from ..evaluate import expected_calibration_error
+
     torch.manual_seed(config.seed)
     vit = copy.deepcopy(backbone)
     vit.reset_classifier(num_classes)
@@ -160,8 +174,15 @@ def finetune(backbone, mode: str, n_prompts: int, train, test, config: FinetuneC
     precision = Precision(config.precision, device or "cpu")
     seconds = _train(model, *train, config.steps, config.batch_size, config.lr_for(mode),
                      config.seed, precision=precision)
+    start = time.perf_counter()
+    predictions, confidences = predict(model, test[0], precision=precision)
+    test_seconds = time.perf_counter() - start
+    correct = (predictions == test[1]).float()
     return {"mode": mode, "prompts": model.n_prompts, "trainable": model.trainable_parameters(),
             "trainable %": 100 * model.trainable_parameters() / model.total_parameters(),
-            "accuracy": accuracy(model, *test, precision=precision),
-            "train_seconds": round(seconds, 1), "precision": precision.describe()}
+            "accuracy": float(correct.mean()), "train_seconds": round(seconds, 1),
+            "precision": precision.describe(), "correct": correct.tolist(),
+            "labels": test[1].tolist(),
+            "ece": expected_calibration_error(confidences.numpy(), correct.numpy()),
+            "seconds_per_sample": test_seconds / len(correct)}
 
