@@ -212,12 +212,14 @@ run.show_anchors(anchors)
 # %% [markdown]
 # ## Calibration
 #
-# Expected calibration error (15 bins) pooled over the corrupted test images, with a 95% bootstrap interval; below 150 predictions the bins are too sparse for a number, and none is given. The reliability diagrams show where the confidence and the accuracy part ways.
+# Expected calibration error (15 bins) pooled over the corrupted test images (the clean ones where none is corrupted), with a 95% bootstrap interval; below 150 predictions the bins are too sparse for a number, and none is given. The reliability diagrams show where the confidence and the accuracy part ways.
 
 # %%
-calibration = findings.calibration(results, model=model_name, methods=methods)
+# Pooled over the corrupted test images, or over the clean ones where nothing is corrupted.
+pooled = ("clean",) if any(name != "clean" for name in tasks) else ()
+calibration = findings.calibration(results, model=model_name, methods=methods, exclude=pooled)
 display(Markdown(findings.markdown([findings.ece_line(row) for row in calibration])))
-fig = plots.reliability_diagram(results, methods=methods, model=model_name)
+fig = plots.reliability_diagram(results, methods=methods, model=model_name, exclude=pooled)
 run.figure(fig, "02_memo_plus_reliability")
 
 # %% [markdown]

@@ -273,7 +273,7 @@ def _vpt_evidence(comparisons: list[dict], n_prompts: int, total: int) -> dict:
                                f"change in accuracy against full fine-tuning: {text}",
                                sum(r["ci_low"] > 0 or r["ci_high"] < 0 for r in vpt))
         relative = [r["accuracy"] / r["baseline_accuracy"] - 1 for r in vpt
-                    if r["method"] == "vpt-deep"]
+                    if r["method"] == "vpt-deep" and r["baseline_accuracy"] > 0]
         if relative:
             mean = sum(relative) / len(relative)
             out["relative"] = (mean > 0, f"VPT-deep's mean relative accuracy gain over full "
