@@ -374,3 +374,40 @@ def note(model, dataset, offline, full, here, compare_with) -> str:
         parts.append(f"offline: different model and data ({models} on {here}, {shift}) vs "
                      f"{model} on {dataset}; compare directions, not values")
     return "; ".join(parts) or "nothing of ours to compare"
+
+
+def direction(agrees, significant) -> str:
+    """"same direction" / "opposite" / "not comparable"; when the evidence is cells with
+    intervals and none of them excludes zero, says so."""
+    if agrees is None:
+        return "not comparable"
+    text = "same direction" if agrees else "opposite"
+    return text + (" (no interval excludes zero)" if significant == 0 else "")
+
+
+def finding_table(entries: list[dict], evidence: dict, key, note: str):
+    """Published findings in words (entries with a ``finding``, no number) with a study's own
+    evidence beside each: ``evidence[key(entry)]`` is ``(agrees, text, significant)`` (None
+    where the study measured nothing for it), ``note`` what differs from the paper's setting.
+    For the studies (05, 06) whose papers state findings, not a number on a test set."""
+    import pandas as pd
+
+    rows = []
+    for entry in entries:
+        found = evidence.get(key(entry))
+        rows.append({
+            "method": entry["method"], "model": entry["model"], "data set": entry["dataset"],
+            "setting": entry["setting"],
+            "published": f"{entry.get('finding') or entry['value']} "
+                         f"({entry.get('paper', entry['source'])}, {entry['where']})",
+            "offline here": found[1] if found else "not measured here",
+            "direction": direction(*found[::2]) if found else "not comparable",
+            "note": note})
+    return pd.DataFrame(rows)
+
+
+def finding_lines(table) -> list[str]:
+    """One sentence per row of :func:`finding_table`: the paper's setting, our numbers and
+    whether they point the paper's way."""
+    return [f"{row['setting'].capitalize()}: {row['offline here']}: **{row['direction']}**."
+            for row in table.to_dict("records")]

@@ -62,7 +62,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from helpers import conclusions, plots
-from helpers.anchors import anchors_for
+from helpers.anchors import anchors_for, finding_lines
 from helpers.notebook import start
 from helpers.transfer import gain_over_baseline, layer_shapes, repeats_for, series_config
 from helpers.transfer import study as transfer
@@ -185,7 +185,7 @@ run.show_anchors(anchors)
 # %%
 run.show_conclusions(transfer.conclusion_lines(study, gains),
                      conclusions.limitations(transfer.limitations(study, profile)),
-                     transfer.anchor_lines(anchors))
+                     finding_lines(anchors))
 
 # %%
 note = (f"A CNN trained here ({network.to_json()}), pretrained on classes {pretrain_classes} "

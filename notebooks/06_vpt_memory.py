@@ -78,7 +78,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from helpers import conclusions, plots
-from helpers.anchors import anchors_for
+from helpers.anchors import anchors_for, finding_lines
 from helpers.notebook import start
 from helpers.vpt import StepConfig, build_vit, measure_grid, small
 from helpers.vpt import study as vpt
@@ -219,7 +219,7 @@ found = conclusions.what_we_found(vpt.named_by_data(comparisons)) + vpt.explanat
     comparisons, cells, vit, finetune_config, vpt_prompts, small_config)
 run.show_conclusions(found, conclusions.limitations(vpt.limitations(
     vit, small_config, finetune_config, run.info["device"], memory_rows, skipped)),
-    vpt.anchor_lines(anchors))
+    finding_lines(anchors))
 
 # %%
 note = (f"Part 1: {memory_mode} steps of {arch_name} with random weights (memory and time do not "

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import paths
+from helpers.anchors import finding_lines
 from helpers.evaluate import RunLog
 from helpers.transfer import (
     CnnConfig,
@@ -441,5 +442,5 @@ def test_the_published_findings_get_this_runs_evidence_and_its_direction():
     assert distance["direction"] == "same direction"
     assert tuned["direction"] == "same direction (no interval excludes zero)"
     assert other["direction"] == "not comparable"
-    lines = study.anchor_lines(table)
+    lines = finding_lines(table)
     assert lines[0].startswith("Features transferred from the bottom") and len(lines) == 4

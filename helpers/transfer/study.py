@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import data, fingerprint
+from ..anchors import finding_table
 from ..evaluate import RunLog
 from ..models import _cached_training, default_device
 from .batched import accuracy_together, batch_schedule, train_early_stopped, train_one
@@ -762,15 +763,6 @@ def _transfer_evidence(gains: list[dict]) -> dict:
     return out
 
 
-def direction(agrees, significant) -> str:
-    """"same direction" / "opposite" / "not comparable", and when the evidence is cells with
-    intervals and none of them excludes zero, says so."""
-    if agrees is None:
-        return "not comparable"
-    text = "same direction" if agrees else "opposite"
-    return text + (" (no interval excludes zero)" if significant == 0 else "")
-
-
 def _evidence_key(entry: dict) -> str | None:
     setting = entry.get("setting", "")
     for key, words in (("top", "bottom, middle or top"), ("distance", "distances"),
@@ -782,31 +774,11 @@ def _evidence_key(entry: dict) -> str | None:
 
 def anchor_table(anchors: list[dict], gains: list[dict]):
     """The published findings of notebook 05 (``helpers.anchors.anchors_for``: findings in
-    words, no number) with this run's evidence beside each: the setting, the finding and its
-    source, our numbers, and whether they point the same way."""
-    import pandas as pd
-
-    evidence = _transfer_evidence(gains)
-    rows = []
-    for entry in anchors:
-        found = evidence.get(_evidence_key(entry))
-        rows.append({
-            "method": entry["method"], "model": entry["model"], "data set": entry["dataset"],
-            "setting": entry["setting"],
-            "published": f"{entry.get('finding') or entry['value']} "
-                         f"({entry.get('paper', entry['source'])}, {entry['where']})",
-            "offline here": found[1] if found else "not measured here",
-            "direction": direction(*found[::2]) if found else "not comparable",
-            "note": "a small CNN on 28x28 grey images against the paper's ImageNet network; "
-                    "our gains are over a baseline from scratch at equal stopping rule"})
-    return pd.DataFrame(rows)
-
-
-def anchor_lines(table) -> list[str]:
-    """One sentence per row of :func:`anchor_table`: the paper's setting, our numbers and
-    whether they point the paper's way."""
-    return [f"{row['setting'].capitalize()}: {row['offline here']}: **{row['direction']}**."
-            for row in table.to_dict("records")]
+    words, no number) with this run's evidence beside each (``anchors.finding_table``)."""
+    return finding_table(anchors, _transfer_evidence(gains), _evidence_key,
+                         "a small CNN on 28x28 grey images against the paper's ImageNet "
+                         "network; our gains are over a baseline from scratch at equal "
+                         "stopping rule")
 
 
 # ---------------------------------------------------------------- conclusions

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import findings
+from ..anchors import finding_table
 from ..data import UNAVAILABLE
-from ..transfer.study import anchor_lines, direction  # noqa: F401 (anchor rows, as 05's)
 from . import small
 from .meter import state_memory, total_memory
 from .model import MODES, VIT_B16, PromptedViT, build_vit, expected_trainable
@@ -294,21 +294,10 @@ def anchor_table(anchors: list[dict], comparisons: list[dict], n_prompts: int,
     ``counts``: :func:`parameter_counts` of ViT-B/16 with 10 classes (its full mode's
     trainable parameters are all of them)."""
     total = next(row["trainable"] for row in counts if row["mode"] == "full")
-    evidence = _vpt_evidence(comparisons, n_prompts, total)
-    rows = []
-    for entry in anchors:
-        found = evidence.get(_evidence_key(entry))
-        rows.append({
-            "method": entry["method"], "model": entry["model"], "data set": entry["dataset"],
-            "setting": entry["setting"],
-            "published": f"{entry.get('finding') or entry['value']} "
-                         f"({entry.get('paper', entry['source'])}, {entry['where']})",
-            "offline here": found[1] if found else "not measured here",
-            "direction": direction(*found[::2]) if found else "not comparable",
-            "note": "a small ViT pretrained here on 5 FashionMNIST classes against the paper's "
-                    "ImageNet-21k ViT-B/16 on FGVC and VTAB-1k (the parameter share is "
-                    "ViT-B/16's, by formula)"})
-    return pd.DataFrame(rows)
+    return finding_table(anchors, _vpt_evidence(comparisons, n_prompts, total), _evidence_key,
+                         "a small ViT pretrained here on 5 FashionMNIST classes against the "
+                         "paper's ImageNet-21k ViT-B/16 on FGVC and VTAB-1k (the parameter "
+                         "share is ViT-B/16's, by formula)")
 
 
 # ---------------------------------------------------------------- conclusions
