@@ -27,7 +27,7 @@ FIELDS = {"notebook": (str, list), "method": str, "model": str, "dataset": str, 
           "metric": str, "value": (float, int), "kind": str, "source": str, "where": str,
           "url": str}
 OPTIONAL = {"read_from": str, "finding": str, "paper": str, "compare_with": str,
-            "decimals": int}
+            "decimals": int, "offline_differs": str}
 CHOICES = {"metric": ("error", "accuracy", "parameters"), "kind": ("paper", "course project"),
            "compare_with": ("corruptions", "clean")}
 # Methods in the tables' order: Source first, then batch adaptation, single-image adaptation,
@@ -221,10 +221,14 @@ def table_row(key, entries, results, full_results, here, full_datasets,
            "full profile here": full_text(full),
            "offline here": offline_text(offline, compare_with),
            "note": note(model, dataset, offline, full, here, compare_with)}
+    differs = next((e["offline_differs"] for e in entries if "offline_differs" in e), None)
+    if differs:  # a setting the offline runs do not have: their numbers stand apart
+        row["note"] = f"offline runs differ in kind: {differs}"
     number = {**{k: row[k] for k in ("method", "model", "data set", "metric")},
               "published": [entry_numbers(e) for e in published],
               "course project": [entry_numbers(e) for e in course],
-              "full profile here": full, "offline here": offline, "compare_with": compare_with}
+              "full profile here": full, "offline here": offline, "compare_with": compare_with,
+              "offline differs": differs}
     return row, number
 
 

@@ -184,7 +184,8 @@ def _anchor_row(record: dict, columns: dict, numbers: dict | None) -> dict:
            "data set": str(cell("data set") or ""),
            "metric": re.sub(r"\s*\(%\)", "", str(cell("metric") or "error")),
            "note": cell("note"), "missing": [COLUMNS[f][0] for f in ("published", "offline")
-                                             if not columns[f]]}
+                                             if not columns[f]],
+           "differs": (numbers or {}).get("offline differs")}
     if numbers:
         published = [p.get("value") for p in numbers.get("published") or []]
         row["published"] = next((_number(v) for v in published if _number(v) is not None),
@@ -251,6 +252,8 @@ def _overlap(first: tuple, second: tuple) -> bool:
 def _not_comparable(row: dict, source: dict | None) -> str | None:
     if row["missing"]:
         return f"the anchor table has no '{row['missing'][0]}' column"
+    if row.get("differs"):
+        return row["differs"]
     if source is None:
         return "the table has no Source row for this model, data set and metric"
     if row["published"] is None or source["published"] is None:

@@ -186,3 +186,22 @@ def test_a_share_of_parameters_is_not_scored_from_the_grid(tmp_path):
     table = anchors.anchor_table("01_x", _grid(), [], path=_write(tmp_path, [share]))
     assert table.iloc[0]["offline here"] == "not run offline"
     assert table.iloc[0]["full profile here"] == "not in the full profile's results"
+
+
+def test_an_anchor_in_a_setting_the_offline_runs_lack_is_not_compared(tmp_path, monkeypatch):
+    """An entry whose stream the offline profile does not run (``offline_differs``: label
+    shift, say) keeps its offline numbers beside it, but its line says why no direction is
+    read from them."""
+    from helpers import conclusions
+
+    monkeypatch.setattr(paths, "RESULTS", tmp_path / "results")
+    why = "the papers' stream is label-imbalanced; the offline streams are i.i.d."
+    entries = [{**ENTRY, "method": "source", "value": 82.0}, ENTRY]
+    plain = anchors.anchor_table("01_x", _grid(), path=_write(tmp_path, entries))
+    assert why not in conclusions.anchor_lines(plain)[0]
+    differs = anchors.anchor_table("01_x", _grid(), path=_write(
+        tmp_path, [{**e, "offline_differs": why} for e in entries]))
+    assert differs.iloc[1]["note"] == f"offline runs differ in kind: {why}"
+    assert differs.iloc[1]["offline here"].startswith("m: 12.5 (")
+    assert conclusions.anchor_lines(differs) == [
+        f"ResNet-50 on ImageNet-C · **tent**: not comparable because {why}."]
