@@ -97,11 +97,17 @@ def images_for_half_width(row: dict, half_width: float = 0.02) -> int:
 
 def resolution_line(row: dict, half_width: float = 0.02) -> str:
     """For a comparison that found no detectable change: how many test images per task would
-    give a 95% interval of ``half_width`` on either side (``images_for_half_width``)."""
-    return (f"{row['model']}: {row['method']} vs {row['baseline']} cannot be told apart on "
-            f"{row['images']:,} images per task (95% interval ±"
-            f"{(row['ci_high'] - row['ci_low']) / 2:.3f}); an interval of ±{half_width} would "
-            f"need about {images_for_half_width(row, half_width):,}.")
+    give a 95% interval of ``half_width`` on either side (``images_for_half_width``), or, where
+    the interval is already that narrow, that any difference is smaller than that."""
+    measured = (row["ci_high"] - row["ci_low"]) / 2
+    head = (f"{row['model']}: {row['method']} vs {row['baseline']} cannot be told apart on "
+            f"{row['images']:,} images per task (95% interval ±{measured:.3f})")
+    if measured <= half_width:
+        return (f"{head}, already within ±{half_width}: a difference between them, if any, is "
+                f"smaller than the interval ({row['ci_low']:+.3f} to {row['ci_high']:+.3f}).")
+    return (f"{head}; an interval of ±{half_width} would need about "
+            f"{images_for_half_width(row, half_width):,}.")
+
 
 def compare(results: list[dict], method: str, baseline: str = "source", by=("model",),
             seed: int = 0) -> list[dict]:

@@ -147,3 +147,6 @@ def test_images_for_half_width_scales_the_interval_as_one_over_root_n():
     assert findings.images_for_half_width(row, 0.04) == 100
     line = findings.resolution_line(row)
     assert "100 images per task" in line and "±0.040" in line and "about 400" in line
+    narrow = findings.resolution_line({**row, "ci_low": -0.025, "ci_high": 0.008})
+    assert "±0.017), already within ±0.02" in narrow and "-0.025 to +0.008" in narrow
+    assert "would need" not in narrow
