@@ -216,7 +216,7 @@ def _anchor_line(row: dict, source: dict | None) -> str:
     who = f"{where} · **{row['method']}**" if where else f"**{row['method']}**"
     reason = _not_comparable(row, source)
     if reason:
-        return f"{who}: not comparable because {reason}."
+        return f"{who}: not comparable because {reason.rstrip('.')}."
     lower_better = "acc" not in row["metric"].lower()
     paper = _direction(row["published"] - source["published"], lower_better)
     pairs = {k: (source["offline"].get(k) or source["offline"][k.split(" · ")[0]], v)
