@@ -204,4 +204,4 @@ def test_an_anchor_in_a_setting_the_offline_runs_lack_is_not_compared(tmp_path, 
     assert differs.iloc[1]["note"] == f"offline runs differ in kind: {why}"
     assert differs.iloc[1]["offline here"].startswith("m: 12.5 (")
     assert conclusions.anchor_lines(differs) == [
-        f"ResNet-50 on ImageNet-C · **tent**: not comparable because {why}."]
+        f"ResNet-50 on ImageNet-C · **tent**: not comparable because {why}"]  # one stop
