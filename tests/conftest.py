@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import paths
-from helpers.models import Classifier, Preprocess, SmallCnn
+from helpers.models import Classifier, Preprocess, SmallClipConfig, SmallCnn, build_small_clip
 
 # The stand-ins the slow tests and the notebooks' defaults (nbval) load.
 TESTED_STANDINS = ("small-clip", "small-cnn")
@@ -87,3 +87,12 @@ def tiny_cnn():
 @pytest.fixture
 def images():
     return torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def small_clip():
+    """A random-weight small CLIP (OpenAI architecture), the same in every module that asks."""
+    torch.manual_seed(0)
+    model = build_small_clip(SmallClipConfig()).float().eval()
+    model.name = ""
+    return model

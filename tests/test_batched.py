@@ -13,22 +13,12 @@ import torch
 from helpers.models import (
     Classifier,
     Preprocess,
-    SmallClipConfig,
-    build_small_clip,
     clip_classifier,
 )
 from helpers.tta import Memo, MemoPlus, Tpt, Zero, make_optimizer
 from helpers.tta.base import functional_step, images_per_pass
 
 NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "ankle boot"]
-
-
-@pytest.fixture(scope="module")
-def small_clip():
-    torch.manual_seed(0)
-    model = build_small_clip(SmallClipConfig()).float().eval()
-    model.name = ""
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.models import SmallClipConfig, build_small_clip, clip_classifier
+from helpers.models import clip_classifier
 from helpers.tta import (
     Eata,
     FeatureCache,
@@ -46,14 +46,6 @@ def assert_same_state(model, reference):
 def entropy_of(logits):
     p = logits.double().softmax(-1)
     return -(p * p.log()).sum(-1)
-
-
-@pytest.fixture(scope="module")
-def small_clip():
-    torch.manual_seed(0)
-    model = build_small_clip(SmallClipConfig()).float().eval()
-    model.name = ""
-    return model
 
 
 @pytest.fixture
