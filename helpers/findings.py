@@ -345,8 +345,9 @@ def confidence_definitions(methods) -> dict[str, str]:
     """What each method's recorded confidence is, one sentence per method name of the results
     (``ensemble (vote)`` and the like included): its class's ``confidence``, else the
     default, a softmax maximum of the predicted logits."""
-    from .tta import METHODS, Adapter
+    from .tta import Adapter
     from .tta.ensemble import RULE_CONFIDENCE
+    from .tta.registry import REGISTRY
 
     found = {}
     for name in methods:
@@ -354,7 +355,8 @@ def confidence_definitions(methods) -> dict[str, str]:
         if rule in RULE_CONFIDENCE:
             found[name] = RULE_CONFIDENCE[rule]
         else:
-            found[name] = getattr(METHODS.get(name), "confidence", Adapter.confidence)
+            found[name] = getattr(REGISTRY[name].adapter if name in REGISTRY else None,
+                                 "confidence", Adapter.confidence)
     return found
 
 

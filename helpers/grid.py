@@ -33,7 +33,7 @@ def run_grid(models: dict, tasks: dict, methods: dict, store: ResultStore,
 
     ``scheduler`` (a Dask scheduler's address, a cluster or a client; None: in this process)
     sends the missing cells to the cluster's workers, a method whose predictions for a batch
-    depend on that batch alone (``make.shardable``, see ``tta.SHARDABLE``) in parts of whole
+    depend on that batch alone (``make.shardable``, see ``tta.MethodInfo``) in parts of whole
     batches, and stores each cell here, atomically, as its last part arrives. The results are
     those of the run in process bit for bit (``tests/test_cluster.py``): the workers compute
     with this process's number of CPU threads, since some CPU kernels (a transformer's) sum in

@@ -23,7 +23,7 @@ from helpers import batch, cluster
 from helpers.data import ImageTensorDataset
 from helpers.evaluate import ResultStore, join_parts, predict
 from helpers.grid import Lazy, image_ranges, part_cost, run_grid
-from helpers.tta import SHARDABLE, build_method, ensemble_grid, method_factories
+from helpers.tta import build_method, ensemble_grid, method_factories, method_info
 
 # The test's own method factories travel to the workers by value (the workers cannot import
 # this module by name).
@@ -90,8 +90,8 @@ def comparable(cells: dict) -> dict:
                                     "prompt", "tent", "eata", "sar", "tda"])
 def test_shardable_methods_predict_in_parts_as_in_one_run_and_the_others_do_not(
         method, tiny_clip):  # noqa: F811
-    """The claim of ``tta.SHARDABLE``, checked on the method itself: two parts of whole
-    batches give the whole run's predictions bit for bit exactly when the method is listed;
+    """The claim of each method's ``shardable`` flag, checked on the method itself: two parts
+    of whole batches give the whole run's predictions bit for bit exactly when it is set;
     the others carry something from batch to batch, so their second part differs."""
     model = tiny_clip if method in ("tpt", "zero", "prompt", "tda") else cnn()
     data = dataset(12, seed=1)
@@ -101,7 +101,7 @@ def test_shardable_methods_predict_in_parts_as_in_one_run_and_the_others_do_not(
              for a, b in image_ranges(len(data), 4, 2)]
     joined = join_parts(parts)
     same = all(torch.equal(whole[k], joined[k]) for k in ("predictions", "confidences"))
-    assert same == (method in SHARDABLE), method
+    assert same == method_info(method).shardable, method
 
 
 def test_a_lazy_model_travels_as_its_recipe_never_built():

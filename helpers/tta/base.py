@@ -11,6 +11,7 @@ from torch import nn
 from ..precision import Precision, model_device
 from ..views import generator_for
 from .episodic import Snapshot, norm_buffers, select_parameters
+from .registry import register
 
 # Floats of per-image tensors (inputs, their rough activations, adapted weights) that one
 # batched pass over many test images may hold: 512 MB. ``images_per_pass`` cuts by it.
@@ -89,6 +90,8 @@ class Adapter:
 
     name = "adapter"
     confidence = "the highest softmax probability of the logits it predicts the image with"
+    # What the method needs and does (``registry.MethodInfo``), declared by each method.
+    needs_text = needs_batchnorm = shardable = online = False
 
     def __init__(self, model: nn.Module, seed: int = 0):
         self.model = model
@@ -118,10 +121,12 @@ class Adapter:
         return {"method": self.name}
 
 
+@register("source")
 class Source(Adapter):
     """No adaptation: the pretrained model as it is."""
 
     name = "source"
+    shardable = True
 
     def forward(self, images, keys):
         self.model.eval()

@@ -25,9 +25,9 @@ from torch import nn
 
 from ..data import content_digest, load_dataset, take
 from ..evaluate import batches
-from .base import Episodic
-from .episodic import frozen
-from .norm import batchnorm_train_mode, entropy, has_batchnorm
+from .losses import entropy
+from .norm import OnlineNormAdapter, batchnorm_train_mode, has_batchnorm
+from .registry import register
 
 MOVING_AVERAGE = 0.9  # momentum of the probability average (``update_model_probs``)
 # The Fisher estimates made in this process, by what they depend on: the model's weights, the
@@ -157,23 +157,7 @@ def estimated_fisher(model: nn.Module, params, choice: str, images, size: int, s
     return [f.clone() for f in fishers], count
 
 
-class OnlineNormAdapter(Episodic):
-    """What EATA and SAR share with Tent: per test batch, batch norm on batch statistics, one
-    forward whose logits are the prediction (made before this batch's update, as in the
-    authors' code), then ``adapt``; gradients only for the adapted parameters."""
-
-    def forward(self, images, keys):
-        batchnorm_train_mode(self.model)
-        with frozen(self.model, keep=self.params):  # no gradients for the other weights
-            logits = self.model(images)
-            self.adapt(images, logits)
-        self.model.eval()
-        return logits.detach()
-
-    def adapt(self, images: torch.Tensor, logits: torch.Tensor) -> None:
-        raise NotImplementedError
-
-
+@register("eata")
 class Eata(OnlineNormAdapter):
     """EATA with the paper's ImageNet defaults: E_0 = 0.4 ln C, epsilon 0.05, Fisher weight
     lambda 2000 on 2,000 source images (``fisher_size``, in batches of 64), SGD with momentum

@@ -27,7 +27,7 @@ from ..data import content_digest, load_dataset
 from ..evaluate import cell_code, evaluate, run_info
 from ..grid import ONE_PART_AT_A_TIME, Lazy
 from .base import Adapter
-from .norm import entropy
+from .losses import entropy
 
 RULES = ("mean", "temperature", "entropy", "vote")
 # What an ensemble's recorded confidence is under each rule (the highest probability of the

@@ -1,5 +1,5 @@
-"""The entropy objective that MEMO and TPT share, in a module of its own so that a change to
-one method's code does not mark the other's cached results stale (``helpers.fingerprint``)."""
+"""The entropy objectives the methods share, in a module of their own so that a change to one
+method's code does not mark another's cached results stale (``helpers.fingerprint``)."""
 
 from __future__ import annotations
 
@@ -16,3 +16,9 @@ def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
     log_marginal = torch.logsumexp(log_probs, 0) - math.log(logits.shape[0])
     terms = log_marginal.exp() * log_marginal
     return -torch.where(torch.isneginf(log_marginal), 0.0, terms).sum()
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy of softmax(logits) per row."""
+    log_probs = logits.float().log_softmax(-1)
+    return -(log_probs.exp() * log_probs).sum(-1)

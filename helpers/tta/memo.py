@@ -13,12 +13,14 @@ from ..views import make_views, views_per_image
 from .base import ACTIVATIONS, Episodic, functional_step, images_per_pass
 from .losses import marginal_entropy
 from .norm import BatchNormPrior, has_batchnorm
+from .registry import register
 
 # On a CPU, MEMO batches images of at most 64 x 64 pixels (the stand-ins' 28 x 28): above,
 # a convolution with per-image weights (grouped) costs more than the loop's per-call overhead.
 CPU_PIXELS = 64 * 64
 
 
+@register("memo")
 class Memo(Episodic):
     """MEMO. Defaults: the paper's ImageNet setting (64 AugMix views, one SGD step at lr
     0.00025, all parameters); the CLIP notebook uses the course report's (50 views, one
@@ -45,6 +47,7 @@ class Memo(Episodic):
     (``amp``, ``bf16``, ``fp16``) the loop (see ``images_per_pass``)."""
 
     name = "memo"
+    shardable = True  # each image from the source weights, its views seeded by its index
 
     def __init__(self, model, views=None, n_views: int = 64, steps: int = 1,
                  optimizer: str = "sgd", lr: float = 0.00025, params: str = "all",

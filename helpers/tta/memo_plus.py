@@ -13,8 +13,10 @@ from ..cam import heat_maps
 from ..masks import mask_provider, object_mask
 from ..views import FOCUS_KINDS, AugMixViews, FocusedViews
 from .memo import Memo
+from .registry import register
 
 
+@register("memo_plus")
 class MemoPlus(Memo):
     """MEMO with object-focused views. ``masks``: a provider name (``offline``, ``sam``) or
     a provider; ``focus``: the share of object-focused views; ``kinds``: which focused views;

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Adapter, Episodic
-from .episodic import Snapshot, norm_buffers
+from .episodic import Snapshot, frozen, norm_buffers
+from .losses import entropy
+from .registry import register
 
 
 def batchnorm_train_mode(model: nn.Module) -> None:
@@ -24,11 +26,14 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+@register("norm")
 class NormAdapt(Adapter):
     """Normalise with the statistics of each test batch instead of the training ones;
     nothing is learned and the source running statistics are kept."""
 
     name = "norm"
+    # Each batch's own statistics, the source ones restored after it: a batch alone decides.
+    needs_batchnorm = shardable = online = True
 
     def __init__(self, model, seed: int = 0):
         if not has_batchnorm(model):
@@ -50,12 +55,7 @@ class NormAdapt(Adapter):
         self.snapshot.restore()
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy of softmax(logits) per row."""
-    log_probs = logits.float().log_softmax(-1)
-    return -(log_probs.exp() * log_probs).sum(-1)
-
-
+@register("tent")
 class Tent(Episodic):
     """Tent: minimise the mean prediction entropy of each test batch by updating the affine
     parameters of the normalisation layers (batch norm in train mode uses batch
@@ -63,6 +63,7 @@ class Tent(Episodic):
     Defaults as in the paper: Adam, lr 1e-3, one step per batch."""
 
     name = "tent"
+    online = True
 
     def __init__(self, model, episodic: bool = False, steps: int = 1, optimizer: str = "adam",
                  lr: float = 1e-3, params: str = "norm", seed: int = 0):
@@ -123,3 +124,22 @@ class BatchNormPrior:
     def __exit__(self, *exc):
         for layer in self.layers:
             del layer.forward
+
+
+class OnlineNormAdapter(Episodic):
+    """What EATA and SAR share with Tent: per test batch, batch norm on batch statistics, one
+    forward whose logits are the prediction (made before this batch's update, as in the
+    authors' code), then ``adapt``; gradients only for the adapted parameters."""
+
+    online = True
+
+    def forward(self, images, keys):
+        batchnorm_train_mode(self.model)
+        with frozen(self.model, keep=self.params):  # no gradients for the other weights
+            logits = self.model(images)
+            self.adapt(images, logits)
+        self.model.eval()
+        return logits.detach()
+
+    def adapt(self, images: torch.Tensor, logits: torch.Tensor) -> None:
+        raise NotImplementedError

@@ -31,9 +31,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .eata import OnlineNormAdapter, entropy_margin, paper_lr
+from .eata import entropy_margin, paper_lr
 from .episodic import NORM_LAYERS
-from .norm import entropy
+from .losses import entropy
+from .norm import OnlineNormAdapter
+from .registry import register
 
 LOSS_AVERAGE = 0.9  # momentum of the loss average (``update_ema``)
 SAM_EPS = 1e-12  # davda54/sam's guard in rho / (||g|| + eps)
@@ -69,6 +71,7 @@ def sar_parameters(model: nn.Module) -> list[nn.Parameter]:
             for p in m.parameters(recurse=False)]
 
 
+@register("sar")
 class Sar(OnlineNormAdapter):
     """SAR with the paper's defaults: E_0 = 0.4 ln C, SAM radius rho = 0.05, recovery when the
     loss average falls below 0.2, SGD with momentum 0.9 at the authors' learning rate for the

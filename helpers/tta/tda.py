@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from ..views import views_per_image
 from .base import Adapter
-from .losses import marginal_entropy
-from .norm import entropy
+from .losses import entropy, marginal_entropy
+from .registry import register
 from .tpt import confident_views, tpt_views, view_selection, views_for
 
 
@@ -78,6 +78,7 @@ class Observation:
     probs: torch.Tensor
 
 
+@register("tda")
 class Tda(Adapter):
     """TDA with the authors' ImageNet configuration (``configs/imagenet.yaml``): positive cache
     of 3 shots per class, alpha 2.0, beta 5.0; negative cache of 2 shots, alpha 0.117, beta
@@ -102,6 +103,7 @@ class Tda(Adapter):
                   "logits plus the positive cache's affinities minus the negative cache's")
 
     name = "tda"
+    needs_text = True  # CLIP's image features and zero-shot head; its cache grows along the stream
 
     def __init__(self, model, shot_capacity: int = 3, alpha: float = 2.0, beta: float = 5.0,
                  neg_shot_capacity: int = 2, neg_alpha: float = 0.117, neg_beta: float = 1.0,

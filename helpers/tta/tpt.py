@@ -20,10 +20,10 @@ from torch import nn
 
 from ..models import CLIP_MEAN, CLIP_STD, Classifier, Preprocess
 from ..views import make_views, views_per_image
-from .base import ACTIVATIONS, Episodic, images_per_pass, make_optimizer
+from .base import ACTIVATIONS, Episodic, Source, images_per_pass, make_optimizer
 from .episodic import frozen
-from .losses import marginal_entropy
-from .norm import entropy
+from .losses import entropy, marginal_entropy
+from .registry import register
 
 CTX_INIT = "a photo of a"
 TRIM_GROUPS = 4  # prompt-length groups of the trimmed text encoder
@@ -249,6 +249,7 @@ class Tpt(Episodic):
     (``adapt_and_predict_many``), as each would be alone."""
 
     name = "tpt"
+    needs_text = shardable = True
 
     def __init__(self, clip_model, class_names, views="auto", n_views: int = 63,
                  selection: float = 0.1, keep: int | None = None, steps: int = 1,
@@ -377,3 +378,28 @@ class Tpt(Episodic):
                 "keep": self.keep, "steps": self.steps, "n_ctx": prompt.n_ctx,
                 "ctx_init": prompt.ctx_init, "class_specific": prompt.class_specific,
                 "cache_features": self.cache_features, "trim": self.head.trim}
+
+
+def clip_of(model):
+    """The CLIP model behind a classifier; an error that names the fix for one without a text
+    side."""
+    clip_model = getattr(model, "clip_model", None)
+    if clip_model is None:
+        raise ValueError("TPT and fixed prompts need a CLIP classifier (from clip_classifier "
+                         "or build_classifier with a CLIP name); this model has no text side.")
+    return clip_model
+
+
+@register("tpt", adapter=Tpt)
+def tpt(model, **options) -> Tpt:
+    """TPT on a CLIP classifier's model and classes."""
+    return Tpt(clip_of(model), model.class_names, **options)
+
+
+@register("prompt", adapter=Source, needs_text=True)
+def prompt(model, **options) -> Source:
+    """A CLIP classifier with a fixed prompt context: TPT's starting point ("a photo of a")
+    or a learned CoOp context (``ctx_file``), without test-time adaptation."""
+    adapter = Source(prompt_classifier(clip_of(model), model.class_names, **options))
+    adapter.name = "prompt"
+    return adapter

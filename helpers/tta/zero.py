@@ -15,7 +15,8 @@ import torch
 from ..precision import Precision, model_device
 from ..views import views_per_image
 from .base import ACTIVATIONS, Adapter, images_per_pass
-from .norm import entropy
+from .losses import entropy
+from .registry import register
 from .tpt import tpt_views, view_selection, views_for
 
 TIE_VOTE = 0.5  # the tie winner's extra half vote; see ``zero_vote``
@@ -63,6 +64,7 @@ def zero_vote(logits: torch.Tensor, keep: int) -> torch.Tensor:
     return (score / score.sum()).log()
 
 
+@register("zero")
 class Zero(Adapter):
     """Zero with the paper's defaults: TPT's 63 views plus the image (random resized crops and
     flips for ImageNet-size images, AugMix-style views for small ones, exactly TPT's views
@@ -82,6 +84,7 @@ class Zero(Adapter):
                   "winner's half vote), over the total of those for all classes")
 
     name = "zero"
+    needs_text = shardable = True  # a method for vision-language models
 
     def __init__(self, model, views="auto", n_views: int = 63, selection: float = 0.1,
                  keep: int | None = None, seed: int = 0, precision: str = "auto",
