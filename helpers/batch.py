@@ -863,6 +863,7 @@ def main(argv=None) -> int:
                         help="run every combination, e.g. seed=0,1,2 memo.lr=1e-5,1e-4; "
                              "compared in results/<profile>/SWEEP.md")
     args = parser.parse_args(argv)
+    cluster.require_runner("The batch runner (python -m helpers.batch)")
     try:
         return run(args.profile, args.resume, args.only, args.kernel, args.jobs,
                    args.scheduler, args.slurm, args.sweep)

@@ -14,12 +14,14 @@ or a shared file system). Worker resources: ``notebook`` (one notebook at a time
 and ``GPU`` (on workers that own one), so that a notebook that needs a GPU never shares it.
 
 ``distributed`` is imported inside the functions: importing this module costs nothing for a
-notebook that runs in process.
+notebook that runs in process, and a notebook needs none of the runner's packages
+(``tta-helpers[runner]``: Dask, papermill, nbconvert) unless it is given a scheduler.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -33,6 +35,27 @@ NOTEBOOK = "notebook"
 GPU = "GPU"
 # The SLURMCluster options a `cluster:` section or file must give (dask-jobqueue's names).
 SLURM_REQUIRED = ("cores", "memory")
+
+# The packages of the batch runner and of grids on a cluster: ``pip install tta-helpers[runner]``.
+RUNNER_PACKAGES = ("dask", "distributed", "dask_jobqueue", "papermill", "nbconvert", "nbformat")
+
+
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported here (without importing it)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ImportError:  # a finder that refuses it
+        return False
+
+
+def require_runner(what: str) -> None:
+    """An error that names the fix when ``what`` (the batch runner, a grid on a cluster) needs
+    a runner package this installation lacks: the notebooks' base install has none."""
+    missing = [name for name in RUNNER_PACKAGES if not installed(name)]
+    if missing:
+        raise ModuleNotFoundError(
+            f"{what} needs {', '.join(missing)}, which the base package leaves out: "
+            f'pip install "tta-helpers[runner]" (or make setup, which installs everything).')
 
 
 def forwarded_environment() -> dict[str, str]:
@@ -76,6 +99,7 @@ def local_cluster(workers: int, gpus: int = 0, processes: bool = True):
     ``notebook`` slot; the first ``gpus`` of them own one GPU each (``CUDA_VISIBLE_DEVICES``
     and the ``GPU`` resource), the others see none. ``processes=False`` runs the workers as
     threads of this process (for tests that replace papermill in this process)."""
+    require_runner("A local Dask cluster")
     import dask
     from distributed import LocalCluster
 
@@ -154,6 +178,7 @@ def connect(address_or_client, ignore_interrupts: bool = False, shared: bool = T
     object, or the given client, with the ``TTA_*`` variables forwarded to its workers.
     ``shared`` clients of one address are made once per process and reused (a notebook's
     grids); the batch runner makes its own (``shared=False``) and closes it."""
+    require_runner("A grid or batch on a Dask scheduler")
     from distributed import Client
 
     if isinstance(address_or_client, Client):

@@ -1,7 +1,10 @@
 """requirements.txt (pinned, what `make setup` and conda install), pyproject.toml (what the
 package needs, for `pip install -e .` alone) and environment.yml must agree."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,46 @@ def test_conda_environment_installs_the_requirements_and_the_package():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert pip == ["-r requirements.txt", "-e ."]
+
+
+# The runner's packages hidden from a notebook's process: importing one fails as if absent.
+HIDE_RUNNER = """
+import runpy, sys
+from importlib.abc import MetaPathFinder
+from helpers.cluster import RUNNER_PACKAGES
+
+class Absent(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in RUNNER_PACKAGES:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Absent())
+runpy.run_path(sys.argv[1], run_name="__main__")
+print("runner modules loaded:", sorted(m for m in sys.modules
+                                       if m.split(".")[0] in RUNNER_PACKAGES))
+"""
+
+
+def test_the_runner_comes_as_an_extra_and_a_notebook_needs_none_of_it(tmp_path):
+    """`pip install tta-helpers` (what Colab's first cell installs) leaves out the batch
+    runner's packages; notebook 04 (a grid of every kind of method, ensembles, the findings,
+    its results and figures) runs at its defaults with them hidden, and a runner entry point
+    says what to install."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_name(r) for r in project["dependencies"]}
+    runner = {_name(r) for r in project["optional-dependencies"]["runner"]}
+    assert runner == {"papermill", "nbformat", "nbconvert", "dask", "distributed",
+                      "dask-jobqueue"} and not declared & runner
+    env = {**os.environ, "MPLBACKEND": "Agg", "TTA_RESULTS": str(tmp_path / "results"),
+           "TTA_FIGURES": str(tmp_path / "figures"), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", HIDE_RUNNER,
+                           str(ROOT / "notebooks" / "04_ensemble.py")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "runner modules loaded: []" in done.stdout
+    assert list((tmp_path / "results").rglob("04_ensemble.json"))
+    probe = HIDE_RUNNER.replace("runpy.run_path(sys.argv[1], run_name=\"__main__\")",
+                                "from helpers.batch import main; main(['--only', 'none'])")
+    done = subprocess.run([sys.executable, "-c", probe, ""], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert 'pip install "tta-helpers[runner]"' in done.stderr
