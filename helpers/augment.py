@@ -31,7 +31,14 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from .views import _geometry, _identity, _sign, _to_uint8, _uniform, affine_grid
+from .geometry import (
+    affine_grid,
+    augmix_geometry,
+    identity_matrices,
+    random_sign,
+    to_uint8,
+    uniform,
+)
 
 # ------------------------------------------------------------------ parameters
 
@@ -125,7 +132,7 @@ def gaussian_kernels(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def _rotation_theta(s, generator, size):
-    return _geometry("rotate", s, _sign(len(s), generator), size)
+    return augmix_geometry("rotate", s, random_sign(len(s), generator), size)
 
 
 def rotation(images, strength, generator):
@@ -134,7 +141,7 @@ def rotation(images, strength, generator):
 
 
 def _zoom_theta(s, generator, size):
-    theta = _identity(len(s))
+    theta = identity_matrices(len(s))
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / (1 + s)
     return theta
 
@@ -147,7 +154,7 @@ def zoom(images, strength, generator):
 
 def _flip_theta(axis):
     def theta(s, generator, size):
-        matrix = _identity(len(s))
+        matrix = identity_matrices(len(s))
         matrix[:, axis, axis] = -1
         return matrix
     return theta
@@ -206,7 +213,7 @@ def _crop_theta(s, generator, size):
     log_ratio = (torch.rand(n, generator=generator) * 2 - 1) * s * math.log(4 / 3)
     w = (area * log_ratio.exp()).sqrt().clamp(max=1)
     h = (area / log_ratio.exp()).sqrt().clamp(max=1)
-    theta = _identity(n)
+    theta = identity_matrices(n)
     theta[:, 0, 0], theta[:, 1, 1] = w, h
     theta[:, 0, 2] = (torch.rand(n, generator=generator) * 2 - 1) * (1 - w)
     theta[:, 1, 2] = (torch.rand(n, generator=generator) * 2 - 1) * (1 - h)
@@ -224,7 +231,7 @@ def _affine_theta(s, generator, size):
     n, (height, width) = len(s), size
     u = (torch.rand(5, n, generator=generator) * 2 - 1) * s
     angle, shear, scale = u[0] * math.radians(20), u[1] * 0.2, 2 ** (u[2] * 0.25)
-    matrix = _identity(n)
+    matrix = identity_matrices(n)
     cos, sin = angle.cos(), angle.sin()
     matrix[:, 0, 0], matrix[:, 0, 1] = cos / scale, (cos * shear - sin) / scale
     matrix[:, 1, 0], matrix[:, 1, 1] = sin / scale, (sin * shear + cos) / scale
@@ -241,13 +248,13 @@ def affine(images, strength, generator):
 def gamma_(images, strength, generator):
     """Gamma 2 ** (+-strength): darker (gamma up to 2) or brighter (down to 1/2)."""
     s = _strength(strength, len(images))
-    return images.clamp_(0, 1).pow_(_per_image(2 ** (_sign(len(s), generator) * s), images))
+    return images.clamp_(0, 1).pow_(_per_image(2 ** (random_sign(len(s), generator) * s), images))
 
 
 def _translation_theta(s, generator, size):
     angle = torch.rand(len(s), generator=generator) * 2 * math.pi
-    shift_x = _geometry("translate_x", s * angle.cos().abs(), angle.cos().sign(), size)
-    shift_y = _geometry("translate_y", s * angle.sin().abs(), angle.sin().sign(), size)
+    shift_x = augmix_geometry("translate_x", s * angle.cos().abs(), angle.cos().sign(), size)
+    shift_y = augmix_geometry("translate_y", s * angle.sin().abs(), angle.sin().sign(), size)
     return shift_x @ shift_y
 
 
@@ -287,7 +294,7 @@ def elastic_transform(images, strength, generator):
     the cost (blurring full-size noise costs more than the warp itself)."""
     s = _strength(strength, len(images))
     size = tuple(images.shape[-2:])
-    return _sample(images, _identity(len(s)), _elastic_field(s, generator, size, images))
+    return _sample(images, identity_matrices(len(s)), _elastic_field(s, generator, size, images))
 
 
 def brightness_(images, strength, generator):
@@ -299,7 +306,7 @@ def brightness_(images, strength, generator):
 def histogram_equalisation(images, strength, generator):
     """Equalise each channel's histogram on 256 levels, as PIL (strength ignored)."""
     _strength(strength, len(images))
-    return TF.equalize(_to_uint8(images)).to(images.dtype) / 255
+    return TF.equalize(to_uint8(images)).to(images.dtype) / 255
 
 
 def salt_and_pepper_(images, strength, generator):
@@ -353,7 +360,7 @@ def contrast_(images, strength, generator):
     """Contrast factor 1 +- 0.8 strength (from 0.2, nearly flat, to 1.8), as
     ``TF.adjust_contrast``: a blend with the mean grey level."""
     s = _strength(strength, len(images))
-    ratio = _per_image(1 + 0.8 * _sign(len(s), generator) * s, images)
+    ratio = _per_image(1 + 0.8 * random_sign(len(s), generator) * s, images)
     grey = TF.rgb_to_grayscale(images) if images.shape[1] == 3 else images
     mean = grey.mean(dim=(-3, -2, -1), keepdim=True)
     return images.mul_(ratio).add_((1.0 - ratio) * mean).clamp_(0, 1)
@@ -495,7 +502,7 @@ class RecipeViews:
         warp = _Pending(n)
         for name, (lo, hi), p in self.recipe:
             chosen = (torch.rand(n, generator=generator) < p).nonzero().flatten()
-            strength = _uniform(n, lo, hi, generator)[chosen]
+            strength = uniform(n, lo, hi, generator)[chosen]
             if not len(chosen):
                 continue
             if name in AFFINE_THETAS:
@@ -525,7 +532,7 @@ class _Pending:
     each step, and far cheaper), applied just before the view's next other entry."""
 
     def __init__(self, n: int):
-        self.theta, self.pending = _identity(n), torch.zeros(n, dtype=torch.bool)
+        self.theta, self.pending = identity_matrices(n), torch.zeros(n, dtype=torch.bool)
 
     def compose(self, chosen, theta, start: bool = True) -> torch.Tensor:
         """Append ``theta`` to the chosen views' warps; with ``start=False``, only to those

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from .augment import adjust_brightness, adjust_contrast
-from .views import AugMixViews, affine_grid
+from .geometry import affine_grid
+from .views import AugMixViews
 
 RECIPES = ("none", "standard", "augmix", "clip")
 DESCRIPTIONS = {

@@ -12,57 +12,23 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
+from torchvision.transforms.v2.functional import gaussian_blur
+
+from .augment import RecipeViews
+from .geometry import (
+    augmix_geometry,
+    identity_matrices,
+    random_sign,
+    to_uint8,
+    uniform,
+    warp,
+)
 
 # AugMix's operations, without those that overlap ImageNet-C's corruptions (as in AugMix
 # and MEMO): no colour, contrast, brightness or sharpness.
 AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "rotate", "solarize",
               "shear_x", "shear_y", "translate_x", "translate_y")
-
-
-def _uniform(shape, low, high, gen):
-    return low + (high - low) * torch.rand(shape, generator=gen)
-
-
-def _sign(n, gen):
-    return torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-
-
-def affine_grid(theta: torch.Tensor, height: int, width: int,
-                field: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.affine_grid(theta, align_corners=False)`` (output -> input matrices, normalised
-    units) as broadcast multiply-adds written in place into one buffer: the same sampling
-    grid, many times faster on CPU than affine_grid's batched matmul with an inner size of 3
-    or than stacking the two coordinate planes. ``field`` (n, H, W, 2), if given, displaces
-    the output points first (elastic transforms)."""
-    xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, dtype=theta.dtype,
-                        device=theta.device).view(1, 1, width)
-    ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, dtype=theta.dtype,
-                        device=theta.device).view(1, height, 1)
-    t = theta[:, :2, :, None, None]
-    grid = torch.empty(len(theta), height, width, 2, dtype=theta.dtype, device=theta.device)
-    for k in range(2):
-        torch.add(t[:, k, 0] * xs, t[:, k, 1] * ys + t[:, k, 2], out=grid[..., k])
-        if field is not None:  # the displacement goes through theta's linear part
-            grid[..., k].addcmul_(t[:, k, 0], field[..., 0]).addcmul_(t[:, k, 1], field[..., 1])
-    return grid
-
-
-def _affine(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Warp each image by its own matrix (output -> input, normalised coordinates, 2x3 or
-    3x3); outside pixels are black, as with PIL's affine transforms in AugMix."""
-    grid = affine_grid(theta.to(images), *images.shape[-2:])
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False)
-
-
-def _identity(n):
-    return torch.eye(3).repeat(n, 1, 1)
-
-
-def _to_uint8(x):
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 COLOUR_OPS = ("autocontrast", "equalize", "posterize", "solarize")
@@ -73,37 +39,14 @@ def _colour(name: str, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     if name == "autocontrast":
         return TF.autocontrast(x)
     if name == "equalize":
-        return TF.equalize(_to_uint8(x)).float() / 255
+        return TF.equalize(to_uint8(x)).float() / 255
     n = x.shape[0]
     if name == "posterize":  # keep 4 - int(4 level) bits, as AugMix
         bits = 4 - (level * 4).long().clamp(max=4)
         mask = (256 - 2 ** (8 - bits)).to(torch.uint8).to(x.device).view(n, 1, 1, 1)
-        return (_to_uint8(x) & mask).float() / 255
+        return (to_uint8(x) & mask).float() / 255
     threshold = (1 - level).to(x).view(n, 1, 1, 1)  # solarize
     return torch.where(x >= threshold, 1 - x, x)
-
-
-def _geometry(name: str, level: torch.Tensor, sign: torch.Tensor, size) -> torch.Tensor:
-    """The 3x3 matrices of AugMix's rotate (30 degrees), shear (0.3) and translate (a third
-    of the image, whole pixels) at per-image ``level`` in [0, 1] and direction ``sign``.
-    ``size`` is the image's (height, width), or one number for a square image. The matrices
-    act on normalised coordinates, so the aspect ratio enters: a rotation stays a rotation
-    in pixels on a non-square image."""
-    height, width = (size, size) if isinstance(size, int) else size
-    theta = _identity(len(level))
-    if name == "rotate":
-        angle = sign * level * math.radians(30)
-        theta[:, 0, :2] = torch.stack([angle.cos(), -angle.sin() * height / width], 1)
-        theta[:, 1, :2] = torch.stack([angle.sin() * width / height, angle.cos()], 1)
-    elif name in ("shear_x", "shear_y"):
-        row, col = (0, 1) if name == "shear_x" else (1, 0)
-        ratio = height / width if name == "shear_x" else width / height
-        theta[:, row, col] = sign * level * 0.3 * ratio
-    else:
-        axis, length = (0, width) if name == "translate_x" else (1, height)
-        pixels = (sign * level * length / 3).round()
-        theta[:, axis, 2] = pixels * 2 / length
-    return theta
 
 
 def _augmix_chain(base: torch.Tensor, ops: torch.Tensor, levels: torch.Tensor,
@@ -113,12 +56,12 @@ def _augmix_chain(base: torch.Tensor, ops: torch.Tensor, levels: torch.Tensor,
     geometric operations of a view are composed into one warp, applied only before a colour
     operation and at the end: one resampling instead of several, and far fewer kernels."""
     x, n, size = base.clone(), base.shape[0], tuple(base.shape[-2:])
-    pending, warped = _identity(n), torch.zeros(n, dtype=torch.bool)
+    pending, warped = identity_matrices(n), torch.zeros(n, dtype=torch.bool)
 
     def flush(views):
         views = views[warped[views]]
         if len(views):
-            x[views.to(x.device)] = _affine(x[views.to(x.device)], pending[views])
+            x[views.to(x.device)] = warp(x[views.to(x.device)], pending[views])
             pending[views], warped[views] = torch.eye(3), False
 
     for step_ops, step_levels, step_signs in zip(ops, levels, signs):
@@ -130,7 +73,7 @@ def _augmix_chain(base: torch.Tensor, ops: torch.Tensor, levels: torch.Tensor,
                 flush(views)
                 x[views.to(x.device)] = _colour(name, x[views.to(x.device)], step_levels[views])
             else:
-                matrix = _geometry(name, step_levels[views], step_signs[views], size)
+                matrix = augmix_geometry(name, step_levels[views], step_signs[views], size)
                 pending[views] = pending[views] @ matrix
                 warped[views] = True
     flush(torch.arange(n))
@@ -141,10 +84,10 @@ def _crop_flip_theta(n: int, height: int, width: int, crop: str | None, flip: bo
                      min_scale: float = 0.08):
     """Per-view 3x3 matrices of the pre-augmentation: RandomResizedCrop (scale min_scale-1,
     ratio 3/4-4/3) for large images, a 4-pixel pad-and-crop for small ones, then a flip."""
-    theta = _identity(n)
+    theta = identity_matrices(n)
     if crop == "resized":
-        area = _uniform(n, min_scale, 1.0, gen)
-        log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), gen)
+        area = uniform(n, min_scale, 1.0, gen)
+        log_ratio = uniform(n, math.log(3 / 4), math.log(4 / 3), gen)
         w = (area * log_ratio.exp()).sqrt().clamp(max=1)
         h = (area / log_ratio.exp()).sqrt().clamp(max=1)
         theta[:, 0, 0], theta[:, 1, 1] = w, h
@@ -157,7 +100,7 @@ def _crop_flip_theta(n: int, height: int, width: int, crop: str | None, flip: bo
     elif crop is not None:
         raise ValueError(f"crop must be 'resized', 'pad' or None, not {crop!r}")
     if flip:
-        theta[:, 0, :] *= _sign(n, gen).view(n, 1)
+        theta[:, 0, :] *= random_sign(n, gen).view(n, 1)
     return theta
 
 
@@ -195,8 +138,8 @@ class AugMixViews:
             ops[torch.arange(depth).view(-1, 1) >= depths] = -1
             plan[f"ops{chain}"] = ops
             # AugMix: level ~ U(0.1, severity) on a scale of 10
-            plan[f"levels{chain}"] = _uniform((depth, n), 0.1, self.severity, gen) / 10
-            plan[f"signs{chain}"] = _sign((depth, n), gen)
+            plan[f"levels{chain}"] = uniform((depth, n), 0.1, self.severity, gen) / 10
+            plan[f"signs{chain}"] = random_sign((depth, n), gen)
         plan["m"] = torch.rand(n, generator=gen)  # Beta(1, 1)
         return plan
 
@@ -209,7 +152,7 @@ class AugMixViews:
         """One view per row of ``images`` (a view's image repeated as often as it has
         views), from the concatenated random draws of ``plan``."""
         total = len(images)
-        base = _affine(images, plan["theta"])
+        base = warp(images, plan["theta"])
         weights = plan["weights"].to(images)
         mix = torch.zeros_like(base)
         for chain in range(self.width):
@@ -267,7 +210,7 @@ class CropViews:
         n, (_, height, width) = self.n_views, image.shape
         theta = _crop_flip_theta(n, height, width, self.crop, self.flip, generator,
                                  self.min_scale)
-        return _affine(image.expand(n, -1, -1, -1), theta).clamp(0, 1)
+        return warp(image.expand(n, -1, -1, -1), theta).clamp(0, 1)
 
 
 VIEW_KINDS = {"augmix": AugMixViews, "crop": CropViews}
@@ -331,7 +274,6 @@ def _mask_box(mask: torch.Tensor) -> tuple[float, float, float, float]:
 
 def _feather(mask: torch.Tensor, sigma: float) -> torch.Tensor:
     """A soft version of a binary mask (1 x 1 x H x W), so composites show no hard seam."""
-    from torchvision.transforms.v2.functional import gaussian_blur
     size = 2 * math.ceil(3 * sigma) + 1
     return gaussian_blur(mask[None, None].float(), [size, size], [sigma, sigma])
 
@@ -360,7 +302,6 @@ class FocusedViews:
         self.counts = {k: n for k, n in counts.items() if n}
         self.object_views = None
         if "augment-object" in self.counts:
-            from .augment import RecipeViews
             self.object_views = RecipeViews(object_recipe, self.counts["augment-object"])
 
     def __repr__(self):
@@ -371,23 +312,22 @@ class FocusedViews:
         cx, cy, w, h = _mask_box(mask)
         _, height, width = image.shape
         side = max(w * width, h * height)  # pixels: a square crop keeps the aspect ratio
-        scale = _uniform(n, *self.margin, gen) * side
+        scale = uniform(n, *self.margin, gen) * side
         sx, sy = (scale / width).clamp(max=1), (scale / height).clamp(max=1)
         jitter = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.1
-        theta = _identity(n)
+        theta = identity_matrices(n)
         theta[:, 0, 0], theta[:, 1, 1] = sx, sy
         theta[:, 0, 2] = (cx + jitter[:, 0] * sx).clamp(-1 + sx, 1 - sx)
         theta[:, 1, 2] = (cy + jitter[:, 1] * sy).clamp(-1 + sy, 1 - sy)
         if self.flip:
-            theta[:, 0, :] *= _sign(n, gen).view(n, 1)
-        return _affine(image.expand(n, -1, -1, -1), theta)
+            theta[:, 0, :] *= random_sign(n, gen).view(n, 1)
+        return warp(image.expand(n, -1, -1, -1), theta)
 
     def _blur_background(self, image, soft, n, gen):
-        from torchvision.transforms.v2.functional import gaussian_blur
         sigma = 0.03 * max(image.shape[-2:])
         size = 2 * math.ceil(3 * sigma) + 1
         blurred = gaussian_blur(image[None], [size, size], [sigma, sigma])
-        strength = _uniform(n, 0.6, 1.0, gen).to(image).view(n, 1, 1, 1) * (1 - soft)
+        strength = uniform(n, 0.6, 1.0, gen).to(image).view(n, 1, 1, 1) * (1 - soft)
         return image + strength * (blurred - image)
 
     def _replace_background(self, image, soft, n, gen):

@@ -3,16 +3,14 @@ import math
 import pytest
 import torch
 
+from helpers.geometry import affine_grid, augmix_geometry, warp
 from helpers.views import (
     AUGMIX_OPS,
     AugMixViews,
     CropViews,
-    _affine,
     _augmix_chain,
     _colour,
     _crop_flip_theta,
-    _geometry,
-    affine_grid,
     generator_for,
 )
 
@@ -111,10 +109,10 @@ def test_posterize_keeps_top_bits():
 
 def test_affine_translation_by_whole_pixels_shifts_content():
     image = rand_image(12)[None]
-    out = _affine(image, shift_theta(2, 0, 12))
+    out = warp(image, shift_theta(2, 0, 12))
     assert torch.allclose(out[..., :, :-2], image[..., :, 2:], atol=1e-6)
     assert out[..., :, -2:].abs().max() < 1e-6  # outside pixels are black
-    out = _affine(image, shift_theta(0, -3, 12))
+    out = warp(image, shift_theta(0, -3, 12))
     assert torch.allclose(out[..., 3:, :], image[..., :-3, :], atol=1e-6)
     assert out[..., :3, :].abs().max() < 1e-6
 
@@ -123,7 +121,7 @@ def test_affine_translation_by_whole_pixels_shifts_content():
 def test_translate_moves_a_third_of_the_image_times_level_in_whole_pixels(name, axis):
     size, level = 12, torch.tensor([0.25, 0.5, 0.75, 1.0, 0.5])
     sign = torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0])
-    theta = _geometry(name, level, sign, size)
+    theta = augmix_geometry(name, level, sign, size)
     row = 0 if name == "translate_x" else 1
     pixels = theta[:, row, 2] * size / 2
     assert torch.allclose(pixels, torch.tensor([1.0, 2, -3, 4, -2]), atol=1e-6)
@@ -132,7 +130,7 @@ def test_translate_moves_a_third_of_the_image_times_level_in_whole_pixels(name, 
     image = rand_image(size)[None]
     for i in range(5):
         p = int(pixels[i].round())
-        out = _affine(image, theta[i:i + 1])
+        out = warp(image, theta[i:i + 1])
         expected = image.roll(-p, dims=axis)  # output pixel j shows input pixel j + p
         keep = slice(0, size - p) if p > 0 else slice(-p, size)
         index = (..., keep) if axis == -1 else (..., keep, slice(None))
@@ -140,20 +138,20 @@ def test_translate_moves_a_third_of_the_image_times_level_in_whole_pixels(name, 
 
 
 def test_rotate_by_level_zero_is_identity():
-    theta = _geometry("rotate", torch.zeros(2), torch.tensor([1.0, -1.0]), 16)
+    theta = augmix_geometry("rotate", torch.zeros(2), torch.tensor([1.0, -1.0]), 16)
     assert torch.equal(theta, torch.eye(3).expand(2, 3, 3))
     image = rand_image(16)[None].repeat(2, 1, 1, 1)
-    assert torch.allclose(_affine(image, theta), image, atol=1e-6)
+    assert torch.allclose(warp(image, theta), image, atol=1e-6)
 
 
 def test_rotate_and_shear_matrices():
     level, sign = torch.tensor([0.5]), torch.tensor([-1.0])
     c, s = math.cos(math.radians(-15)), math.sin(math.radians(-15))  # 30 degrees at level 1
     expected = torch.tensor([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-    assert torch.allclose(_geometry("rotate", level, sign, 16)[0], expected, atol=1e-6)
+    assert torch.allclose(augmix_geometry("rotate", level, sign, 16)[0], expected, atol=1e-6)
     shear = torch.tensor([[1.0, 0, 0], [-0.15, 1, 0], [0, 0, 1]])  # 0.3 at level 1
-    assert torch.allclose(_geometry("shear_y", level, sign, 16)[0], shear, atol=1e-7)
-    assert torch.allclose(_geometry("shear_x", level, sign, 16)[0], shear.T, atol=1e-7)
+    assert torch.allclose(augmix_geometry("shear_y", level, sign, 16)[0], shear, atol=1e-7)
+    assert torch.allclose(augmix_geometry("shear_x", level, sign, 16)[0], shear.T, atol=1e-7)
 
 
 def chain(names, levels, signs, base):
@@ -165,22 +163,22 @@ def chain(names, levels, signs, base):
 def test_consecutive_geometric_ops_are_one_warp_by_the_product_matrix():
     base, size = rand_image(16)[None], 16
     out = chain(["rotate", "translate_x"], [0.7, 0.5], [1.0, -1.0], base)
-    rotate = _geometry("rotate", torch.tensor([0.7]), torch.tensor([1.0]), size)
-    translate = _geometry("translate_x", torch.tensor([0.5]), torch.tensor([-1.0]), size)
-    assert torch.allclose(out, _affine(base, rotate @ translate), atol=1e-6)
+    rotate = augmix_geometry("rotate", torch.tensor([0.7]), torch.tensor([1.0]), size)
+    translate = augmix_geometry("translate_x", torch.tensor([0.5]), torch.tensor([-1.0]), size)
+    assert torch.allclose(out, warp(base, rotate @ translate), atol=1e-6)
     # not two resamplings in a row (bilinear twice blurs more), nor the reverse order
-    twice = _affine(_affine(base, rotate), translate)
+    twice = warp(warp(base, rotate), translate)
     assert not torch.allclose(out, twice, atol=1e-3)
-    assert not torch.allclose(out, _affine(base, translate @ rotate), atol=1e-3)
+    assert not torch.allclose(out, warp(base, translate @ rotate), atol=1e-3)
 
 
 def test_colour_op_between_geometric_ops_splits_the_warp():
     base, size = rand_image(16)[None], 16
     out = chain(["rotate", "solarize", "shear_x"], [0.7, 0.5, 0.9], [1.0, 1.0, -1.0], base)
-    rotate = _geometry("rotate", torch.tensor([0.7]), torch.tensor([1.0]), size)
-    shear = _geometry("shear_x", torch.tensor([0.9]), torch.tensor([-1.0]), size)
-    solarized = _colour("solarize", _affine(base, rotate), torch.tensor([0.5]))
-    assert torch.allclose(out, _affine(solarized, shear), atol=1e-6)
+    rotate = augmix_geometry("rotate", torch.tensor([0.7]), torch.tensor([1.0]), size)
+    shear = augmix_geometry("shear_x", torch.tensor([0.9]), torch.tensor([-1.0]), size)
+    solarized = _colour("solarize", warp(base, rotate), torch.tensor([0.5]))
+    assert torch.allclose(out, warp(solarized, shear), atol=1e-6)
 
 
 def test_chain_without_ops_returns_the_base():
@@ -221,7 +219,7 @@ def test_geometry_on_non_square_images_acts_in_pixels(name):
     moves a third of the image's own side times the level, whole pixels."""
     height, width = 20, 40
     level, sign = torch.tensor([0.9]), torch.tensor([1.0])
-    theta = _geometry(name, level, sign, (height, width))[0]
+    theta = augmix_geometry(name, level, sign, (height, width))[0]
     to_pixels = torch.diag(torch.tensor([width / 2, height / 2, 1.0]))
     in_pixels = to_pixels @ theta @ torch.linalg.inv(to_pixels)
     if name == "rotate":
@@ -247,8 +245,8 @@ def test_make_views_builds_views_from_plain_descriptions():
     g = generator_for(0, 1)
     shifts = torch.randint(-4, 5, (6, 2), generator=g).float()
     for view, (dx, dy) in zip(views, shifts):  # whole-pixel shifts, and perhaps a flip
-        shifted = _affine(image[None], shift_theta(dx, dy, 28))[0]
-        mirrored = _affine(image[None], shift_theta(-dx, dy, 28))[0].flip(-1)
+        shifted = warp(image[None], shift_theta(dx, dy, 28))[0]
+        mirrored = warp(image[None], shift_theta(-dx, dy, 28))[0].flip(-1)
         assert torch.allclose(view, shifted, atol=1e-5) or torch.allclose(
             view, mirrored, atol=1e-5)
     assert make_views(pad, 99) is pad
