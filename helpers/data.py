@@ -22,8 +22,6 @@ import hashlib
 import http.client
 import inspect
 import json
-import os
-import tempfile
 import urllib.error
 import warnings
 import zlib
@@ -39,6 +37,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from helpers import paths
+from helpers.jsonfile import atomic_file
 from helpers.params import check_count
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -247,6 +246,21 @@ def _images_in(folder: Path, deep: bool = False) -> list[Path]:
         return []
     found = folder.rglob("*") if deep else folder.iterdir()
     return sorted(p for p in found if p.is_file() and _is_image_name(p))
+
+
+def batches(dataset, batch_size: int, start: int = 0, stop: int | None = None):
+    """(indices, images, labels) batches of ``dataset[start:stop]``; in-memory datasets are
+    sliced without a loader."""
+    stop = len(dataset) if stop is None else stop
+    for first in range(start, stop, batch_size):
+        idx = list(range(first, min(first + batch_size, stop)))
+        if hasattr(dataset, "batch"):
+            images, labels = dataset.batch(idx)
+        else:
+            items = [dataset[i] for i in idx]
+            images = torch.stack([im for im, _ in items])
+            labels = torch.tensor([int(y) for _, y in items])
+        yield idx, images, labels
 
 
 def take(dataset, n: int | None, seed: int = 0):
@@ -1050,18 +1064,6 @@ def _cache_file(name: str, corruption: str, severity: int, seed: int, images) ->
     return paths.CACHE / "corruptions" / name.replace("/", "_") / f"{key}.npz"
 
 
-def _save_atomic(path: Path, images: np.ndarray) -> None:
-    """Write a temporary file beside the target, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as file:
-        try:
-            np.savez_compressed(file, images=images)
-        except BaseException:
-            os.unlink(file.name)
-            raise
-    os.replace(file.name, path)
-
-
 def _keep_grey(clean: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
     """Grey-scale sets stay grey (as in MNIST-C): the corruptions draw noise per channel,
     which would turn FashionMNIST's grey images into colour ones no model has seen."""
@@ -1083,7 +1085,8 @@ def corrupted(dataset, corruption: str, severity: int, seed: int = 0,
     else:
         result = _keep_grey(images, corrupt_images(images, corruption, severity, seed))
         if cache:
-            _save_atomic(path, result.numpy())
+            with atomic_file(path) as tmp, open(tmp, "wb") as file:
+                np.savez_compressed(file, images=result.numpy())
     padded = " (zero-padded to 32x32 for it)" if min(images.shape[2:]) < _MIN_SIDE else ""
     held_out = ", a held-out validation corruption" if corruption in VALIDATION_CORRUPTIONS else ""
     description = (f"{dataset.description}; corrupted with {corruption} at severity {severity} "

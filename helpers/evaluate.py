@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import fingerprint
+from .data import batches
 from .jsonfile import (
     append_json_line,
     jsonable,
@@ -157,21 +158,6 @@ def _correct(preds, labels, acceptable=None) -> np.ndarray:
         return (preds == labels).numpy()
     return np.array([p in ok or p == y for p, y, ok in zip(preds.tolist(), labels.tolist(),
                                                           acceptable)])
-
-
-def batches(dataset, batch_size: int, start: int = 0, stop: int | None = None):
-    """(indices, images, labels) batches of ``dataset[start:stop]``; in-memory datasets are
-    sliced without a loader."""
-    stop = len(dataset) if stop is None else stop
-    for first in range(start, stop, batch_size):
-        idx = list(range(first, min(first + batch_size, stop)))
-        if hasattr(dataset, "batch"):
-            images, labels = dataset.batch(idx)
-        else:
-            items = [dataset[i] for i in idx]
-            images = torch.stack([im for im, _ in items])
-            labels = torch.tensor([int(y) for _, y in items])
-        yield idx, images, labels
 
 
 def predict(adapter, dataset, batch_size: int = 64, device=None, progress: bool = True,

@@ -1,10 +1,12 @@
-"""JSON files that results depend on: written atomically, and read so that a corrupt or
-truncated file (a disk that filled up, an editor, a copy cut short) is moved aside with a
-warning naming it and then recomputed, instead of stopping a run with a JSONDecodeError.
-Standard library and numpy only: the batch runner uses it without importing torch."""
+"""Files that results depend on: every file the project writes goes through one atomic
+writer (``atomic_file``), and JSON is read so that a corrupt or truncated file (a disk that
+filled up, an editor, a copy cut short) is moved aside with a warning naming it and then
+recomputed, instead of stopping a run with a JSONDecodeError. Standard library and numpy
+only: the batch runner uses it without importing torch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -17,19 +19,26 @@ class CorruptFileWarning(UserWarning):
     """A results file could not be read and was moved aside (its results are recomputed)."""
 
 
-def write_json(path, payload) -> Path:
-    """Write JSON atomically (temporary file, then rename): an interrupted run never leaves
-    a half-written results file for ``--resume`` to trust."""
+@contextlib.contextmanager
+def atomic_file(path):
+    """A temporary path beside ``path`` to write to, renamed onto ``path`` when the block ends
+    and removed if it fails: a reader, or a run that resumes, never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(payload, indent=1, default=jsonable))
+        yield tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
-    return path
+
+
+def write_json(path, payload) -> Path:
+    """Write JSON atomically (``atomic_file``)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, default=jsonable))
+    return Path(path)
 
 
 def jsonable(value):

@@ -7,7 +7,6 @@ treat CLIP, EfficientNet-Lite0 and the small models trained here alike.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -20,9 +19,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import nn
 
 from . import fingerprint, paths, recipes
+from .jsonfile import atomic_file
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -276,7 +277,7 @@ def text_features(clip_model, class_names, templates=TEMPLATES["simple"], cache:
             clip_model.token_embedding.weight.device)
     feats = _text_features(clip_model, class_names, templates)
     if cache and named:
-        _atomic_save(feats.cpu(), file)
+        save_atomic(feats.cpu(), file)
     return feats
 
 
@@ -449,11 +450,10 @@ def standin_config(name: str) -> SmallClipConfig | SmallCnnConfig:
     return config_class(**STANDIN_TRAINING[model], recipe=recipe)
 
 
-def _atomic_save(obj, file: Path) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(file.suffix + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, file)
+def save_atomic(obj, file: Path) -> None:
+    """``torch.save`` through the one atomic writer (``jsonfile.atomic_file``)."""
+    with atomic_file(file) as tmp:
+        torch.save(obj, tmp)
 
 
 def _config_key(config, code: dict | None = None) -> str:
@@ -461,25 +461,7 @@ def _config_key(config, code: dict | None = None) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-@contextlib.contextmanager
-def _exclusive(file: Path):
-    """Hold a lock beside ``file`` (where the OS offers ``fcntl``): notebooks run side by
-    side by the batch runner then train a shared model once, the others wait for it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; at worst two processes train the same model
-        yield
-        return
-    file.parent.mkdir(parents=True, exist_ok=True)
-    with open(file.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _cached_training(kind: str, config, train_fn, verbose: bool) -> Path:
+def cached_training(kind: str, config, train_fn, verbose: bool) -> Path:
     """Train once per config and code, and keep the weights and their metrics on disk. The
     code is the fingerprint of ``train_fn``'s module and what it imports: edit the training
     code and the model is trained again (saying why), never taken from the old file."""
@@ -487,13 +469,15 @@ def _cached_training(kind: str, config, train_fn, verbose: bool) -> Path:
     file = paths.CACHE / "models" / f"{kind}-{_config_key(config, code)}.pt"
     if file.exists():
         return file
-    with _exclusive(file):
+    # Notebooks run side by side by the batch runner train a shared model once; the others
+    # wait for it.
+    with FileLock(file.with_suffix(".lock")):
         if not file.exists():  # another process may have trained it while we waited
             if verbose:
                 print(f"Training {kind} ({config}); cached afterwards at {file}"
                       + _retrained_because(kind, config, code))
             state, metrics = train_fn(config)
-            _atomic_save({"state_dict": state, "config": asdict(config), "metrics": metrics,
+            save_atomic({"state_dict": state, "config": asdict(config), "metrics": metrics,
                           "code": code}, file)
     return file
 
@@ -614,10 +598,10 @@ def small_clip(config: SmallClipConfig | None = None, device=None, verbose: bool
     """The small CLIP trained here on FashionMNIST, loaded through ``load_clip`` (the
     same code path as the real checkpoints). Trains once (a few minutes on 2 CPU cores)."""
     config = config or standin_config("small-clip")
-    file = _cached_training("small-clip", config, _train_small_clip, verbose)
+    file = cached_training("small-clip", config, _train_small_clip, verbose)
     weights = file.with_name(file.stem + "-state_dict.pt")
     if not weights.exists():
-        _atomic_save(torch.load(file, weights_only=True)["state_dict"], weights)
+        save_atomic(torch.load(file, weights_only=True)["state_dict"], weights)
     model = load_clip(str(weights), device=device)
     model.name = f"small-clip-{file.stem.split('-')[-1]}"
     model.metrics = torch.load(file, weights_only=True)["metrics"]
@@ -691,7 +675,7 @@ def small_cnn_classifier(config: SmallCnnConfig | None = None, device=None,
     """The small batch-norm CNN trained here on FashionMNIST (cached by config; default:
     its default recipe's config)."""
     config = config or standin_config("small-cnn")
-    file = _cached_training("small-cnn", config, _train_small_cnn, verbose)
+    file = cached_training("small-cnn", config, _train_small_cnn, verbose)
     saved = torch.load(file, map_location="cpu", weights_only=True)
     names = _fashion_arrays("test")[2]
     net = SmallCnn(config.channels, len(names))

@@ -18,6 +18,7 @@ import torch
 from . import findings, paths
 from .evaluate import ResultStore, run_info, write_json
 from .params import check_counts
+from .profile import load_profile
 
 
 def in_colab() -> bool:
@@ -28,8 +29,6 @@ def colab_setup(notebook: str) -> dict:
     """Tell a Colab user what this runtime offers (GPU or not) and which parameters the
     ``full`` profile gives this notebook, to paste into the parameters cell for the papers'
     scale; returns those parameters."""
-    from .batch import load_profile
-
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     print(f"GPU: {gpu}" if gpu else
           "No GPU in this runtime: the defaults below run on the CPU in minutes; for the full "

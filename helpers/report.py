@@ -29,6 +29,7 @@ from pathlib import Path
 import nbformat
 
 from . import paths, synthesis
+from .jsonfile import atomic_file
 
 REPORT = paths.REPO / "report"
 README = paths.REPO / "README.md"
@@ -49,10 +50,8 @@ def _write_text(path: Path, text: str) -> None:
     """Atomically, and only when the content changes (an unchanged report keeps its files)."""
     if path.is_file() and path.read_text() == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def is_progress(output) -> bool:

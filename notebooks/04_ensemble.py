@@ -70,11 +70,11 @@ from IPython.display import Markdown, display
 
 from helpers import conclusions, data, findings, plots
 from helpers.anchors import anchor_table
+from helpers.ensemble_grid import ensemble_grid, source_held_out
 from helpers.evaluate import pivot, summary_rows
 from helpers.models import build_classifier, describe, parse_standin
 from helpers.notebook import start
-from helpers.tta import disagreement, ensemble_grid, method_factories, view_settings
-from helpers.tta.ensemble import source_held_out
+from helpers.tta import disagreement, method_factories, view_settings
 
 run = start("04_ensemble", dict(
     profile=profile, datasets=datasets, data_root=data_root, models=models,

@@ -1,6 +1,7 @@
 import ast
 import functools
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +36,12 @@ def notebook_uses_standins(notebook: Path) -> bool:
     return any(parse_standin(name) for name in names)
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k deselected: only the tests that will run
 def pytest_collection_modifyitems(session, config, items):
     """When a slow test or a notebook is to run, train the stand-ins they load in the
     background from the start, one process of one thread each (``helpers.standins``, as
     ``make report`` trains them), while the other tests run; a test that needs one waits on
-    its cache lock (``models._cached_training``) instead of training it on its own. Why: in
+    its cache lock (``models.cached_training``) instead of training it on its own. Why: in
     the test process, one after the other on the process's threads, they took ~8 of
     ``make test``'s minutes and held up every test after them; side by side, while the
     other tests run, the CLIP's 7 minutes are the whole wait. Nothing is trained when both
@@ -56,14 +58,16 @@ def pytest_collection_modifyitems(session, config, items):
     BACKGROUND["process"] = subprocess.Popen(
         [sys.executable, "-m", "helpers.standins", "--prepare", *TESTED_STANDINS,
          "--jobs", str(min(len(TESTED_STANDINS), os.cpu_count() or 1))],
-        stdout=BACKGROUND["log"], stderr=subprocess.STDOUT, cwd=paths.REPO)
+        stdout=BACKGROUND["log"], stderr=subprocess.STDOUT, cwd=paths.REPO,
+        start_new_session=True)  # its own process group: its pool's workers stop with it
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Stop a training still running (a run of a few tests); its model is not cached."""
+    """Stop a training still running (a run of a few tests), its pool's worker processes
+    with it (terminating the trainer alone left them training); its model is not cached."""
     process = BACKGROUND.pop("process", None)
     if process is not None and process.poll() is None:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)  # the trainer and its pool's workers
         process.wait(timeout=30)
     if "log" in BACKGROUND:
         BACKGROUND.pop("log").close()

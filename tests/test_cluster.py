@@ -21,9 +21,10 @@ from test_faults import tiny_clip  # noqa: F401 - a fixture
 
 from helpers import batch, cluster
 from helpers.data import ImageTensorDataset
+from helpers.ensemble_grid import ensemble_grid
 from helpers.evaluate import ResultStore, join_parts, predict
 from helpers.grid import Lazy, image_ranges, part_cost, run_grid
-from helpers.tta import build_method, ensemble_grid, method_factories, method_info
+from helpers.tta import build_method, method_factories, method_info
 
 # The test's own method factories travel to the workers by value (the workers cannot import
 # this module by name).

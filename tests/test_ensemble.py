@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers.data import ImageTensorDataset
+from helpers.ensemble_grid import ensemble_results, fit_temperatures
 from helpers.evaluate import evaluate
 from helpers.models import Classifier, Preprocess, SmallCnn
 from helpers.tta import (
@@ -14,7 +15,6 @@ from helpers.tta import (
     Tent,
     combine,
     disagreement,
-    ensemble_results,
     fit_temperature,
 )
 
@@ -126,7 +126,7 @@ def test_results_table_has_every_member_and_rule_and_replays_exactly(cnn_pair, d
     ens = Ensemble(members, rule="entropy")
     held_out = dataset.subset(torch.arange(5), "held out")
     test = dataset.subset(torch.arange(5, 10), "test")
-    temps = ens.fit_temperatures(held_out, batch_size=4)
+    temps = fit_temperatures(ens, held_out, batch_size=4)
     assert len(temps) == 2 and all(t > 0 for t in temps)
     results = ensemble_results(ens, test, batch_size=4, progress=False)
     names = [r["method"] for r in results]
@@ -181,7 +181,7 @@ def test_fitted_temperature_matches_the_hand_computed_minimum():
 
 def test_held_out_images_are_source_images_and_never_test_images(dataset):
     from helpers.data import ImageTensorDataset
-    from helpers.tta.ensemble import held_out_set
+    from helpers.ensemble_grid import held_out_set
 
     # a "training split" holding 3 of the test images among 6 images of its own
     gen = torch.Generator().manual_seed(9)
@@ -202,7 +202,7 @@ def test_held_out_images_are_source_images_and_never_test_images(dataset):
 
 def test_fashion_mnist_held_out_comes_from_its_training_split():
     from helpers.data import corruption_suite, fashion_mnist
-    from helpers.tta.ensemble import image_digests, source_held_out
+    from helpers.ensemble_grid import image_digests, source_held_out
 
     tasks = corruption_suite(fashion_mnist("test"), ["contrast"], n=64, seed=0)
     held = source_held_out("fashion-mnist", 200, tasks.values(), seed=0)
@@ -215,8 +215,9 @@ def test_fashion_mnist_held_out_comes_from_its_training_split():
 
 def test_ensemble_grid_fits_on_held_out_evaluates_on_test_and_resumes(cnn_pair, dataset,
                                                                       tmp_path):
+    from helpers.ensemble_grid import ensemble_grid
     from helpers.evaluate import ResultStore
-    from helpers.tta import ensemble_grid, method_factories
+    from helpers.tta import method_factories
 
     built = []
     models = {"cnn": lambda: built.append(1) or cnn_pair[0]}
@@ -238,7 +239,7 @@ def test_ensemble_grid_fits_on_held_out_evaluates_on_test_and_resumes(cnn_pair, 
     assert [(t["model"], t["member"]) for t in temps] == [("cnn", "source"), ("cnn", "memo")]
     ens = Ensemble({"source": Source(cnn_pair[0]), "memo": Memo(cnn_pair[0], n_views=4)})
     assert [t["temperature"] for t in temps] == pytest.approx(
-        ens.fit_temperatures(held_out, batch_size=4), rel=1e-5)
+        fit_temperatures(ens, held_out, batch_size=4), rel=1e-5)
     assert all(t["held_out_images"] == 4 for t in temps)
     by_hand = ensemble_results(ens, tasks["toy2"], batch_size=4, progress=False)
     grid = [r for r in results if r["data"] == "toy2"]

@@ -149,12 +149,12 @@ def test_trained_models_are_trained_again_when_their_code_changes(package_copy, 
 
     train.__module__ = "helpers.toy_training"
     monkeypatch.setattr(paths, "CACHE", tmp_path / "cache")
-    first = models._cached_training("toy", Config(), train, verbose=True)
-    assert models._cached_training("toy", Config(), train, verbose=True) == first
+    first = models.cached_training("toy", Config(), train, verbose=True)
+    assert models.cached_training("toy", Config(), train, verbose=True) == first
     assert len(calls) == 1
     edit(module)
     capsys.readouterr()
-    second = models._cached_training("toy", Config(), train, verbose=True)
+    second = models.cached_training("toy", Config(), train, verbose=True)
     assert len(calls) == 2 and second != first and first.exists()
     assert f"trained again since {first.name}: code changed: helpers/toy_training.py" in \
         capsys.readouterr().out
@@ -190,15 +190,15 @@ def test_fingerprints_follow_imports_statically():
 
 def test_fingerprints_leave_out_the_scheduling_modules():
     """Editing the runner, the Dask plumbing or the grid's dispatch recomputes nothing: the
-    ensemble method imports the grid (its cells go to a cluster too), the grid imports the
+    ensemble grid imports the grid (its cells go to a cluster too), the grid imports the
     evaluation loop and the cluster, yet no cell's fingerprint names the grid or the cluster,
     and the evaluation loop is still in it."""
-    ensemble = fingerprint.module_file("helpers.tta.ensemble").read_text()
-    assert "helpers.grid" in fingerprint.imports_in(ast.parse(ensemble), "helpers.tta.ensemble")
+    ensemble = fingerprint.module_file("helpers.ensemble_grid").read_text()
+    assert "helpers.grid" in fingerprint.imports_in(ast.parse(ensemble), "helpers.ensemble_grid")
     grid = fingerprint.module_file("helpers.grid").read_text()
     assert {"helpers.cluster", "helpers.evaluate"} <= set(
         fingerprint.imports_in(ast.parse(grid), "helpers.grid"))
-    code = fingerprint.closure("helpers.tta.ensemble", "helpers.evaluate", "helpers.batch",
+    code = fingerprint.closure("helpers.ensemble_grid", "helpers.evaluate", "helpers.batch",
                                "helpers.notebook")
     assert not {"helpers.cluster", "helpers.batch", "helpers.grid"} & set(code)
     assert "helpers.evaluate" in code

@@ -406,7 +406,7 @@ def _train_counted(config, counter):
 
 def _cache_in(tmp_path, counter):
     models.paths.CACHE = tmp_path
-    return models._cached_training("counted", _CountedConfig(), partial(
+    return models.cached_training("counted", _CountedConfig(), partial(
         _train_counted, counter=counter), verbose=False)
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .. import data, fingerprint
 from ..anchors import finding_table
 from ..evaluate import RunLog
-from ..models import _cached_training, default_device
+from ..models import cached_training, default_device
 from .batched import accuracy_together, batch_schedule, train_early_stopped, train_one
 from .network import CnnConfig, build_cnn, check_after, check_cut, kept_layers, new_layers
 
@@ -208,7 +208,7 @@ def pretrained(config: PretrainConfig, verbose: bool = True, root=None, download
     ``root`` and ``download`` (where the data is, and whether to fetch it when missing) are
     not part of the config: they do not change the network, so not its cache key either."""
     train = partial(_pretrain, root=root, download=download)
-    file = _cached_training("transfer-cnn", config, train, verbose)
+    file = cached_training("transfer-cnn", config, train, verbose)
     saved = torch.load(file, map_location="cpu", weights_only=True)
     net = build_cnn(config.cnn)
     net.load_state_dict(saved["state_dict"])

@@ -6,15 +6,7 @@ import pkgutil
 
 from .base import Adapter, Episodic, Source, make_optimizer
 from .eata import Eata, entropy_margin, paper_lr, sample_selection
-from .ensemble import (
-    RULES,
-    Ensemble,
-    combine,
-    disagreement,
-    ensemble_grid,
-    ensemble_results,
-    fit_temperature,
-)
+from .ensemble import RULES, Ensemble, combine, disagreement, fit_temperature
 from .episodic import Snapshot, frozen, select_parameters
 from .losses import entropy, marginal_entropy
 from .memo import Memo
@@ -40,11 +32,10 @@ __all__ = ["Adapter", "Episodic", "Source", "NormAdapt", "Tent", "OnlineNormAdap
            "marginal_entropy", "make_optimizer", "select_parameters", "has_batchnorm",
            "method_factories", "view_settings", "method_module", "passes_per_image",
            "confident_views", "prompt_classifier", "tpt", "prompt", "clip_of", "Ensemble",
-           "RULES", "combine", "disagreement", "ensemble_grid", "ensemble_results",
-           "fit_temperature", "Zero", "zero_vote", "Tda", "FeatureCache", "Eata", "Sar",
-           "sample_selection", "entropy_margin", "paper_lr", "sar_parameters",
-           "batchnorm_train_mode", "frozen", "tpt_views", "MethodInfo", "method_info",
-           "method_names", "register", "unregister"]
+           "RULES", "combine", "disagreement", "fit_temperature", "Zero", "zero_vote", "Tda",
+           "FeatureCache", "Eata", "Sar", "sample_selection", "entropy_margin", "paper_lr",
+           "sar_parameters", "batchnorm_train_mode", "frozen", "tpt_views", "MethodInfo",
+           "method_info", "method_names", "register", "unregister"]
 
 
 def _import_methods() -> None:

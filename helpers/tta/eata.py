@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import content_digest, load_dataset, take
-from ..evaluate import batches
+from ..data import batches, content_digest, load_dataset, take
 from .losses import entropy
 from .norm import OnlineNormAdapter, batchnorm_train_mode, has_batchnorm
 from .registry import register

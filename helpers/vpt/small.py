@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import _cached_training
+from ..models import cached_training
 from ..precision import Precision
 from .model import PromptedViT, build_vit, train_step
 
@@ -147,7 +147,7 @@ def pretrained_small_vit(config: SmallVitConfig | None = None, verbose: bool = T
     """The small ViT trained here on FashionMNIST ``config.classes`` (cached by config);
     ``.metrics`` holds its training time and test accuracy on those classes."""
     config = config or SmallVitConfig()
-    file = _cached_training("small-vit", config, _train_small_vit, verbose)
+    file = cached_training("small-vit", config, _train_small_vit, verbose)
     saved = torch.load(file, map_location="cpu", weights_only=True)
     vit = build_vit(SMALL_ARCH, len(config.classes), **config.overrides())
     vit.load_state_dict(saved["state_dict"])
