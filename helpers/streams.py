@@ -1,0 +1,217 @@
+"""Test streams that separate the batch methods (NormAdapt, Tent, EATA, SAR): one corruption at
+several batch sizes, all corruptions mixed in one shuffled stream (SAR's "wild" mixed shift),
+a label-imbalanced stream (NOTE's Dirichlet order, online label shift) and a continual stream
+through the corruptions without reset (Tent online); and what is read off a stream's results:
+the error per segment along it, and where predictions collapse.
+
+A stream is a data set (``data.ImageTensorDataset``): the grid (``grid.run_grid``) runs it as
+any task. Streams built from several corrupted sets keep their ``segments``: one
+``(name, start, stop)`` per corruption, in stream order (the mixed stream's are the images'
+corruptions, not contiguous: see ``origins``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .data import ImageTensorDataset
+from .findings import correct_per_image, proportion_interval
+
+__all__ = ["by_batch_size", "collapse_point", "collapse_rows", "collapsed_windows",
+           "concatenated", "continual", "label_runs", "label_shifted", "mixed",
+           "segment_errors", "stream_errors"]
+
+# A window of the stream has collapsed when one class takes more than this share of its
+# predictions and its accuracy is at most CHANCE_FACTOR times chance (1 / classes).
+COLLAPSE_SHARE = 0.5
+CHANCE_FACTOR = 1.5
+
+
+def concatenated(suite: dict, names, label: str) -> ImageTensorDataset:
+    """The sets ``suite[name]`` for ``names``, one after the other, as one set named ``label``,
+    with ``segments`` ``[(name, start, stop), ...]`` in that order and ``origins`` (each
+    image's set). The sets must share their classes."""
+    names = list(names)
+    missing = [n for n in names if n not in suite]
+    if not names or missing:
+        raise ValueError(f"no set {missing or names} in the suite; choose from {list(suite)}")
+    parts = [suite[n] for n in names]
+    if any(p.class_names != parts[0].class_names for p in parts):
+        raise ValueError("the sets have different classes: build them from one test set")
+    acceptable = None if parts[0].acceptable is None else [
+        a for p in parts for a in p.acceptable]
+    out = ImageTensorDataset(torch.cat([p.images for p in parts]),
+                             torch.cat([p.labels for p in parts]).numpy(), parts[0].class_names,
+                             label, f"{parts[0].description.split(';')[0]}; {label}",
+                             imagenet_indices=parts[0].imagenet_indices, acceptable=acceptable)
+    bounds = np.cumsum([0, *map(len, parts)])
+    out.segments = [(n, int(a), int(b)) for n, a, b in zip(names, bounds, bounds[1:])]
+    out.origins = [n for n, p in zip(names, parts) for _ in range(len(p))]
+    return out
+
+
+def continual(suite: dict, order) -> ImageTensorDataset:
+    """The corrupted sets in ``order`` (ImageNet-C's: ``data.CORRUPTIONS``) one after the other,
+    as one stream for an online method to adapt through without reset (Tent online, CoTTA's
+    continual setting); ``segments`` say where each corruption starts and stops."""
+    order = list(order)
+    return concatenated(suite, order, f"continual stream through {len(order)} "
+                                      "corruptions in ImageNet-C's order")
+
+
+def mixed(suite: dict, names, seed: int = 0) -> ImageTensorDataset:
+    """Every image of every set in ``names``, shuffled into one stream (seeded: the same seed,
+    the same order): SAR's mixed distribution shift. Each (image, corruption) appears once;
+    ``origins`` names each position's corruption, ``segments`` are empty (none is contiguous)."""
+    names = list(names)
+    whole = concatenated(suite, names, "")
+    order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(seed))
+    out = whole.subset(order, f"{len(names)} corruptions mixed in one shuffled stream "
+                              f"(seed {seed})")
+    out.name, out.segments = f"mixed stream of {len(names)} corruptions", []
+    out.origins = [whole.origins[i] for i in order.tolist()]
+    return out
+
+
+def label_shifted(dataset, alpha: float, seed: int = 0, min_chunk: int | None = None):
+    """``dataset`` reordered as NOTE's online label shift (Gong et al., NeurIPS 2022; its
+    ``dirichlet`` target distribution, also SAR's and RoTTA's): as many time slots as classes;
+    each class's images, shuffled, are split over the slots by proportions drawn from
+    Dirichlet(``alpha``) (a slot that already holds its share of the images gets no more); in
+    each slot the classes follow in a shuffled order. A small ``alpha`` gives long runs of one
+    class. Draws again until every slot holds ``min_chunk`` images (NOTE: 10; default here:
+    at most half a slot's share). A permutation of ``dataset``: every image once."""
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0 (NOTE uses 0.1), got {alpha!r}")
+    labels = np.asarray(dataset.labels)
+    classes = int(labels.max()) + 1
+    chunks, n = classes, len(labels)
+    min_chunk = min(10, n // chunks // 2) if min_chunk is None else min_chunk
+    rng = np.random.default_rng(seed)
+    for _ in range(10_000):
+        slots = _dirichlet_slots(labels, classes, chunks, alpha, rng)
+        if min(sum(map(len, slot)) for slot in slots) >= min_chunk:
+            break
+    else:
+        raise ValueError(f"no Dirichlet({alpha}) order gives every slot {min_chunk} images of "
+                         f"{n}: use more images or a larger min_chunk")
+    order = [int(i) for slot in slots for k in rng.permutation(classes) for i in slot[k]]
+    out = dataset.subset(order, f"ordered by NOTE's Dirichlet label shift (alpha {alpha}, "
+                                f"seed {seed})")
+    out.segments = []
+    return out
+
+
+def _dirichlet_slots(labels, classes, chunks, alpha, rng) -> list[list[np.ndarray]]:
+    """One draw of NOTE's split: ``slots[j][k]`` the images of class k in time slot j."""
+    slots = [[np.array([], dtype=np.int64)] * classes for _ in range(chunks)]
+    sizes = np.zeros(chunks)
+    for k in range(classes):
+        members = rng.permutation(np.flatnonzero(labels == k))
+        share = rng.dirichlet(np.full(chunks, alpha)) * (sizes < len(labels) / chunks)
+        share = share / share.sum() if share.sum() > 0 else np.full(chunks, 1 / chunks)
+        cuts = (np.cumsum(share) * len(members)).astype(int)[:-1]
+        for j, part in enumerate(np.split(members, cuts)):
+            slots[j][k] = part
+            sizes[j] += len(part)
+    return slots
+
+
+def label_runs(labels) -> float:
+    """The mean length of the runs of equal consecutive labels: 1 for a stream that never
+    repeats a label, about classes / (classes - 1) for an i.i.d. one, the stream's length for
+    one class throughout."""
+    labels = np.asarray(labels)
+    if not len(labels):
+        raise ValueError("no labels: a stream needs at least one image")
+    return len(labels) / (1 + int(np.sum(labels[1:] != labels[:-1])))
+
+
+def by_batch_size(suite: dict, sizes) -> dict:
+    """``{(task, batch size): set}`` keyed for notebooks as ``"<task> · batch <b>"``: the
+    store's key is (model, task, method), so a task run at several batch sizes needs one
+    name per size."""
+    if not sizes or any(not isinstance(b, int) or b < 1 for b in sizes):
+        raise ValueError(f"batch sizes must be positive integers, got {sizes!r}")
+    return {b: {f"{name} · batch {b}": task for name, task in suite.items()} for b in sizes}
+
+
+def segment_errors(result: dict, segments) -> list[dict]:
+    """Per segment ``(name, start, stop)`` of a stream: the error of ``result`` (a grid cell)
+    over those images, with its 95% Wilson interval, in stream order."""
+    correct = correct_per_image(result)
+    if segments and segments[-1][2] > len(correct):
+        raise ValueError(f"segments run to image {segments[-1][2]} but the result has "
+                         f"{len(correct)}: pass the segments of the stream it ran on")
+    rows = []
+    for position, (name, start, stop) in enumerate(segments):
+        accuracy = float(correct[start:stop].mean())
+        low, high = proportion_interval(accuracy, stop - start)
+        rows.append({"model": result.get("model"), "method": result.get("method"),
+                     "segment": name, "position": position + 1, "start": start,
+                     "error": 1 - accuracy, "low": 1 - high, "high": 1 - low})
+    return rows
+
+
+def stream_errors(results: list[dict], methods) -> list[dict]:
+    """Per model, method (in the order of ``methods``) and stream (task): the error over the
+    stream's images with its 95% Wilson interval, and the samples it trusted and used and
+    its steps and recoveries where its counters say (EATA, SAR)."""
+    rows = []
+    for r in sorted((r for r in results if r["method"] in methods),
+                    key=lambda r: list(methods).index(r["method"])):
+        low, high = proportion_interval(r["accuracy"], r["n"])
+        counters = r.get("counters", {})
+        rows.append({"model": r["model"], "data": r["data"], "method": r["method"],
+                     "n": r["n"], "error": 1 - r["accuracy"], "low": 1 - high,
+                     "high": 1 - low,
+                     **{k: counters[k] for k in ("reliable", "selected", "steps",
+                                                 "momentum_steps", "recoveries")
+                        if k in counters}})
+    return rows
+
+
+def collapsed_windows(result: dict, classes: int, window: int,
+                      share: float = COLLAPSE_SHARE,
+                      chance_factor: float = CHANCE_FACTOR) -> list[int]:
+    """The first images of the windows of ``window`` consecutive predictions (the stream cut
+    in whole windows, a short tail left out) where the model collapsed onto a class: the
+    most-predicted class takes more than ``share`` of the predictions and the accuracy is at
+    most ``chance_factor`` / classes."""
+    if window < 1 or classes < 2:
+        raise ValueError(f"window must be >= 1 and classes >= 2, got {window} and {classes}")
+    predictions = np.asarray(result["predictions"])
+    correct = correct_per_image(result)
+    return [start for start in range(0, len(predictions) - window + 1, window)
+            if np.bincount(predictions[start:start + window]).max() > share * window
+            and correct[start:start + window].mean() <= chance_factor / classes]
+
+
+def collapse_point(result: dict, classes: int, window: int, **rule) -> int | None:
+    """The first image of the first collapsed window (``collapsed_windows``), None if none."""
+    found = collapsed_windows(result, classes, window, **rule)
+    return found[0] if found else None
+
+
+def collapse_rows(results: list[dict], streams: dict, classes: int, window: int) -> list[dict]:
+    """Per model, stream (task in ``streams``) and method whose predictions collapse
+    (``collapsed_windows``) where Source's do not: the first such window's first image, the
+    corruption of that image (the stream's ``origins``), and how many windows collapse of
+    all. A window where Source collapses too is the model's failure on that data, not the
+    method's, and is left out."""
+    source = {(r["model"], r["data"]): set(collapsed_windows(r, classes, window))
+              for r in results if r["method"] == "source"}
+    rows = []
+    for r in results:
+        if r["data"] not in streams or r["method"] == "source":
+            continue
+        own = [w for w in collapsed_windows(r, classes, window)
+               if w not in source.get((r["model"], r["data"]), set())]
+        if own:
+            origins = getattr(streams[r["data"]], "origins", None)
+            rows.append({"model": r["model"], "data": r["data"], "method": r["method"],
+                         "image": own[0], "window": window,
+                         "segment": origins[own[0]] if origins else None,
+                         "windows": len(own), "of": len(r["predictions"]) // window})
+    return rows
