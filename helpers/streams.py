@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from .data import ImageTensorDataset
+from .evaluate import expected_calibration_error
 from .findings import correct_per_image, proportion_interval
 
-__all__ = ["by_batch_size", "collapse_point", "collapse_rows", "collapsed_windows",
+__all__ = ["by_batch_size", "carried", "collapse_point", "collapse_rows", "collapsed_windows",
            "concatenated", "continual", "label_runs", "label_shifted", "mixed",
            "segment_errors", "stream_errors"]
 
@@ -26,6 +27,8 @@ __all__ = ["by_batch_size", "collapse_point", "collapse_rows", "collapsed_window
 # predictions and its accuracy is at most CHANCE_FACTOR times chance (1 / classes).
 COLLAPSE_SHARE = 0.5
 CHANCE_FACTOR = 1.5
+# What EATA and SAR count of their samples and updates (``stream_errors``).
+COUNTERS = ("reliable", "selected", "steps", "momentum_steps", "recoveries")
 
 
 def concatenated(suite: dict, names, label: str) -> ImageTensorDataset:
@@ -47,7 +50,8 @@ def concatenated(suite: dict, names, label: str) -> ImageTensorDataset:
                              imagenet_indices=parts[0].imagenet_indices, acceptable=acceptable)
     bounds = np.cumsum([0, *map(len, parts)])
     out.segments = [(n, int(a), int(b)) for n, a, b in zip(names, bounds, bounds[1:])]
-    out.origins = [n for n, p in zip(names, parts) for _ in range(len(p))]
+    out.positions = [(n, i) for n, p in zip(names, parts) for i in range(len(p))]
+    out.origins = [n for n, _ in out.positions]
     return out
 
 
@@ -70,18 +74,21 @@ def mixed(suite: dict, names, seed: int = 0) -> ImageTensorDataset:
     out = whole.subset(order, f"{len(names)} corruptions mixed in one shuffled stream "
                               f"(seed {seed})")
     out.name, out.segments = f"mixed stream of {len(names)} corruptions", []
-    out.origins = [whole.origins[i] for i in order.tolist()]
+    out.positions = [whole.positions[i] for i in order.tolist()]
+    out.origins = [n for n, _ in out.positions]
     return out
 
 
-def label_shifted(dataset, alpha: float, seed: int = 0, min_chunk: int | None = None):
+def label_shifted(dataset, alpha: float, seed: int = 0, min_chunk: int | None = None,
+                  name: str = ""):
     """``dataset`` reordered as NOTE's online label shift (Gong et al., NeurIPS 2022; its
     ``dirichlet`` target distribution, also SAR's and RoTTA's): as many time slots as classes;
     each class's images, shuffled, are split over the slots by proportions drawn from
     Dirichlet(``alpha``) (a slot that already holds its share of the images gets no more); in
     each slot the classes follow in a shuffled order. A small ``alpha`` gives long runs of one
     class. Draws again until every slot holds ``min_chunk`` images (NOTE: 10; default here:
-    at most half a slot's share). A permutation of ``dataset``: every image once."""
+    at most half a slot's share). A permutation of ``dataset``: every image once; its
+    ``positions`` are ``(name, index in dataset)``."""
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0 (NOTE uses 0.1), got {alpha!r}")
     labels = np.asarray(dataset.labels)
@@ -99,7 +106,8 @@ def label_shifted(dataset, alpha: float, seed: int = 0, min_chunk: int | None = 
     order = [int(i) for slot in slots for k in rng.permutation(classes) for i in slot[k]]
     out = dataset.subset(order, f"ordered by NOTE's Dirichlet label shift (alpha {alpha}, "
                                 f"seed {seed})")
-    out.segments = []
+    out.segments, out.positions = [], [(name, i) for i in order]
+    out.origins = [name] * len(order)
     return out
 
 
@@ -116,6 +124,27 @@ def _dirichlet_slots(labels, classes, chunks, alpha, rng) -> list[list[np.ndarra
             slots[j][k] = part
             sizes[j] += len(part)
     return slots
+
+
+def carried(cells: dict, stream) -> dict:
+    """The cell a method whose prediction for an image depends on that image alone (Source,
+    MEMO: episodic, its views seeded by the image's index in its set) has on ``stream``,
+    built from its cells on the sets the stream was made of (``cells``: set name -> cell)
+    by the stream's ``positions``: the same predictions, in stream order, by construction."""
+    missing = sorted({n for n, _ in stream.positions} - set(cells))
+    if missing:
+        raise ValueError(f"no cell for {missing}: run the method on the stream's sets first")
+    fields = [f for f in ("predictions", "confidences", "labels", "correct")
+              if f in cells[stream.positions[0][0]]]
+    out = {f: [cells[n][f][i] for n, i in stream.positions] for f in fields}
+    correct = correct_per_image(out)
+    first = cells[stream.positions[0][0]]
+    return {**{k: v for k, v in first.items() if k not in fields}, **out,
+            "n": len(correct), "accuracy": float(correct.mean()),
+            "ece": float(expected_calibration_error(np.asarray(out["confidences"]), correct)),
+            "seconds_per_sample": float(np.mean([c["seconds_per_sample"]
+                                                 for c in cells.values()])),
+            "counters": {}}
 
 
 def label_runs(labels) -> float:
@@ -154,22 +183,30 @@ def segment_errors(result: dict, segments) -> list[dict]:
     return rows
 
 
-def stream_errors(results: list[dict], methods) -> list[dict]:
-    """Per model, method (in the order of ``methods``) and stream (task): the error over the
-    stream's images with its 95% Wilson interval, and the samples it trusted and used and
+def stream_errors(results: list[dict], methods, by=("model", "data")) -> list[dict]:
+    """Per value of ``by`` (a model and a stream, or a model and a setting of several sets)
+    and method, in the order of ``methods``: the error over all the images of its cells with
+    its 95% Wilson interval, and, summed over the cells, the samples it trusted and used and
     its steps and recoveries where its counters say (EATA, SAR)."""
+    groups: dict = {}
+    for r in results:
+        if r["method"] in methods:
+            groups.setdefault((*(r[k] for k in by), r["method"]), []).append(r)
     rows = []
-    for r in sorted((r for r in results if r["method"] in methods),
-                    key=lambda r: list(methods).index(r["method"])):
-        low, high = proportion_interval(r["accuracy"], r["n"])
-        counters = r.get("counters", {})
-        rows.append({"model": r["model"], "data": r["data"], "method": r["method"],
-                     "n": r["n"], "error": 1 - r["accuracy"], "low": 1 - high,
-                     "high": 1 - low,
-                     **{k: counters[k] for k in ("reliable", "selected", "steps",
-                                                 "momentum_steps", "recoveries")
-                        if k in counters}})
-    return rows
+    for key in sorted(groups, key=lambda k: list(methods).index(k[-1])):
+        cells = groups[key]
+        correct = np.concatenate([correct_per_image(c) for c in cells])
+        low, high = proportion_interval(float(correct.mean()), len(correct))
+        counts = {}
+        for c in cells:
+            for name in COUNTERS:
+                if name in c.get("counters", {}):
+                    counts[name] = counts.get(name, 0) + c["counters"][name]
+        rows.append({**dict(zip(by, key)), "method": key[-1], "n": len(correct),
+                     "error": 1 - float(correct.mean()), "low": 1 - high, "high": 1 - low,
+                     **counts})
+    order = list(dict.fromkeys(tuple(r[k] for k in by) for r in results))
+    return sorted(rows, key=lambda r: order.index(tuple(r[k] for k in by)))
 
 
 def collapsed_windows(result: dict, classes: int, window: int,

@@ -102,13 +102,32 @@ def test_collapse_rows_name_the_segment_and_leave_out_windows_where_source_colla
                      "segment": "shot_noise", "windows": 1, "of": 3}]
 
 
-def test_stream_errors_carry_the_counters_in_method_order():
-    cells = [{"model": "m", "data": "s", "method": m, "accuracy": 0.75, "n": 4,
-              "counters": c} for m, c in (("sar", {"reliable": 3, "steps": 1,
-                                                   "recoveries": 0}), ("source", {}))]
-    rows = streams.stream_errors(cells, ["source", "sar"])
+def test_stream_errors_pool_the_images_and_sum_the_counters_in_method_order():
+    cells = [{"model": "m", "data": d, "setting": "b4", "method": m, "correct": c,
+              "counters": n} for d in ("x", "y") for m, c, n in (
+        ("sar", [1, 1, 1, 0], {"reliable": 3, "steps": 1, "recoveries": 0}),
+        ("source", [1, 0, 0, 0] if d == "x" else [1, 1, 0, 0], {}))]
+    rows = streams.stream_errors(cells, ["source", "sar"], by=("model", "setting"))
     assert [r["method"] for r in rows] == ["source", "sar"]
-    assert rows[1]["error"] == 0.25 and rows[1]["reliable"] == 3 and "reliable" not in rows[0]
+    assert rows[0]["error"] == pytest.approx(5 / 8) and rows[0]["n"] == 8
+    assert rows[1]["error"] == 0.25 and rows[1]["reliable"] == 6 and rows[1]["steps"] == 2
+    assert "reliable" not in rows[0] and rows[1]["low"] < 0.25 < rows[1]["high"]
+
+
+def test_carried_puts_an_episodic_methods_predictions_in_stream_order(suite):
+    stream = streams.mixed(suite, list(suite), seed=1)
+    cells = {name: {"method": "memo", "predictions": [10 * v + i % 10 for i in range(20)],
+                    "labels": task.labels.tolist(), "confidences": [0.5] * 20,
+                    "correct": [int(i < 10) for i in range(20)], "seconds_per_sample": 0.1}
+             for v, (name, task) in enumerate(suite.items())}
+    cell = streams.carried(cells, stream)
+    index = stream.images[:, 0, 0, 0].tolist()
+    value = {name: v for v, name in enumerate(suite)}
+    assert cell["predictions"] == [10 * value[o] + i % 10 for o, i in zip(stream.origins, index)]
+    assert cell["labels"] == stream.labels.tolist()
+    assert cell["accuracy"] == 0.5 and cell["n"] == 60
+    with pytest.raises(ValueError, match="run the method on the stream's sets first"):
+        streams.carried({"shot_noise": cells["shot_noise"]}, stream)
 
 
 def test_bad_input_names_the_fix(suite):
