@@ -19,7 +19,8 @@ from .data import ImageTensorDataset
 from .evaluate import expected_calibration_error
 from .findings import correct_per_image, proportion_interval
 
-__all__ = ["by_batch_size", "carried", "collapse_point", "collapse_rows", "collapsed_windows",
+__all__ = ["by_batch_size", "carried", "episodic_cells", "in_setting", "collapse_lines",
+           "separation_lines", "collapse_point", "collapse_rows", "collapsed_windows",
            "concatenated", "continual", "label_runs", "label_shifted", "mixed",
            "segment_errors", "stream_errors"]
 
@@ -252,3 +253,62 @@ def collapse_rows(results: list[dict], streams: dict, classes: int, window: int)
                          "segment": origins[own[0]] if origins else None,
                          "windows": len(own), "of": len(r["predictions"]) // window})
     return rows
+
+
+def in_setting(results: list[dict], setting: str) -> list[dict]:
+    """Grid cells tagged with their ``setting`` ("batch 16", "mixed stream", ...): ``model``
+    becomes "<model> · <setting>" (so that the findings, which pair cells per model, pair
+    within a setting) and ``base_model`` keeps the model's name."""
+    return [{**r, "model": f"{r['model']} · {setting}", "base_model": r["model"],
+             "setting": setting} for r in results]
+
+
+def episodic_cells(results: list[dict], tasks: dict, sets: dict) -> list[dict]:
+    """An episodic method's cells (``results``: per model, its cells on the sets of ``sets``,
+    name -> set) for the tasks ``tasks`` (name -> one of ``sets``, or a stream built from
+    them: ``carried``): what it would predict there, by construction, without running again."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in results):
+        cells = {r["data"]: r for r in results if r["model"] == model}
+        for name, task in tasks.items():
+            same = next((s for s, d in sets.items() if d is task), None)
+            cell = cells[same] if same is not None else carried(cells, task)
+            out.append({**cell, "model": model, "data": name})
+    return out
+
+
+def collapse_lines(rows: list[dict], streams_run: list[str], window: int,
+                   classes: int) -> list[str]:
+    """``collapse_rows`` in words: per collapse, when (the image and the corruption it falls
+    in), or one sentence saying that none collapsed on the streams ``streams_run``, with the
+    rule."""
+    rule = (f"a window of {window} consecutive predictions where one class takes more than "
+            f"{COLLAPSE_SHARE:.0%} of them and the accuracy is at most {CHANCE_FACTOR:g} times "
+            f"chance ({CHANCE_FACTOR / classes:.2f}), Source not collapsing in that window")
+    if not rows:
+        return [f"No method collapsed on {', '.join(streams_run)} (collapse: {rule})."]
+    return [f"{r['model']} · **{r['method']}** collapses on {r['data']} from image "
+            f"{r['image']:,}" + (f" ({r['segment'].replace('_', ' ')})" if r["segment"] else "")
+            + f": {r['windows']} of its {r['of']} windows (collapse: {rule})." for r in rows]
+
+
+def separation_lines(rows: list[dict], counts: list[dict]) -> list[str]:
+    """Where EATA or SAR differ from NormAdapt or Tent beyond the 95% interval (``rows``:
+    ``findings.compare`` rows of EATA and SAR against NormAdapt and Tent), or, where none
+    does, why, from the samples they used and their recoveries (``counts``: their
+    ``stream_errors`` rows)."""
+    differ = [r for r in rows if r["ci_low"] > 0 or r["ci_high"] < 0]
+    if differ:
+        return [f"{r['model']} · **{r['method']}** differs from {r['baseline']} beyond its "
+                f"interval: accuracy {r['baseline_accuracy']:.3f} → {r['accuracy']:.3f} "
+                f"({r['change']:+.3f}, 95% CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f})."
+                for r in differ]
+    used = []
+    for c in counts:
+        taken = c.get("selected", c.get("reliable", 0))
+        where = " · ".join(str(c[k]) for k in ("model", "base_model", "setting") if k in c)
+        used.append(f"{where} · {c['method']} used {taken:,} of {c['n']:,} samples "
+                    f"({taken / c['n']:.0%}), {c.get('steps', 0):,} steps, "
+                    f"{c.get('recoveries', 0):,} recoveries")
+    return ["In no setting do EATA or SAR differ from NormAdapt or Tent beyond the 95% "
+            "interval. What they used: " + "; ".join(used) + "."]
