@@ -19,10 +19,10 @@ from .data import ImageTensorDataset
 from .evaluate import expected_calibration_error
 from .findings import correct_per_image, proportion_interval
 
-__all__ = ["by_batch_size", "carried", "episodic_cells", "in_setting", "collapse_lines",
-           "separation_lines", "collapse_point", "collapse_rows", "collapsed_windows",
-           "concatenated", "continual", "label_runs", "label_shifted", "mixed",
-           "segment_errors", "stream_errors"]
+__all__ = ["by_batch_size", "carried", "collapse_lines", "collapse_point", "collapse_rows",
+           "collapsed_windows", "concatenated", "continual", "episodic_cells", "in_setting",
+           "label_runs", "label_shifted", "mixed", "segment_cells", "segment_errors",
+           "separation_lines", "stream_errors"]
 
 # A window of the stream has collapsed when one class takes more than this share of its
 # predictions and its accuracy is at most CHANCE_FACTOR times chance (1 / classes).
@@ -184,6 +184,20 @@ def segment_errors(result: dict, segments) -> list[dict]:
     return rows
 
 
+def segment_cells(result: dict, segments) -> list[dict]:
+    """A stream's cell cut into one cell per segment ``(name, start, stop)`` (``data``: the
+    segment's name, its per-image lists sliced, its accuracy recomputed): the continual
+    stream as per-corruption cells, for what pairs or pools cells per corruption (the
+    anchors' mean error over the corruptions, images resampled with all their corruptions)."""
+    correct = correct_per_image(result)
+    if segments and segments[-1][2] > len(correct):
+        raise ValueError(f"segments run to image {segments[-1][2]} but the result has "
+                         f"{len(correct)}: pass the segments of the stream it ran on")
+    lists = [f for f in ("predictions", "confidences", "labels", "correct") if f in result]
+    return [{**result, **{f: list(result[f][a:b]) for f in lists}, "data": name, "n": b - a,
+             "accuracy": float(correct[a:b].mean())} for name, a, b in segments]
+
+
 def stream_errors(results: list[dict], methods, by=("model", "data")) -> list[dict]:
     """Per value of ``by`` (a model and a stream, or a model and a setting of several sets)
     and method, in the order of ``methods``: the error over all the images of its cells with
@@ -279,17 +293,23 @@ def episodic_cells(results: list[dict], tasks: dict, sets: dict) -> list[dict]:
 
 def collapse_lines(rows: list[dict], streams_run: list[str], window: int,
                    classes: int) -> list[str]:
-    """``collapse_rows`` in words: per collapse, when (the image and the corruption it falls
-    in), or one sentence saying that none collapsed on the streams ``streams_run``, with the
-    rule."""
-    rule = (f"a window of {window} consecutive predictions where one class takes more than "
-            f"{COLLAPSE_SHARE:.0%} of them and the accuracy is at most {CHANCE_FACTOR:g} times "
-            f"chance ({CHANCE_FACTOR / classes:.2f}), Source not collapsing in that window")
+    """``collapse_rows`` in words: one sentence per model and method that collapse, naming
+    each stream and where on it (the image, and its corruption where the stream has several),
+    then the rule; or one sentence saying that none collapsed on ``streams_run``."""
+    rule = (f"Collapse: a window of {window} consecutive predictions where one class takes "
+            f"more than {COLLAPSE_SHARE:.0%} of them and the accuracy is at most "
+            f"{CHANCE_FACTOR:g} times chance ({CHANCE_FACTOR / classes:.2f}), in a window "
+            f"where Source does not collapse.")
     if not rows:
-        return [f"No method collapsed on {', '.join(streams_run)} (collapse: {rule})."]
-    return [f"{r['model']} · **{r['method']}** collapses on {r['data']} from image "
-            f"{r['image']:,}" + (f" ({r['segment'].replace('_', ' ')})" if r["segment"] else "")
-            + f": {r['windows']} of its {r['of']} windows (collapse: {rule})." for r in rows]
+        return [f"No method collapsed on {', '.join(streams_run)}. {rule}"]
+    grouped: dict = {}
+    for r in rows:
+        where = f"{r['data']} from image {r['image']:,}" + (
+            f" ({r['segment'].replace('_', ' ')})" if r["segment"] else "") + (
+            f", {r['windows']} of its {r['of']} windows")
+        grouped.setdefault((r["model"], r["method"]), []).append(where)
+    return [f"{model} · **{method}** collapses on {'; '.join(places)}."
+            for (model, method), places in grouped.items()] + [rule]
 
 
 def separation_lines(rows: list[dict], counts: list[dict]) -> list[str]:

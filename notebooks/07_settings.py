@@ -68,6 +68,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from helpers import conclusions, data, findings, plots, streams
+from helpers.anchors import anchor_table
 from helpers.evaluate import summary_rows
 from helpers.grid import run_grid
 from helpers.models import build_classifier, describe, photo_size
@@ -219,6 +220,17 @@ collapse_text = streams.collapse_lines(collapsed, list(setting_tasks), collapse_
 display(Markdown(findings.markdown(collapse_text)))
 
 # %% [markdown]
+# ### Against the published numbers
+#
+# The continual benchmark's reruns of these methods on ImageNet-C (ResNet-50 and ViT-B/16, no reset through the 15 corruptions) beside this notebook's continual stream, on the papers' metric (mean top-1 error, with its 95% interval): the stand-ins are not the papers' models or data, so the comparison is of directions, not of values.
+
+# %%
+anchors = anchor_table("07_settings", [cell for r in results if r["data"] == "continual stream"
+                                       for cell in streams.segment_cells(
+                                           {**r, "model": r["base_model"]}, continual.segments)])
+run.show_anchors(anchors)
+
+# %% [markdown]
 # ## EfficientNet-Lite0 on ImageNet sample photos: batch size
 #
 # A real ImageNet classifier with batch norm, on corrupted sample photos at two batch sizes (skipped with a note where the photos are absent). MEMO is left to notebook 01 here.
@@ -238,7 +250,9 @@ photo_results = [r for name in photo_models for b, tasks in streams.by_batch_siz
 photo_rows = streams.stream_errors(photo_results, methods, by=("base_model", "setting"))
 if photo_rows:
     display(pd.DataFrame(photo_rows).set_index(["base_model", "setting", "method"])
-            .style.format("{:.3f}", subset=["error", "low", "high"]))
+            .style.format("{:.3f}", subset=["error", "low", "high"])
+            .format("{:.0f}", subset=[c for c in streams.COUNTERS
+                                      if any(c in r for r in photo_rows)], na_rep="—"))
 results += photo_results
 
 # %% [markdown]
@@ -295,7 +309,7 @@ limits = conclusions.limitations([
     "images, not over orders or training runs.",
     *(["The full profile (a GPU) runs the same streams at the papers' scale "
        "(helpers/profiles/full.yaml)."] if profile != "full" else [])])
-run.show_conclusions(found, limits)
+run.show_conclusions(found, limits, conclusions.anchor_lines(anchors))
 
 # %%
 summary = {"Error per method and setting (95% Wilson interval)":

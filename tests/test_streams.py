@@ -75,6 +75,15 @@ def test_segment_errors_against_a_hand_computed_case():
     assert rows[0]["low"] < 0.5 < rows[0]["high"] and rows[2]["high"] == pytest.approx(1.0)
 
 
+def test_segment_cells_cut_a_stream_cell_per_segment():
+    result = {"model": "m", "method": "tent", "data": "continual", "correct": [1, 0, 0, 1, 1],
+              "labels": [0, 1, 2, 3, 4], "predictions": [0, 2, 0, 3, 4]}
+    cells = streams.segment_cells(result, [("fog", 0, 2), ("snow", 2, 5)])
+    assert [(c["data"], c["n"], c["accuracy"]) for c in cells] == [("fog", 2, 0.5),
+                                                                   ("snow", 3, 2 / 3)]
+    assert cells[1]["labels"] == [2, 3, 4] and cells[1]["model"] == "m"
+
+
 def test_collapse_rule_finds_the_window_where_one_class_takes_over_and_accuracy_is_chance():
     labels = list(np.arange(40) % 10)
     predictions = labels[:20] + [3] * 20  # right for 20 images, then class 3 throughout
@@ -149,3 +158,22 @@ def test_by_batch_size_names_each_task_with_its_batch_size(suite):
     keyed = streams.by_batch_size({"a": suite["shot_noise"]}, [1, 16])
     assert list(keyed) == [1, 16] and list(keyed[16]) == ["a · batch 16"]
     assert keyed[1]["a · batch 1"] is suite["shot_noise"]
+
+
+def test_collapse_and_separation_lines_word_the_rows():
+    rows = [{"model": "m", "data": d, "method": "tent", "image": i, "window": 8,
+             "segment": seg, "windows": 2, "of": 5}
+            for d, i, seg in (("continual stream", 40, "snow"), ("mixed stream", 0, None))]
+    lines = streams.collapse_lines(rows, ["continual stream"], 8, 10)
+    assert lines[0] == ("m · **tent** collapses on continual stream from image 40 (snow), 2 of "
+                        "its 5 windows; mixed stream from image 0, 2 of its 5 windows.")
+    assert "at most 1.5 times chance (0.15)" in lines[1]
+    assert streams.collapse_lines([], ["s"], 8, 10)[0].startswith("No method collapsed on s.")
+    row = {"model": "m", "method": "sar", "baseline": "tent", "baseline_accuracy": 0.5,
+           "accuracy": 0.45, "change": -0.05, "ci_low": -0.08, "ci_high": -0.02}
+    assert "differs from tent beyond its interval" in streams.separation_lines([row], [])[0]
+    none = streams.separation_lines([{**row, "ci_high": 0.01}], [
+        {"model": "m", "method": "sar", "n": 200, "reliable": 50, "steps": 3, "recoveries": 1}])
+    assert none == ["In no setting do EATA or SAR differ from NormAdapt or Tent beyond the 95% "
+                    "interval. What they used: m · sar used 50 of 200 samples (25%), 3 steps, "
+                    "1 recoveries."]
