@@ -483,9 +483,10 @@ def segment_errors(rows: list[dict], title: str = "", methods=None):
                           key=lambda r: r["position"])
             if not part:
                 continue
-            x = [r["position"] for r in part]
-            ax.plot(x, [r["error"] for r in part], marker="o", ms=3, label=method)
-            ax.fill_between(x, [r["low"] for r in part], [r["high"] for r in part], alpha=0.12)
+            x, colour = [r["position"] for r in part], f"C{methods.index(method)}"
+            ax.plot(x, [r["error"] for r in part], marker="o", ms=3, label=method, color=colour)
+            ax.fill_between(x, [r["low"] for r in part], [r["high"] for r in part], alpha=0.12,
+                            color=colour)
             segments = segments or [r["segment"] for r in part]
         ax.set_xticks(range(1, len(segments) + 1),
                       [s.replace("_", " ") for s in segments], rotation=60, ha="right",
@@ -493,7 +494,9 @@ def segment_errors(rows: list[dict], title: str = "", methods=None):
         ax.set_ylim(0, 1)
         ax.set_title(str(model), fontsize=9)
         ax.set_ylabel("error on the segment (95% CI)", fontsize=8)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    shown = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()}
+    axes[0][-1].legend([shown[m] for m in methods if m in shown],
+                       [m for m in methods if m in shown], fontsize=7, loc="best")
     if title:
         fig.suptitle(textwrap.fill(title, 70 * len(models)), fontsize=9)
     fig.tight_layout()

@@ -82,3 +82,8 @@ def test_segment_errors_draws_one_line_per_method_over_the_segments_in_order():
     assert [line.get_label() for line in ax.get_lines()] == ["source", "tent"]
     assert list(ax.get_lines()[1].get_ydata()) == [0.3, 0.9]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["gaussian noise", "fog"]
+    # a method missing from the last panel keeps its colour and its place in the legend
+    other = [{**r, "model": "n"} for r in rows if r["method"] == "tent"]
+    fig = figures.segment_errors(rows + other, methods=["source", "tent"])
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["source", "tent"]
+    assert fig.axes[1].get_lines()[0].get_color() == fig.axes[0].get_lines()[1].get_color()
