@@ -71,7 +71,7 @@ from helpers import conclusions, data, findings, plots, streams
 from helpers.anchors import anchor_table
 from helpers.evaluate import summary_rows
 from helpers.grid import run_grid
-from helpers.models import build_classifier, describe, photo_size
+from helpers.models import build_classifier, describe, parse_standin, photo_size
 from helpers.notebook import start
 from helpers.tta import method_factories
 
@@ -296,15 +296,22 @@ _ = run.show_findings(finding_rows, separation + collapse_text + memo_line)
 identical = conclusions.identical_pairs([r for r in results if r["method"] != "memo"],
                                         methods=per_setting_methods)
 found = conclusions.what_we_found(finding_rows + successor_rows, identical)
+standins = [name for name in models if parse_standin(name)]
+eta_models = [name for name in photo_models if (eata_per_model.get(name) or {}).get(
+    "fisher_images", eata.get("fisher_images")) is None]
 limits = conclusions.limitations([
-    f"The stand-ins ({', '.join(models)}) are small models trained here on {dataset} at 28 "
-    f"pixels, not the papers' ResNet-50 and ViT-B/16 on ImageNet-C.",
-    f"{n_images} images per corruption: a stream of {len(stream_tasks['mixed stream'])} "
-    f"images is short beside the papers' 50,000 per corruption, so slow drifts and late "
-    f"collapses may not show, and EATA and SAR take few steps.",
-    f"The label-shifted streams have {n_images} images in {len(test_set.class_names)} time "
-    f"slots, so a slot holds about {n_images // len(test_set.class_names)} images: NOTE's "
-    f"streams are far longer.",
+    *([f"The stand-ins ({', '.join(standins)}) are small models trained here on {dataset}, "
+       f"not the papers' ResNet-50 and ViT-B/16 on ImageNet-C."] if standins else []),
+    f"{n_images or 'All'} images per corruption: a stream of "
+    f"{len(stream_tasks['mixed stream']):,} images is short beside the papers' "
+    f"{findings.PAPER_IMAGES:,} per corruption, so slow drifts and late collapses may not "
+    f"show, and EATA and SAR take few steps.",
+    f"The label-shifted streams hold {len(next(iter(label_tasks.values()))):,} images in "
+    f"{len(test_set.class_names)} time slots of NOTE's procedure.",
+    *([f"{', '.join(photo_models)}: {photo_images or 'all'} photos per corruption, so wide "
+       f"intervals and no ECE"
+       + ("; EATA runs there without its Fisher regulariser (ETA)" if eta_models else "")
+       + "."] if photo_models else []),
     "One seed for the stream orders and the images; the intervals are over these test "
     "images, not over orders or training runs.",
     *(["The full profile (a GPU) runs the same streams at the papers' scale "
