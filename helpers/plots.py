@@ -464,3 +464,40 @@ def sweep_intervals(rows: list[dict], labels: dict | None = None, title: str = "
         fig.suptitle(textwrap.fill(title, 50 * len(settings)), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def segment_errors(rows: list[dict], title: str = "", methods=None):
+    """The error per segment along a stream (rows of ``streams.segment_errors``: the
+    corruptions of a continual stream in order), one line per method in the order of
+    ``methods`` with its 95% interval as a band, one panel per model: forgetting or collapse
+    shows as a line that climbs while Source's does not."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    methods = [m for m in (methods or dict.fromkeys(r["method"] for r in rows))
+               if any(r["method"] == m for r in rows)]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.4), squeeze=False,
+                             sharey=True)
+    for ax, model in zip(axes[0], models):
+        segments = []
+        for method in methods:
+            part = sorted((r for r in rows if r["model"] == model and r["method"] == method),
+                          key=lambda r: r["position"])
+            if not part:
+                continue
+            x, colour = [r["position"] for r in part], f"C{methods.index(method)}"
+            ax.plot(x, [r["error"] for r in part], marker="o", ms=3, label=method, color=colour)
+            ax.fill_between(x, [r["low"] for r in part], [r["high"] for r in part], alpha=0.12,
+                            color=colour)
+            segments = segments or [r["segment"] for r in part]
+        ax.set_xticks(range(1, len(segments) + 1),
+                      [s.replace("_", " ") for s in segments], rotation=60, ha="right",
+                      fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_title(str(model), fontsize=9)
+        ax.set_ylabel("error on the segment (95% CI)", fontsize=8)
+    shown = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()}
+    axes[0][-1].legend([shown[m] for m in methods if m in shown],
+                       [m for m in methods if m in shown], fontsize=7, loc="best")
+    if title:
+        fig.suptitle(textwrap.fill(title, 70 * len(models)), fontsize=9)
+    fig.tight_layout()
+    return fig

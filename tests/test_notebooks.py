@@ -15,9 +15,11 @@ SCRIPTS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))
 REPOSITORY = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
 
 
-def test_every_notebook_has_its_script():
+def test_every_notebook_has_its_script_and_a_number_of_its_own():
     notebooks = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
-    assert [n.stem for n in notebooks] == [s.stem for s in SCRIPTS] and len(SCRIPTS) == 6
+    assert SCRIPTS and [n.stem for n in notebooks] == [s.stem for s in SCRIPTS]
+    numbers = [s.stem[:2] for s in SCRIPTS]
+    assert numbers == [f"{i:02d}" for i in range(1, len(SCRIPTS) + 1)], numbers
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)

@@ -68,3 +68,22 @@ def test_changes_draws_each_interval_coloured_by_its_verdict_on_a_zoomed_axis():
     low, high = ax.get_xlim()
     assert -0.1 < low < -0.05 and 0.25 < high < 0.35  # zoomed to the intervals, not from 0 to 1
     assert "\n" in fig._suptitle.get_text()  # wrapped, never cut
+
+
+def test_segment_errors_draws_one_line_per_method_over_the_segments_in_order():
+    from helpers import plots as figures
+
+    rows = [{"model": "m", "method": m, "segment": s, "position": p, "error": e,
+             "low": e - 0.1, "high": e + 0.1}
+            for m, errors in (("source", (0.5, 0.4)), ("tent", (0.3, 0.9)))
+            for p, (s, e) in enumerate(zip(("gaussian_noise", "fog"), errors), start=1)]
+    fig = figures.segment_errors(rows, title="t", methods=["source", "tent"])
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["source", "tent"]
+    assert list(ax.get_lines()[1].get_ydata()) == [0.3, 0.9]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["gaussian noise", "fog"]
+    # a method missing from the last panel keeps its colour and its place in the legend
+    other = [{**r, "model": "n"} for r in rows if r["method"] == "tent"]
+    fig = figures.segment_errors(rows + other, methods=["source", "tent"])
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["source", "tent"]
+    assert fig.axes[1].get_lines()[0].get_color() == fig.axes[0].get_lines()[1].get_color()
