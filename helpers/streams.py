@@ -246,17 +246,21 @@ def collapse_point(result: dict, classes: int, window: int, **rule) -> int | Non
     return found[0] if found else None
 
 
-def collapse_rows(results: list[dict], streams: dict, classes: int, window: int) -> list[dict]:
-    """Per model, stream (task in ``streams``) and method whose predictions collapse
-    (``collapsed_windows``) where Source's do not: the first such window's first image, the
-    corruption of that image (the stream's ``origins``), and how many windows collapse of
-    all. A window where Source collapses too is the model's failure on that data, not the
-    method's, and is left out."""
+def collapse_rows(results: list[dict], streams: dict, classes: int, window: int,
+                  methods=None) -> list[dict]:
+    """Per model, stream (task in ``streams``) and method of ``methods`` (default: all but
+    Source) whose predictions collapse (``collapsed_windows``) where Source's do not: the
+    first such window's first image, the corruption of that image (the stream's
+    ``origins``), and how many windows collapse of all. A window where Source collapses too
+    is the model's failure on that data, not the method's, and is left out. Collapse is what
+    a method that updates along the stream can do; an episodic one (MEMO) starts every image
+    from the source weights, so the notebooks pass the online methods."""
     source = {(r["model"], r["data"]): set(collapsed_windows(r, classes, window))
               for r in results if r["method"] == "source"}
     rows = []
     for r in results:
-        if r["data"] not in streams or r["method"] == "source":
+        if r["data"] not in streams or r["method"] == "source" or (
+                methods is not None and r["method"] not in methods):
             continue
         own = [w for w in collapsed_windows(r, classes, window)
                if w not in source.get((r["model"], r["data"]), set())]

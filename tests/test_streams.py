@@ -109,6 +109,10 @@ def test_collapse_rows_name_the_segment_and_leave_out_windows_where_source_colla
     rows = streams.collapse_rows(cells, {"s": stream}, classes=10, window=20)
     assert rows == [{"model": "m", "data": "s", "method": "tent", "image": 20, "window": 20,
                      "segment": "shot_noise", "windows": 1, "of": 3}]
+    # An episodic method's windows are its images' failures, not a collapse: left out.
+    memo = {**cells[1], "method": "memo"}
+    assert streams.collapse_rows(cells[:1] + [memo], {"s": stream}, classes=10, window=20,
+                                 methods=("norm", "tent", "eata", "sar")) == []
 
 
 def test_stream_errors_pool_the_images_and_sum_the_counters_in_method_order():
