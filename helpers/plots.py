@@ -454,12 +454,15 @@ def sweep_intervals(rows: list[dict], labels: dict | None = None, title: str = "
     against each swept setting (rows of ``findings.sweep_rows``: one column per ``setting``,
     one line per model and swept method) with its 95% interval shaded, and on accuracy or
     error panels the baseline's (``baseline_accuracy``, its interval as a grey band) for
-    reference. A value marked ``chosen`` is drawn as a filled square; a value that is
+    reference. The swept values are evenly spaced (a rate of 0 beside 0.1 and 10 stays
+    readable). A value marked ``chosen`` is drawn as a filled square; a value that is
     another method by construction (``same_as``) is not drawn (the baseline's line shows it
     where it is the baseline). ``labels`` name the settings on the x axes."""
     unknown = [m for m in metrics if m not in SWEEP_METRICS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose among {list(SWEEP_METRICS)}")
+    slots = {setting: sorted({r["value"] for r in rows if r["setting"] == setting})
+             for setting in dict.fromkeys(r["setting"] for r in rows)}
     rows = [r for r in rows if not r.get("same_as")]  # another method's cells: not a point
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     fig, axes = plt.subplots(len(metrics), len(settings),
@@ -475,12 +478,12 @@ def sweep_intervals(rows: list[dict], labels: dict | None = None, title: str = "
                                model and r.get("sweep", "") == sweep), key=lambda r: r["value"])
                 if not line:
                     continue
-                x = [r["value"] for r in line]
+                x = [slots[setting].index(r["value"]) for r in line]
                 colour, name = f"C{index}", f"{model} · {sweep}" if several else model
                 ax.plot(x, [_metric(r, key) for r in line], "o-", color=colour, label=name)
                 ax.fill_between(x, [_metric(r, low) for r in line],
                                 [_metric(r, high) for r in line], color=colour, alpha=0.2, lw=0)
-                ax.plot([r["value"] for r in line if r.get("chosen")],
+                ax.plot([slots[setting].index(r["value"]) for r in line if r.get("chosen")],
                         [_metric(r, key) for r in line if r.get("chosen")], "s", color=colour,
                         ms=8)
                 if "baseline_accuracy" in line[0] and metric != "confidence":
@@ -491,8 +494,7 @@ def sweep_intervals(rows: list[dict], labels: dict | None = None, title: str = "
                                label=f"{name}: {line[0]['baseline']}")
                     ax.axhspan(_metric(line[0], base[1]), _metric(line[0], base[2]),
                                color="grey", alpha=0.12, lw=0)
-            values = sorted({r["value"] for r in rows if r["setting"] == setting})
-            ax.set_xticks(values, [f"{v:g}" for v in values])
+            ax.set_xticks(range(len(slots[setting])), [f"{v:g}" for v in slots[setting]])
             ax.set_xlabel((labels or {}).get(setting, setting), fontsize=8)
             ax.set_ylabel(ylabel, fontsize=8)
             ax.legend(fontsize=7)
@@ -504,8 +506,8 @@ def sweep_intervals(rows: list[dict], labels: dict | None = None, title: str = "
 
 def severity_intervals(rows: list[dict], methods, title: str = ""):
     """Mean error against severity (rows of ``findings.severity_rows``), the papers' style: a
-    panel per model, a line per method in the order of ``methods`` (Source first), the 95%
-    interval shaded."""
+    panel per model, a line per method in the order of ``methods`` (Source first; markers and
+    dashes tell lines apart where two methods coincide), the 95% interval shaded."""
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), squeeze=False,
                              sharey=True)
@@ -516,7 +518,8 @@ def severity_intervals(rows: list[dict], methods, title: str = ""):
             if not line:
                 continue
             x = [r["severity"] for r in line]
-            ax.plot(x, [r["error"] for r in line], "o-", color=f"C{index}", label=method)
+            ax.plot(x, [r["error"] for r in line], color=f"C{index}", label=method,
+                    marker="os^Dv"[index % 5], ls="-" if index % 2 == 0 else "--")
             ax.fill_between(x, [r["error_low"] for r in line], [r["error_high"] for r in line],
                             color=f"C{index}", alpha=0.15, lw=0)
         ax.set_xticks(sorted({r["severity"] for r in rows}))

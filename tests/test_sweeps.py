@@ -242,10 +242,12 @@ def test_sweep_intervals_draw_error_and_confidence_and_leave_out_same_as_points(
     fig = plots.sweep_intervals(rows, {"lr": "rate"}, metrics=("error", "confidence"))
     error, confidence = fig.axes
     x, y = error.lines[0].get_data()
-    assert list(x) == [1, 10] and list(y) == pytest.approx([0.4, 0.3])  # 1 - accuracy
+    # evenly spaced slots of 0, 1, 10 (0 keeps its slot, undrawn); error is 1 - accuracy
+    assert list(x) == [1, 2] and list(y) == pytest.approx([0.4, 0.3])
+    assert [t.get_text() for t in error.get_xticklabels()] == ["0", "1", "10"]
     assert error.lines[2].get_ydata()[0] == pytest.approx(0.5)  # Source, as error
     assert list(confidence.lines[0].get_ydata()) == pytest.approx([0.8, 0.95])
-    assert list(error.lines[1].get_xdata()) == [1]  # the chosen value's square
+    assert list(error.lines[1].get_xdata()) == [1]  # the chosen value's square, in slot 1
     assert error.get_ylabel() == "mean error (95% CI)" and error.get_xlabel() == "rate"
     with pytest.raises(ValueError, match=r"unknown metrics \['loss'\]; choose among"):
         plots.sweep_intervals(rows, metrics=("loss",))
