@@ -547,7 +547,8 @@ if scaled_results:
 if sweep_rows:
     summary["MEMO's learning rate and views on the validation corruptions (95% intervals)"] = \
         sweep_rows
-    summary["MEMO's sweep optima against the chosen setting (95% paired interval)"] = optima
+    summary["MEMO's sweep optima against the chosen setting (95% paired interval)"] = [
+        {k: v for k, v in row.items() if not isinstance(v, list)} for row in optima]
 if severity_rows:
     summary["Error per severity (95% intervals; change over Source, 95% paired interval)"] = \
         severity_rows
