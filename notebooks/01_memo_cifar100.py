@@ -514,6 +514,12 @@ limits = conclusions.limitations([
        f"recipes mixes the recipe with that run's luck."] if len(standins) > 1 else []),
     f"{n_images or 'All'} test images per data set, on {run.device}; the intervals are over "
     f"these test images, not over training runs.",
+    *([f"MEMO's learning-rate and views sweeps ran on {len(sweep_data)} validation "
+       f"corruption(s) of {sweep_images} images"
+       + (f" (the photos: {photo_sweep_images} under {photo_sweep_corruptions})"
+          if photo_rows else "")
+       + "; their optima are choices for these models, not test results, and none replaces "
+       "the chosen settings the tables use."] if sweep_rows else []),
     *([f"The real photos are {', '.join(map(str, photo_images))} images per data set: their "
        f"intervals are wide and their ECE is not reported."] if photo_images else []),
     *(["The full profile (a GPU) runs CLIP ViT-B/32, RN50 and RN101 on the CIFAR-100 test "
