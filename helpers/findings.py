@@ -397,20 +397,107 @@ def sweep_tasks(tasks: dict, n_corruptions: int, n_images: int, seed: int = 0) -
             for name in one_per_family(list(tasks), n_corruptions)}
 
 
-def one_at_a_time(base: dict, sweeps: dict, name: str) -> list[dict]:
+def validation_tasks(dataset, n_corruptions: int, n_images: int, severity: int = 5,
+                     seed: int = 0) -> dict:
+    """The data of a sweep that chooses (or describes) settings without touching the test
+    corruptions: ``n_images`` random images of ``dataset`` (``data.take``, seeded) under up to
+    ``n_corruptions`` of ImageNet-C's four held-out validation corruptions, one per family
+    (speckle_noise, gaussian_blur, spatter, saturate); {} when ``n_images`` is 0 (no sweep)."""
+    from .data import VALIDATION_CORRUPTIONS, corruption_suite
+
+    if not n_images:
+        return {}
+    names = one_per_family(VALIDATION_CORRUPTIONS, n_corruptions)
+    return corruption_suite(dataset, names, severity, n_images, seed, clean=False)
+
+
+def one_at_a_time(base: dict, sweeps: dict, name: str, relative=()) -> list[dict]:
     """A one-at-a-time sweep around ``base`` settings: for each option of ``sweeps`` (e.g.
     ``{"n_views": [15, 31, 63], "selection": [0.1, 0.3, 1.0]}``) and each of its values,
     ``base`` with that one value changed. Rows ``{"setting", "value", "method",
-    "settings"}``; ``method`` is ``name`` with the swept options' values, so that settings
-    in several sweeps (``base``'s own) have one name and run once."""
+    "settings", "chosen"}``; ``method`` is ``name`` with the swept options' values, so that
+    settings in several sweeps (``base``'s own) have one name and run once; ``chosen`` marks
+    ``base``'s own value. The values of an option in ``relative`` are multiples of ``base``'s
+    (``lr: [0, 0.1, 1, 10]``: each model's own rate scaled), named ``lr=x0.1``. An empty list
+    switches that option's sweep off; an option ``base`` lacks, a value that is not a number
+    >= 0, or a relative option whose base is not a positive number is an error naming it."""
+    if not isinstance(sweeps, dict):
+        raise ValueError(f"a sweep of {name} is a dict of option -> list of values, got "
+                         f"{sweeps!r}")
+    for option, values in sweeps.items():
+        if option not in base:
+            raise ValueError(f"sweep of {option!r}: not a setting of {name}; its settings are "
+                             f"{', '.join(base)}")
+        if not isinstance(values, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                for v in values):
+            raise ValueError(f"sweep of {name}'s {option}: give a list of numbers >= 0 ([] "
+                             f"switches it off), got {values!r}")
+        if option in relative and not (isinstance(base[option], (int, float))
+                                       and base[option] > 0):
+            raise ValueError(f"sweep of {name}'s {option} relative to its chosen value: the "
+                             f"chosen {option} must be a number > 0, got {base[option]!r}")
+
+    def shown(option, value):
+        return f"{option}=x{value:g}" if option in relative else f"{option}={value}"
+
     rows = []
     for option, values in sweeps.items():
         for value in values:
-            settings = {**base, option: value}
-            label = ", ".join(f"{key}={settings[key]}" for key in sweeps)
-            rows.append({"setting": option, "value": value, "method": f"{name} {label}",
-                         "settings": settings})
+            settings = {**base, option: base[option] * value if option in relative else value}
+            swept = {key: value if key == option else (1 if key in relative else base[key])
+                     for key in sweeps}
+            rows.append({"setting": option, "value": value,
+                         "method": f"{name} " + ", ".join(shown(k, v) for k, v in swept.items()),
+                         "settings": settings, "sweep": name,
+                         "chosen": value == (1 if option in relative else base[option])})
     return rows
+
+
+def same_by_construction(method: str, settings: dict) -> str | None:
+    """The method a setting of ``method`` equals by construction, else None: MEMO at
+    learning rate 0 without a batch-norm prior is Source (its weights stay the source's and
+    it predicts the image alone; with a prior it is the prior alone, a result of its own);
+    TPT at learning rate 0 is the fixed prompt it starts from ("prompt")."""
+    if settings.get("lr") == 0 and method == "memo" and not settings.get("bn_prior"):
+        return "source"
+    if settings.get("lr") == 0 and method == "tpt":
+        return "prompt"
+    return None
+
+
+def model_sweeps(settings_of, models, sweeps: dict, name: str, relative=()) -> tuple:
+    """``one_at_a_time`` around each model's own settings (``settings_of(model)``, e.g. a
+    factory's ``settings``) for the grid: (rows, each with its ``model``, and
+    ``{method: factory}`` whose factories build each model's setting of that name). A row
+    whose setting equals another method by construction (``same_by_construction``) takes that
+    method's name and ``same_as``, and gets no factory: it is not run as a result of its own."""
+    from .tta import method_factories
+
+    rows, per_model = [], defaultdict(dict)
+    for model in models:
+        for row in one_at_a_time(settings_of(model), sweeps, name, relative):
+            same = same_by_construction(name, row["settings"])
+            if same:
+                row = {**row, "method": same, "same_as": same}
+            else:
+                per_model[row["method"]][model] = row["settings"]
+            rows.append({**row, "model": model})
+    factories = {method: only_on(method_factories([name], {name: {}}, {name: settings})[name],
+                                 list(settings))
+                 for method, settings in per_model.items()}
+    return rows, factories
+
+
+def only_on(factory, models):
+    """A grid factory (``tta.method_factories``) that applies to ``models`` alone (None, not
+    applicable, on any other): a sweep's setting of one model is not run on another."""
+    def make(model, model_name):
+        return factory(model, model_name) if model_name in models else None
+
+    make.settings, make.code_modules = factory.settings, factory.code_modules
+    make.shardable, make.passes = factory.shardable, factory.passes
+    return make
 
 
 def accuracy_interval(cells: dict, seed: int = 0) -> tuple[float, float, float]:
@@ -422,30 +509,53 @@ def accuracy_interval(cells: dict, seed: int = 0) -> tuple[float, float, float]:
                              for g in groups], seed=seed)
 
 
+def confidence_interval(cells: dict, seed: int = 0) -> tuple[float, float, float]:
+    """Mean confidence over the tasks of ``cells`` (task -> cell of one method, with its
+    per-image ``confidences``) and its 95% bootstrap interval over test images, each image
+    resampled with all its tasks."""
+    groups = _image_groups(cells)
+    return paired_bootstrap([np.stack([np.asarray(cells[t]["confidences"], dtype=np.float64)
+                                       for t in g]) for g in groups], seed=seed)
+
+
 def sweep_rows(results: list[dict], sweep: list[dict], baseline: str,
                seed: int = 0) -> list[dict]:
-    """Per model and row of ``sweep`` (``one_at_a_time``): the method's mean accuracy over
-    the sweep's tasks with its 95% bootstrap interval over images, and its change against
-    ``baseline`` on the same images with its 95% paired interval (``compare``); the
-    baseline's own accuracy and interval too, for a reference band."""
+    """Per model and row of ``sweep`` (``one_at_a_time``, or ``model_sweeps`` whose rows name
+    their model): the method's mean accuracy and mean confidence over the sweep's tasks, each
+    with its 95% bootstrap interval over images, and its change against ``baseline`` on the
+    same images with its 95% paired interval (``compare``); the baseline's own accuracy and
+    interval too, for a reference band. ``method`` (the cells' name), ``sweep`` (the swept
+    method), ``chosen`` and ``same_as`` come from the sweep's row; no confidence where the
+    cells lack per-image ``confidences``."""
     rows = []
     for (model,), cells in _by_key(results, ("model",)).items():
         base = accuracy_interval(cells[baseline], seed) if baseline in cells else None
         for item in sweep:
-            if item["method"] not in cells:
+            if item["method"] not in cells or item.get("model", model) != model:
                 continue
             accuracy, low, high = accuracy_interval(cells[item["method"]], seed)
+            confidence = {}
+            if all("confidences" in c for c in cells[item["method"]].values()):
+                mean, low_c, high_c = confidence_interval(cells[item["method"]], seed)
+                confidence = {"confidence": mean, "confidence_low": low_c,
+                              "confidence_high": high_c}
             change = {}
             if base is not None:
                 row = compare([r for r in results if r["model"] == model], item["method"],
-                              baseline, seed=seed)[0]
-                change = {"change": row["change"], "change_low": row["ci_low"],
-                          "change_high": row["ci_high"], "baseline": baseline,
+                              baseline, seed=seed)
+                change = {"change": row[0]["change"] if row else 0.0,
+                          "change_low": row[0]["ci_low"] if row else 0.0,
+                          "change_high": row[0]["ci_high"] if row else 0.0,
+                          "baseline": baseline,
                           "baseline_accuracy": base[0], "baseline_low": base[1],
                           "baseline_high": base[2]}
             some = next(iter(cells[item["method"]].values()))
             rows.append({"model": model, "setting": item["setting"], "value": item["value"],
-                         "accuracy": accuracy, "ci_low": low, "ci_high": high, **change,
+                         "method": item["method"],
+                         "sweep": item.get("sweep", item["method"].split(" ")[0]),
+                         "chosen": item.get("chosen", False), "same_as": item.get("same_as"),
+                         "accuracy": accuracy, "ci_low": low, "ci_high": high,
+                         **confidence, **change,
                          "tasks": len(cells[item["method"]]), "images": len(some["labels"]),
                          "ece": float(np.mean([c["ece"] for c in cells[item["method"]].values()])),
                          "seconds_per_sample": float(np.mean(
@@ -454,31 +564,182 @@ def sweep_rows(results: list[dict], sweep: list[dict], baseline: str,
 
 
 def sweep_lines(rows: list[dict], labels: dict | None = None) -> list[str]:
-    """``sweep_rows`` as sentences, per model and swept setting: the range of mean
+    """``sweep_rows`` as sentences, per model, swept method and setting: the range of mean
     accuracies, whether the intervals of its lowest and highest values overlap (then the
     sweep does not tell the settings apart), and at which values the change against the
-    baseline on the same images excludes zero."""
+    baseline on the same images excludes zero; a value that equals another method by
+    construction is said to be that method."""
     found = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        for setting in dict.fromkeys(r["setting"] for r in rows if r["model"] == model):
-            part = [r for r in rows if r["model"] == model and r["setting"] == setting]
-            low, high = min(part, key=lambda r: r["accuracy"]), max(
-                part, key=lambda r: r["accuracy"])
-            apart = low["ci_high"] < high["ci_low"]
-            name = (labels or {}).get(setting, setting)
-            text = (f"{model}, {name}: mean accuracy from {low['accuracy']:.3f} (at "
-                    f"{low['value']:g}) to {high['accuracy']:.3f} (at {high['value']:g}) over "
-                    f"{part[0]['tasks']} data sets of {part[0]['images']} images; the two "
-                    f"intervals {'do not overlap' if apart else 'overlap'}"
-                    f"{'' if apart else ': the sweep does not tell these settings apart'}.")
-            if "change" in part[0]:
-                gains = [f"{r['value']:g}" for r in part if r["change_low"] > 0]
-                losses = [f"{r['value']:g}" for r in part if r["change_high"] < 0]
-                text += (f" Against {part[0]['baseline']} on the same images "
-                         f"({part[0]['baseline_accuracy']:.3f}): a gain whose interval "
-                         f"excludes zero at {', '.join(gains) or 'no value'}, a loss at "
-                         f"{', '.join(losses) or 'no value'}.")
-            found.append(text)
+    for model, sweep, setting in dict.fromkeys((r["model"], r.get("sweep", ""), r["setting"])
+                                               for r in rows):
+        part = [r for r in rows if (r["model"], r.get("sweep", ""), r["setting"])
+                == (model, sweep, setting)]
+        low, high = min(part, key=lambda r: r["accuracy"]), max(
+            part, key=lambda r: r["accuracy"])
+        apart = low["ci_high"] < high["ci_low"]
+        name = (labels or {}).get(setting, setting)
+        who = f"{model}, {sweep}" if sweep else model
+        text = (f"{who}, {name}: mean accuracy from {low['accuracy']:.3f} (at "
+                f"{low['value']:g}) to {high['accuracy']:.3f} (at {high['value']:g}) over "
+                f"{part[0]['tasks']} data sets of {part[0]['images']} images; the two "
+                f"intervals {'do not overlap' if apart else 'overlap'}"
+                f"{'' if apart else ': the sweep does not tell these settings apart'}.")
+        text += "".join(f" At {r['value']:g}, {sweep} is {r['same_as']} by construction (its "
+                        f"cells, not a run of its own)." for r in part if r.get("same_as"))
+        if "change" in part[0]:
+            gains = [f"{r['value']:g}" for r in part if r["change_low"] > 0]
+            losses = [f"{r['value']:g}" for r in part if r["change_high"] < 0]
+            text += (f" Against {part[0]['baseline']} on the same images "
+                     f"({part[0]['baseline_accuracy']:.3f}): a gain whose interval "
+                     f"excludes zero at {', '.join(gains) or 'no value'}, a loss at "
+                     f"{', '.join(losses) or 'no value'}.")
+        found.append(text)
+    return found
+
+
+def sweep_optima(results: list[dict], rows: list[dict], seed: int = 0) -> list[dict]:
+    """Per model, swept method and setting of ``sweep_rows``: the value of highest mean
+    accuracy (the first of equals) with its interval, against the model's chosen value
+    (``chosen``) on the same images (``compare``: the change and its 95% paired interval;
+    ``apart`` when it excludes zero), and the mean confidence minus the mean accuracy at the
+    lowest and the highest value (above 0: over-confident). None of it where no value is the
+    chosen one."""
+    found = []
+    for key in dict.fromkeys((r["model"], r["sweep"], r["setting"]) for r in rows):
+        part = sorted((r for r in rows if (r["model"], r["sweep"], r["setting"]) == key),
+                      key=lambda r: r["value"])
+        chosen = next((r for r in part if r["chosen"]), None)
+        if chosen is None:
+            continue
+        best = max(part, key=lambda r: r["accuracy"])
+        on_model = [r for r in results if r["model"] == key[0]]
+        paired = compare(on_model, best["method"], chosen["method"], seed=seed)
+        change = paired[0] if paired and best is not chosen else {
+            "change": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+        found.append({
+            "model": key[0], "sweep": key[1], "setting": key[2], "best": best["value"],
+            "accuracy": best["accuracy"], "ci_low": best["ci_low"], "ci_high": best["ci_high"],
+            "best_same_as": best.get("same_as"),
+            "chosen": chosen["value"], "chosen_accuracy": chosen["accuracy"],
+            "change": change["change"], "change_low": change["ci_low"],
+            "change_high": change["ci_high"],
+            "apart": change["ci_low"] > 0 or change["ci_high"] < 0,
+            "values": [r["value"] for r in part],
+            "confidence": [r["confidence"] for r in part],
+            "confidence_low": [r["confidence_low"] for r in part],
+            "confidence_high": [r["confidence_high"] for r in part],
+            "gap": [r["confidence"] - r["accuracy"] for r in part],
+            "accuracy_low": [r["ci_low"] for r in part],
+            "accuracy_high": [r["ci_high"] for r in part],
+            "tasks": best["tasks"], "images": best["images"]})
+    return found
+
+
+def optimum_lines(optima: list[dict], labels: dict | None = None, where: str = "") -> list[str]:
+    """``sweep_optima`` as sentences: the best value with its interval, whether it can be told
+    apart from the chosen value on the same images, and how mean confidence and its excess
+    over accuracy move from the lowest to the highest value."""
+    found = []
+    for o in optima:
+        name = (labels or {}).get(o["setting"], o["setting"])
+        if o["best"] == o["chosen"]:
+            verdict_text = "the chosen value itself"
+        elif o["apart"]:
+            verdict_text = (f"better than the chosen {o['chosen']:g} "
+                            f"({o['chosen_accuracy']:.3f}) on the same images by "
+                            f"{o['change']:+.3f} (95% CI {o['change_low']:+.3f} to "
+                            f"{o['change_high']:+.3f})")
+        else:
+            verdict_text = (f"not told apart from the chosen {o['chosen']:g} "
+                            f"({o['chosen_accuracy']:.3f}) on the same images: "
+                            f"{o['change']:+.3f} (95% CI {o['change_low']:+.3f} to "
+                            f"{o['change_high']:+.3f})")
+        gap, conf = o["gap"], o["confidence"]
+        apart = (o["confidence_high"][0] < o["confidence_low"][-1]
+                 or o["confidence_high"][-1] < o["confidence_low"][0])
+        moves = (("rises" if conf[-1] > conf[0] else "falls") if apart else
+                 "does not move beyond its intervals")
+        if conf[-1] > o["accuracy_high"][-1]:
+            calibration = "over-confident there: confidence above accuracy's interval"
+        elif conf[-1] < o["accuracy_low"][-1]:
+            calibration = "under-confident there: confidence below accuracy's interval"
+        else:
+            calibration = "within accuracy's interval there: no detectable miscalibration"
+        found.append(
+            f"{o['model']}, {o['sweep']} {name}{where}: the highest mean accuracy is at "
+            f"{o['best']:g}"
+            + (f" (where {o['sweep']} is {o['best_same_as']} by construction)"
+               if o.get("best_same_as") else "")
+            + f", {o['accuracy']:.3f} (95% CI {o['ci_low']:.3f} to "
+            f"{o['ci_high']:.3f}; {o['tasks']} data set{'s' * (o['tasks'] > 1)} of "
+            f"{o['images']} images), {verdict_text}. Mean confidence {moves} from "
+            f"{conf[0]:.3f} ({o['confidence_low'][0]:.3f} to {o['confidence_high'][0]:.3f}) "
+            f"at {o['values'][0]:g} to {conf[-1]:.3f} ({o['confidence_low'][-1]:.3f} to "
+            f"{o['confidence_high'][-1]:.3f}) at {o['values'][-1]:g}; confidence minus "
+            f"accuracy {gap[0]:+.3f} at {o['values'][0]:g}, {gap[-1]:+.3f} at the largest "
+            f"value ({calibration}).")
+    return found
+
+
+def severity_of(task: str) -> int | None:
+    """The severity of a ``data.severity_suite`` task name ("snow/3" -> 3), else None."""
+    head, _, tail = task.rpartition("/")
+    return int(tail) if head and tail.isdigit() else None
+
+
+def severity_rows(results: list[dict], methods, baseline: str = "source",
+                  seed: int = 0) -> list[dict]:
+    """Per model, method of ``methods`` (in that order) and severity of the
+    ``data.severity_suite`` tasks: the mean error over the corruptions at that severity with
+    its 95% bootstrap interval over images, and the change in accuracy against ``baseline`` on
+    the same images with its 95% paired interval (0 for the baseline itself)."""
+    rows = []
+    for (model,), cells in _by_key(results, ("model",)).items():
+        for method in [m for m in methods if m in cells]:
+            for severity in sorted({severity_of(t) for t in cells[method]} - {None}):
+                at = [r for r in results if r["model"] == model and
+                      severity_of(r["data"]) == severity]
+                mine = {t: c for t, c in cells[method].items() if severity_of(t) == severity}
+                accuracy, low, high = accuracy_interval(mine, seed)
+                paired = compare(at, method, baseline, seed=seed) if method != baseline else []
+                rows.append({"model": model, "method": method, "severity": severity,
+                             "error": 1 - accuracy, "error_low": 1 - high,
+                             "error_high": 1 - low, "tasks": len(mine),
+                             "images": len(next(iter(mine.values()))["labels"]),
+                             "change": paired[0]["change"] if paired else 0.0,
+                             "change_low": paired[0]["ci_low"] if paired else 0.0,
+                             "change_high": paired[0]["ci_high"] if paired else 0.0})
+    return rows
+
+
+def severity_lines(rows: list[dict], baseline: str = "source") -> list[str]:
+    """Per model and method of ``severity_rows``: its change over ``baseline`` at the lowest
+    and the highest severity with their intervals, and whether the gain grows or shrinks with
+    severity, said only where the two intervals do not overlap."""
+    found = []
+    for model, method in dict.fromkeys((r["model"], r["method"]) for r in rows):
+        if method == baseline:
+            continue
+        part = sorted((r for r in rows if (r["model"], r["method"]) == (model, method)),
+                      key=lambda r: r["severity"])
+        first, last = part[0], part[-1]
+        each = "; ".join(f"severity {r['severity']} {r['change']:+.3f} ({r['change_low']:+.3f} "
+                         f"to {r['change_high']:+.3f})" for r in (first, last))
+        if len(part) < 2:
+            trend = "one severity only"
+        elif first["change_high"] < last["change_low"]:
+            trend = (f"its change over {baseline} grows with severity (the two intervals do "
+                     "not overlap)")
+        elif last["change_high"] < first["change_low"]:
+            trend = (f"its change over {baseline} shrinks with severity (the two intervals do "
+                     "not overlap)")
+        else:
+            trend = ("the two intervals overlap: this run cannot tell whether its change over "
+                     f"{baseline} depends on severity")
+        found.append(f"{model} · **{method}** against {baseline} on the same images "
+                     f"({first['tasks']} corruption{'s' * (first['tasks'] > 1)} of "
+                     f"{first['images']} images per "
+                     f"severity), change in accuracy: {each}; {trend}.")
     return found
 
 

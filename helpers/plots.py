@@ -434,32 +434,70 @@ def reliability_diagram(results: list[dict], methods=None, model: str | None = N
     return fig
 
 
-def sweep_intervals(rows: list[dict], labels: dict | None = None, title: str = ""):
-    """Accuracy against each swept setting (rows of ``findings.sweep_rows``: one panel per
-    ``setting``, one line per model) with its 95% interval shaded, and the baseline's
-    accuracy (``baseline_accuracy``, its interval as a grey band) for reference. ``labels``
-    name the settings on the x axes."""
+SWEEP_METRICS = {"accuracy": ("accuracy", "ci_low", "ci_high", "mean accuracy (95% CI)"),
+                 "error": ("error", "error_low", "error_high", "mean error (95% CI)"),
+                 "confidence": ("confidence", "confidence_low", "confidence_high",
+                                "mean confidence (95% CI)")}
+
+
+def _metric(row: dict, key: str) -> float:
+    """A ``sweep_rows`` value; ``error`` and its bounds are one minus accuracy's."""
+    flipped = {"error": "accuracy", "error_low": "ci_high", "error_high": "ci_low",
+               "baseline_error": "baseline_accuracy", "baseline_error_low": "baseline_high",
+               "baseline_error_high": "baseline_low"}
+    return 1 - row[flipped[key]] if key in flipped and key not in row else row[key]
+
+
+def sweep_intervals(rows: list[dict], labels: dict | None = None, title: str = "",
+                    metrics=("accuracy",)):
+    """Each of ``metrics`` ("accuracy", "error" or "confidence"; a row of panels each)
+    against each swept setting (rows of ``findings.sweep_rows``: one column per ``setting``,
+    one line per model and swept method) with its 95% interval shaded, and on accuracy or
+    error panels the baseline's (``baseline_accuracy``, its interval as a grey band) for
+    reference. The swept values are evenly spaced (a rate of 0 beside 0.1 and 10 stays
+    readable). A value marked ``chosen`` is drawn as a filled square; a value that is
+    another method by construction (``same_as``) is not drawn (the baseline's line shows it
+    where it is the baseline). ``labels`` name the settings on the x axes."""
+    unknown = [m for m in metrics if m not in SWEEP_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose among {list(SWEEP_METRICS)}")
+    slots = {setting: sorted({r["value"] for r in rows if r["setting"] == setting})
+             for setting in dict.fromkeys(r["setting"] for r in rows)}
+    rows = [r for r in rows if not r.get("same_as")]  # another method's cells: not a point
     settings = list(dict.fromkeys(r["setting"] for r in rows))
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.2),
-                             squeeze=False, sharey=True)
-    for ax, setting in zip(axes[0], settings):
-        part = [r for r in rows if r["setting"] == setting]
-        for index, model in enumerate(dict.fromkeys(r["model"] for r in part)):
-            line = sorted((r for r in part if r["model"] == model), key=lambda r: r["value"])
-            x = [r["value"] for r in line]
-            colour = f"C{index}"
-            ax.plot(x, [r["accuracy"] for r in line], "o-", color=colour, label=model)
-            ax.fill_between(x, [r["ci_low"] for r in line], [r["ci_high"] for r in line],
-                            color=colour, alpha=0.2, lw=0)
-            if "baseline_accuracy" in line[0]:
-                ax.axhline(line[0]["baseline_accuracy"], color=colour, ls="--", lw=1,
-                           label=f"{model}: {line[0]['baseline']}")
-                ax.axhspan(line[0]["baseline_low"], line[0]["baseline_high"], color="grey",
-                           alpha=0.12, lw=0)
-        ax.set_xticks(x, [f"{v:g}" for v in x])
-        ax.set_xlabel((labels or {}).get(setting, setting), fontsize=8)
-        ax.set_ylabel("mean accuracy (95% CI)", fontsize=8)
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(metrics), len(settings),
+                             figsize=(4.2 * len(settings), 3.2 * len(metrics)),
+                             squeeze=False, sharey="row")
+    lines = list(dict.fromkeys((r["model"], r.get("sweep", "")) for r in rows))
+    several = len({sweep for _, sweep in lines}) > 1
+    for metric, row_axes in zip(metrics, axes):
+        key, low, high, ylabel = SWEEP_METRICS[metric]
+        for ax, setting in zip(row_axes, settings):
+            for index, (model, sweep) in enumerate(lines):
+                line = sorted((r for r in rows if r["setting"] == setting and r["model"] ==
+                               model and r.get("sweep", "") == sweep), key=lambda r: r["value"])
+                if not line:
+                    continue
+                x = [slots[setting].index(r["value"]) for r in line]
+                colour, name = f"C{index}", f"{model} · {sweep}" if several else model
+                ax.plot(x, [_metric(r, key) for r in line], "o-", color=colour, label=name)
+                ax.fill_between(x, [_metric(r, low) for r in line],
+                                [_metric(r, high) for r in line], color=colour, alpha=0.2, lw=0)
+                ax.plot([slots[setting].index(r["value"]) for r in line if r.get("chosen")],
+                        [_metric(r, key) for r in line if r.get("chosen")], "s", color=colour,
+                        ms=8)
+                if "baseline_accuracy" in line[0] and metric != "confidence":
+                    base = {"accuracy": ("baseline_accuracy", "baseline_low", "baseline_high"),
+                            "error": ("baseline_error", "baseline_error_low",
+                                      "baseline_error_high")}[metric]
+                    ax.axhline(_metric(line[0], base[0]), color=colour, ls="--", lw=1,
+                               label=f"{name}: {line[0]['baseline']}")
+                    ax.axhspan(_metric(line[0], base[1]), _metric(line[0], base[2]),
+                               color="grey", alpha=0.12, lw=0)
+            ax.set_xticks(range(len(slots[setting])), [f"{v:g}" for v in slots[setting]])
+            ax.set_xlabel((labels or {}).get(setting, setting), fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.legend(fontsize=7)
     if title:
         fig.suptitle(textwrap.fill(title, 50 * len(settings)), fontsize=9)
     fig.tight_layout()
@@ -499,5 +537,32 @@ def segment_errors(rows: list[dict], title: str = "", methods=None):
                        [m for m in methods if m in shown], fontsize=7, loc="best")
     if title:
         fig.suptitle(textwrap.fill(title, 70 * len(models)), fontsize=9)
+
+
+def severity_intervals(rows: list[dict], methods, title: str = ""):
+    """Mean error against severity (rows of ``findings.severity_rows``), the papers' style: a
+    panel per model, a line per method in the order of ``methods`` (Source first; markers and
+    dashes tell lines apart where two methods coincide), the 95% interval shaded."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), squeeze=False,
+                             sharey=True)
+    for ax, model in zip(axes[0], models):
+        for index, method in enumerate(methods):
+            line = sorted((r for r in rows if r["model"] == model and r["method"] == method),
+                          key=lambda r: r["severity"])
+            if not line:
+                continue
+            x = [r["severity"] for r in line]
+            ax.plot(x, [r["error"] for r in line], color=f"C{index}", label=method,
+                    marker="os^Dv"[index % 5], ls="-" if index % 2 == 0 else "--")
+            ax.fill_between(x, [r["error_low"] for r in line], [r["error_high"] for r in line],
+                            color=f"C{index}", alpha=0.15, lw=0)
+        ax.set_xticks(sorted({r["severity"] for r in rows}))
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("severity", fontsize=8)
+        ax.set_ylabel("mean error (95% CI)", fontsize=8)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(textwrap.fill(title, 50 * len(models)), fontsize=9)
     fig.tight_layout()
     return fig

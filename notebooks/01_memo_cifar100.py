@@ -80,6 +80,24 @@ photo_dataset = "photos"
 photo_images = None  # photos per task (None: all)
 photo_corruptions = None  # the photos' corruptions (None: the same as `corruptions`)
 agreement_images = 32  # images per data set for the views-without-adaptation diagnostic
+# The course's questions. MEMO's learning rate (multiples of each model's chosen rate; 0 on a
+# batch-norm model is MEMO's prior alone) and number of views, one at a time around each
+# model's own setting, on ImageNet-C's held-out validation corruptions, never the test ones.
+sweep_models = ["small-clip", "small-cnn"]  # []: no sweep
+sweep_lr = [0, 1]  # []: the rate is not swept
+sweep_views = [8, 16]  # []: the views are not swept
+sweep_corruptions = 1  # validation corruptions, one per family (at most 4)
+sweep_images = 16  # images under each (0: no sweep)
+# The same learning-rate sweep on photo_models, on their photos ([] or 0: none).
+photo_sweep_lr = [0, 1]
+photo_sweep_corruptions = 1
+photo_sweep_images = 16
+# Error per severity of the main methods on one test corruption per family ([]: none).
+severity_models = ["small-clip", "small-cnn"]
+severities = [1, 5]
+severity_methods = ["source", "norm", "tent", "memo"]
+severity_corruptions = 1
+severity_images = 16  # 0: no severity study
 seed = 0
 scheduler = None  # a Dask scheduler's address (tcp://host:8786) for the grid; None: here
 results_path = None  # default: results/<profile>/01_memo_cifar100.json ($TTA_RESULTS)
@@ -108,7 +126,12 @@ run = start("01_memo_cifar100", dict(
     batch_size=batch_size, photo_batch_size=photo_batch_size, memo_prior_only=memo_prior_only,
     photo_models=photo_models, photo_dataset=photo_dataset, photo_images=photo_images,
     photo_corruptions=photo_corruptions,
-    agreement_images=agreement_images,
+    agreement_images=agreement_images, sweep_models=sweep_models, sweep_lr=sweep_lr,
+    sweep_views=sweep_views, sweep_corruptions=sweep_corruptions, sweep_images=sweep_images,
+    photo_sweep_lr=photo_sweep_lr, photo_sweep_corruptions=photo_sweep_corruptions,
+    photo_sweep_images=photo_sweep_images, severity_models=severity_models,
+    severities=severities, severity_methods=severity_methods,
+    severity_corruptions=severity_corruptions, severity_images=severity_images,
     seed=seed), results_path, figures_dir)
 
 # %% [markdown]
@@ -348,6 +371,107 @@ run.show_changes(scaled_rows, "01_memo_successors_lr", "EATA and SAR on the mode
 display(Markdown(findings.markdown(scaled_lines)))
 
 # %% [markdown]
+# ## The course's questions: learning rate, views, severity
+#
+# The course projects asked how MEMO's **learning rate** and its **number of augmented views** change accuracy and confidence, and the MEMO, Tent and TPT papers report their results **per severity**. Everything above runs at one severity with each model's chosen MEMO setting, which was chosen on ImageNet-C's four held-out validation corruptions (`tools/standin_settings.py`). The sweeps below run on those **validation corruptions** too (speckle noise, Gaussian blur, spatter, saturate: one per family), never on the test corruptions, so that the best value they find is a choice, not a result tuned on test data. One setting changes at a time, the other stays at the model's chosen value; the learning rate is a multiple of the model's chosen rate. At rate 0 MEMO on a batch-norm model is its batch-norm prior alone (a result of its own); on a model without batch norm it is Source by construction, so that point is Source's cells, not a run. Each point is the mean over the corruptions with a 95% bootstrap interval over images; the paired comparison of the best value against the chosen one is on the same images.
+
+# %%
+memo_settings = method_factories(["memo"], {"memo": memo}, {"memo": memo_per_model})[
+    "memo"].settings
+SWEEP_LABELS = {"lr": "learning rate (x the model's chosen rate)", "n_views": "MEMO's views"}
+sweep_data = findings.validation_tasks(test_set, sweep_corruptions, sweep_images, severity,
+                                       seed) if sweep_models else {}
+sweep, sweep_factories = findings.model_sweeps(
+    memo_settings, sweep_models, {"lr": sweep_lr, "n_views": sweep_views}, "memo", ("lr",))
+sweep_results = run_grid(
+    {name: partial(build_classifier, name, test_set.class_names, run.device)
+     for name in sweep_models}, sweep_data, {"source": methods_by_name["source"],
+                                             **sweep_factories},
+    store, batch_size, scheduler=scheduler) if sweep_data and sweep else []
+photo_sweep, photo_factories = findings.model_sweeps(
+    memo_settings, photo_models, {"lr": photo_sweep_lr}, "memo", ("lr",))
+photo_sweep_data = {name: findings.validation_tasks(
+    photo_sets[name][0], photo_sweep_corruptions, photo_sweep_images, severity, seed)
+    for name in photo_models if photo_sweep and photo_sweep_images}
+photo_sweep_results = [row for name, suite in photo_sweep_data.items() for row in run_grid(
+    {name: partial(build_classifier, name, device=run.device)}, suite,
+    {"source": methods_by_name["source"], **photo_factories}, store, photo_batch_size,
+    scheduler=scheduler)]
+standin_rows = findings.sweep_rows(sweep_results, sweep, "source")
+photo_rows = findings.sweep_rows(photo_sweep_results, photo_sweep, "source")
+sweep_rows = standin_rows + photo_rows
+optima = findings.sweep_optima(sweep_results, standin_rows) + findings.sweep_optima(
+    photo_sweep_results, photo_rows)
+course_lines = findings.optimum_lines(
+    [row for row in optima if row["model"] in sweep_models], SWEEP_LABELS,
+    " (FashionMNIST, validation corruptions)") + findings.optimum_lines(
+    [row for row in optima if row["model"] not in sweep_models], SWEEP_LABELS,
+    " (ImageNet sample photos, validation corruptions)") + findings.sweep_lines(
+    sweep_rows, SWEEP_LABELS)
+if sweep_rows:
+    display(pd.DataFrame(sweep_rows)[[
+        "model", "setting", "value", "same_as", "accuracy", "ci_low", "ci_high", "confidence",
+        "confidence_low", "confidence_high", "change", "change_low", "change_high"]]
+        .fillna("—")
+        .rename(columns={"same_as": "equals by construction", "ci_low": "95% CI low", "ci_high": "95% CI high",
+                         "confidence": "mean confidence", "confidence_low": "conf. CI low",
+                         "confidence_high": "conf. CI high", "change": "change vs source",
+                         "change_low": "change CI low", "change_high": "change CI high"})
+        .style.hide(axis="index").format({"value": "{:g}"}, precision=3))
+for part, name in ((standin_rows, "01_memo_sweep"), (photo_rows, "01_memo_sweep_photos")):
+    if part:
+        fig = plots.sweep_intervals(part, SWEEP_LABELS, metrics=("error", "confidence"),
+                                    title="MEMO's error and mean confidence vs its learning "
+                                          "rate and views, validation corruptions")
+        run.figure(fig, name)
+if sweep_rows:
+    sweep_sets = {f"`{name}`": (suite, f"{dataset} test images") for name in sweep_models
+                  if sweep_data for suite in [sweep_data]}
+    sweep_sets.update({f"`{name}`": (suite, f"{photo_dataset} test photos")
+                       for name, suite in photo_sweep_data.items()})
+    display(Markdown(
+        "*Each model's MEMO, one setting changed at a time (the square: the model's chosen "
+        "setting); top: mean error over the validation corruptions, bottom: mean confidence; "
+        "shaded: 95% bootstrap interval over the images (an image resampled with all its "
+        "corruptions); dashed: Source on the same images, its interval in grey. Data: "
+        + "; ".join(f"{name}: {len(suite)} validation corruption{'s' * (len(suite) > 1)} "
+                    f"({', '.join(suite)}) at severity {severity} of the same "
+                    f"{len(next(iter(suite.values())))} {kind}"
+                    for name, (suite, kind) in sweep_sets.items())
+        + ". The optima below were chosen on these validation corruptions; none is used in "
+        "the tables above.*\n\n" + findings.markdown(course_lines)))
+
+# %% [markdown]
+# Per severity (the papers' figure): the main methods on one **test** corruption per ImageNet-C family at each severity, the same images under each, each model with its chosen settings (nothing is chosen here). Error against severity, a line per method, the 95% interval shaded; the findings give each method's change over Source at the lowest and the highest severity, on the same images.
+
+# %%
+severity_names = findings.one_per_family(data.CORRUPTIONS, severity_corruptions)
+severity_data = data.severity_suite(test_set, severity_names, severities, severity_images, seed,
+                                    clean=False) if severities and severity_models and \
+    severity_images else {}
+severity_results = run_grid(
+    {name: partial(build_classifier, name, test_set.class_names, run.device)
+     for name in severity_models}, severity_data, method_factories(
+        severity_methods, method_options, {"memo": memo_per_model, "eata": eata_per_model}),
+    store, batch_size, scheduler=scheduler) if severity_data else []
+severity_rows = findings.severity_rows(severity_results, severity_methods)
+severity_lines = findings.severity_lines(severity_rows)
+if severity_rows:
+    fig = plots.severity_intervals(severity_rows, severity_methods,
+                                   title="Mean error against severity, a panel per model")
+    run.figure(fig, "01_memo_severity")
+    display(pd.DataFrame(severity_rows).pivot_table(
+        index=["model", "method"], columns="severity", values="error", sort=False)
+        .style.format("{:.3f}"))
+    display(Markdown(
+        f"*Mean error over {len(severity_names)} test "
+        f"corruption{'s' * (len(severity_names) > 1)} "
+        f"({', '.join(severity_names)}) of the same {severity_images} images at each "
+        "severity; shaded: 95% bootstrap "
+        "interval over the images.*\n\n" + findings.markdown(severity_lines)))
+course_lines += severity_lines
+
+# %% [markdown]
 # ## Findings
 #
 # Each method against the source model **on the same test images**: the change in mean accuracy over the data sets with a 95% paired-bootstrap interval (test images resampled with all their corruptions, since the corruptions of one image are not independent evidence), and on how many data sets McNemar's exact test finds the change significant at the 5% level in each direction. An interval that crosses zero means no detectable effect at this sample size. Every number below is computed from this run's results.
@@ -356,7 +480,8 @@ display(Markdown(findings.markdown(scaled_lines)))
 
 # %%
 finding_rows = findings.compare_all(results, methods=methods)
-run.show_findings(finding_rows, agreement_lines + prior_lines + norm_lines + scaled_lines,
+run.show_findings(finding_rows, agreement_lines + prior_lines + norm_lines + scaled_lines
+                  + course_lines,
                   figure="01_memo_findings")
 skipped = int(table["skipped_nonfinite"].sum())
 print(f"updates skipped for a non-finite loss: {skipped}")
@@ -389,6 +514,12 @@ limits = conclusions.limitations([
        f"recipes mixes the recipe with that run's luck."] if len(standins) > 1 else []),
     f"{n_images or 'All'} test images per data set, on {run.device}; the intervals are over "
     f"these test images, not over training runs.",
+    *([f"MEMO's learning-rate and views sweeps ran on {len(sweep_data)} validation "
+       f"corruption(s) of {sweep_images} images"
+       + (f" (the photos: {photo_sweep_images} under {photo_sweep_corruptions})"
+          if photo_rows else "")
+       + "; their optima are choices for these models, not test results, and none replaces "
+       "the chosen settings the tables use."] if sweep_rows else []),
     *([f"The real photos are {', '.join(map(str, photo_images))} images per data set: their "
        f"intervals are wide and their ECE is not reported."] if photo_images else []),
     *(["The full profile (a GPU) runs CLIP ViT-B/32, RN50 and RN101 on the CIFAR-100 test "
@@ -419,5 +550,13 @@ if scaled_results:
     summary["EATA and SAR at multiples of the paper's learning rate, models without batch "
             "norm (change over Source, 95% paired-bootstrap interval)"] = \
         findings.intervals(scaled_rows)
+if sweep_rows:
+    summary["MEMO's learning rate and views on the validation corruptions (95% intervals)"] = \
+        sweep_rows
+    summary["MEMO's sweep optima against the chosen setting (95% paired interval)"] = [
+        {k: v for k, v in row.items() if not isinstance(v, list)} for row in optima]
+if severity_rows:
+    summary["Error per severity (95% intervals; change over Source, 95% paired interval)"] = \
+        severity_rows
 _ = run.save(summary, note, headline_table="Mean over the data sets",
              results=summary_rows(results + prior_results))

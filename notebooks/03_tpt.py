@@ -63,6 +63,9 @@ zero = {}  # Zero's settings beyond TPT's views and selection, which it always t
 tda = {}  # the authors' ImageNet settings
 sweep_views = [15, 31, 63]  # accuracy vs number of views (at the selection ratio of tpt)
 sweep_selection = [0.1, 0.3, 1.0]  # accuracy vs selection ratio (at tpt's number of views)
+# accuracy vs learning rate, as multiples of TPT's (0: the fixed prompt by construction)
+sweep_lr = [0, 1]
+sweep_zero = True  # Zero over the same numbers of views (False: TPT alone)
 sweep_corruptions = 4  # the sweep's data sets: up to this many, one per ImageNet-C family
 sweep_images = 8  # test images per data set of the sweep, the same under each (0: no sweep)
 agreement_images = 16  # images per data set for the views-without-adaptation diagnostic
@@ -92,7 +95,8 @@ run = start("03_tpt", dict(
     methods=methods, ctx_file=ctx_file, tpt=tpt, tpt_per_model=tpt_per_model, memo=memo,
     memo_per_model=memo_per_model,
     zero=zero, tda=tda,
-    sweep_views=sweep_views, sweep_selection=sweep_selection,
+    sweep_views=sweep_views, sweep_selection=sweep_selection, sweep_lr=sweep_lr,
+    sweep_zero=sweep_zero,
     sweep_corruptions=sweep_corruptions, sweep_images=sweep_images,
     agreement_images=agreement_images,
     batch_size=batch_size, seed=seed), results_path, figures_dir)
@@ -251,44 +255,61 @@ for index, model_name in enumerate(models):
     run.figure(fig, f"03_tpt_reliability_{index}")
 
 # %% [markdown]
-# ## How many views, how many kept
+# ## How many views, how many kept, how large a step
 #
-# TPT's number of augmented views (at its selection ratio) and its selection ratio (at its number of views; 1.0 keeps every view, i.e. no confidence selection), one at a time, for the first model on up to `sweep_corruptions` corrupted data sets, one per ImageNet-C family, the same `sweep_images` test images under each. Beside them, the fixed prompt (TPT's starting point) on the same images.
+# TPT's number of augmented views (at its selection ratio), its selection ratio (at its number of views; 1.0 keeps every view, i.e. no confidence selection) and its learning rate (multiples of its own), one at a time, and Zero over the same numbers of views, for the first model on up to `sweep_corruptions` data sets, the same `sweep_images` test images under each. Where the test data are corrupted, the sweep runs on ImageNet-C's held-out **validation** corruptions (one per family), not on the test ones; it is **descriptive**: no setting of this notebook is chosen from it (TPT's and Zero's settings come from the parameters). Beside them, the fixed prompt (TPT's starting point) on the same images. At learning rate 0 TPT does not move its prompt and predicts with the initial one: it **is** the fixed prompt by construction, so that point is the fixed prompt's result, not a run of TPT.
 
 # %%
-SWEEP_BASELINE = "prompt, untuned"
-sweep_data = findings.sweep_tasks(tasks[datasets[0]], sweep_corruptions, sweep_images, seed)
+SWEEP_BASELINE = "prompt"
+sweep_data = (findings.validation_tasks(first_set, sweep_corruptions, sweep_images, severity,
+                                        seed) if corruptions else
+              findings.sweep_tasks(tasks[datasets[0]], sweep_corruptions, sweep_images, seed))
 first_tpt = tpt_factory.settings(models[0])  # TPT's settings for the first model
-sweep = findings.one_at_a_time(first_tpt, {"n_views": sweep_views,
-                                           "selection": sweep_selection}, "tpt")
-sweep_methods = {row["method"]: method_factories(["tpt"], {"tpt": row["settings"]})["tpt"]
-                 for row in sweep}
-sweep_methods[SWEEP_BASELINE] = method_factories(["prompt"])["prompt"]
+sweep, sweep_methods = findings.model_sweeps(
+    tpt_factory.settings, models[:1], {"n_views": sweep_views, "selection": sweep_selection,
+                                       "lr": sweep_lr}, "tpt", ("lr",))
+zero_sweep, zero_methods = findings.model_sweeps(
+    getattr(methods_by_name.get("zero"), "settings", None),
+    models[:1] if sweep_zero and "zero" in methods_by_name else [], {"n_views": sweep_views},
+    "zero")
+sweep_methods = {SWEEP_BASELINE: method_factories(["prompt"])["prompt"], **sweep_methods,
+                 **zero_methods}
 sweep_model = {models[0]: partial(build_classifier, models[0], shown.class_names, run.device)}
 sweep_results = (run_grid(sweep_model, sweep_data, sweep_methods, store, batch_size,
                           scheduler=scheduler) if sweep_data else [])
-sweep_rows = findings.sweep_rows(sweep_results, sweep, SWEEP_BASELINE)
+sweep_rows = findings.sweep_rows(sweep_results, sweep + zero_sweep, SWEEP_BASELINE)
 sweep_labels = {"n_views": f"views (+ the image), {first_tpt['selection']:g} kept",
-                "selection": f"share kept of {first_tpt['n_views']} views + the image"}
+                "selection": f"share kept of {first_tpt['n_views']} views + the image",
+                "lr": f"learning rate (x TPT's {first_tpt['lr']:g})"}
 if sweep_rows:
-    display(pd.DataFrame(sweep_rows)[["setting", "value", "accuracy", "ci_low", "ci_high",
-                                      "change", "change_low", "change_high", "ece",
-                                      "seconds_per_sample"]]
-            .rename(columns={"ci_low": "95% CI low", "ci_high": "95% CI high",
+    display(pd.DataFrame(sweep_rows)[["sweep", "setting", "value", "same_as", "accuracy",
+                                      "ci_low", "ci_high", "confidence", "confidence_low",
+                                      "confidence_high", "change", "change_low",
+                                      "change_high", "ece", "seconds_per_sample"]]
+            .fillna("—")
+            .rename(columns={"sweep": "method", "same_as": "equals by construction",
+                             "ci_low": "95% CI low", "ci_high": "95% CI high",
+                             "confidence": "mean confidence", "confidence_low": "conf. CI low",
+                             "confidence_high": "conf. CI high",
                              "change": f"change vs {SWEEP_BASELINE}",
                              "change_low": "change CI low", "change_high": "change CI high",
                              "ece": "ECE", "seconds_per_sample": "s per image"})
             .style.hide(axis="index")
             .format({"value": "{:g}", "s per image": "{:.4f}"}, precision=3))
-    fig = plots.sweep_intervals(sweep_rows, sweep_labels,
-                                title=f"TPT on {models[0]}: mean accuracy vs views and share "
-                                      "kept")
+    fig = plots.sweep_intervals(sweep_rows, sweep_labels, metrics=("accuracy", "confidence"),
+                                title=f"TPT and Zero on {models[0]}: mean accuracy and "
+                                      "confidence vs views, share kept and learning rate")
     run.figure(fig, "03_tpt_sweep")
     display(Markdown(
-        f"*Mean accuracy over {len(sweep_data)} data sets ({', '.join(sweep_data)}), the same "
+        f"*Mean accuracy (top) and mean confidence (bottom) over {len(sweep_data)} data "
+        f"set{'s' * (len(sweep_data) > 1)} ({', '.join(sweep_data)}"
+        f"{', validation corruptions' if corruptions else ''}), the same "
         f"{len(next(iter(sweep_data.values())))} images under each; shaded: 95% bootstrap "
-        f"interval over the images (an image resampled with all its data sets); dashed: "
-        f"{SWEEP_BASELINE} on the same images, its interval in grey.*\n\n"
+        f"interval over the images (an image resampled with all its data sets); square: the "
+        f"setting the tables above use; dashed: the fixed prompt on the same images, its "
+        f"interval in grey (and TPT at learning rate 0, which is the fixed prompt by "
+        f"construction, not drawn as a point of TPT's). Descriptive: no setting is chosen "
+        f"from this sweep.*\n\n"
         + findings.markdown(findings.sweep_lines(sweep_rows, sweep_labels))))
 
 # %% [markdown]
@@ -362,7 +383,8 @@ limits = [
     f"The models are {who}; {len(next(iter(tasks[datasets[0]].values())))} test images per "
     f"data set, one seed ({seed}), on {run.info['device']}",
     f"Not run here: {', '.join(not_run)}" if not_run else "",
-    (f"The views/selection sweep ran on {len(sweep_data)} data sets of "
+    (f"The sweep of TPT's views, share kept and learning rate (and Zero's views) is "
+     f"descriptive (no setting is chosen from it) and ran on {len(sweep_data)} data sets of "
      f"{len(next(iter(sweep_data.values())))} images: its intervals are ±{sweep_half:.3f} on "
      "average") if sweep_rows else "",
     "The full profile runs OpenAI's CLIPs (ViT-B/16, ViT-B/32, RN50, RN101) on ImageNet-A and "
@@ -383,7 +405,7 @@ if recipe_rows:
 if agreement:
     summary["Zero's and TPT's views without adaptation (mean over the corruptions)"] = agreement
 if sweep_rows:
-    summary[f"TPT sweep on {len(sweep_data)} data sets ({', '.join(sweep_data)}), "
+    summary[f"TPT and Zero sweep on {len(sweep_data)} data sets ({', '.join(sweep_data)}), "
             f"{len(next(iter(sweep_data.values())))} images each"] = sweep_rows
 run.save(summary, note, headline_table="Mean over the data sets",
          results=summary_rows(results))
