@@ -537,6 +537,8 @@ def segment_errors(rows: list[dict], title: str = "", methods=None):
                        [m for m in methods if m in shown], fontsize=7, loc="best")
     if title:
         fig.suptitle(textwrap.fill(title, 70 * len(models)), fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def severity_intervals(rows: list[dict], methods, title: str = ""):
