@@ -36,11 +36,13 @@ SIZES = {"n_images": 1, "n_held_out": 1, "sweep_images": 1, "batch_size": 1, "n_
          "n_test": 4, "timed_steps": 1, "min_repeats": 1, "max_repeats": 2, "epochs": 1,
          "max_epochs": 1, "patience": 1, "steps": 1, "min_steps": 1, "max_steps": 2,
          "n_samples": 20, "n_subsets": 1, "vpt_prompts": 2, "fisher_size": 2,
-         "agreement_images": 2, "severity_images": 1, "photo_sweep_images": 1}
+         "agreement_images": 2, "severity_images": 1, "photo_sweep_images": 1,
+         "photo_images": 2}
 VIEWS = {"memo": 2, "tpt": 9, "zero": 9}
 # Lists of sizes: the first (and last) kept, or values capped.
 SIZE_LISTS = {"fractions": lambda v: [v[0], v[-1]], "prompt_counts": lambda v: v[:2],
-              "batch_sizes": lambda v: [1], "sweep_views": lambda v: [min([*v, VIEWS["tpt"]])],
+              "batch_sizes": lambda v: [1], "photo_batch_sizes": lambda v: [1],
+              "sweep_views": lambda v: [min([*v, VIEWS["tpt"]])],
               "sweep_lr": lambda v: v[-1:], "severities": lambda v: v[-1:]}
 # Where one notebook needs more: 04 holds one image out to fit temperatures, tests another.
 AT_LEAST = {"04_ensemble": {"n_images": 2}}
