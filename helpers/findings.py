@@ -504,18 +504,21 @@ def accuracy_interval(cells: dict, seed: int = 0) -> tuple[float, float, float]:
     """Mean accuracy over the tasks of ``cells`` (task -> cell of one method) and its 95%
     bootstrap interval over test images, each image resampled with all its tasks
     (``paired_bootstrap`` of the right/wrong outcomes)."""
-    groups = _image_groups(cells)
-    return paired_bootstrap([np.stack([correct_per_image(cells[t]) for t in g])
-                             for g in groups], seed=seed)
+    return image_interval(cells, correct_per_image, seed)
 
 
 def confidence_interval(cells: dict, seed: int = 0) -> tuple[float, float, float]:
     """Mean confidence over the tasks of ``cells`` (task -> cell of one method, with its
-    per-image ``confidences``) and its 95% bootstrap interval over test images, each image
-    resampled with all its tasks."""
-    groups = _image_groups(cells)
-    return paired_bootstrap([np.stack([np.asarray(cells[t]["confidences"], dtype=np.float64)
-                                       for t in g]) for g in groups], seed=seed)
+    per-image ``confidences``) and its 95% bootstrap interval, as ``accuracy_interval``."""
+    return image_interval(
+        cells, lambda cell: np.asarray(cell["confidences"], dtype=np.float64), seed)
+
+
+def image_interval(cells: dict, per_image, seed: int = 0) -> tuple[float, float, float]:
+    """The mean of ``per_image(cell)`` over the tasks of ``cells`` and its 95% bootstrap
+    interval over test images, each image resampled with all its tasks."""
+    return paired_bootstrap([np.stack([per_image(cells[t]) for t in group])
+                             for group in _image_groups(cells)], seed=seed)
 
 
 def sweep_rows(results: list[dict], sweep: list[dict], baseline: str,
